@@ -1,0 +1,261 @@
+//! The configuration schema: one struct per TOML table, every field with its default.
+//! `config/mailvalve.toml` documents each key; keep the two in step.
+//!
+//! This module only describes shapes and defaults. Loading (file + `MAILVALVE__*`
+//! environment) and validation live in `load.rs` / `validate.rs`. Nothing here may print
+//! a secret: `Secret` redacts itself in `Debug` and `Display`.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// How mail flows: `passthrough` relays each transaction live.
+    pub mode: Mode,
+    pub server: ServerConfig,
+    pub upstream: UpstreamConfig,
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Passthrough,
+            server: ServerConfig::default(),
+            upstream: UpstreamConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Each transaction is relayed live over a leased upstream connection.
+    Passthrough,
+}
+
+/// The inbound side: where the mailer connects.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Name used in the greeting and EHLO reply.
+    pub hostname: String,
+    /// Largest message accepted, in bytes (SIZE is advertised with it).
+    pub max_message_size: usize,
+    /// Recipients per transaction; at least 100 (RFC 5321 4.5.3.1.8).
+    pub max_recipients: usize,
+    /// Idle time allowed between commands (RFC 5321: 5 minutes).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// On shutdown, how long transactions in flight may take to finish.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Most concurrent mailer sessions.
+    pub max_sessions: usize,
+    /// Certificate and key for STARTTLS. Without them STARTTLS is not offered.
+    pub tls: Option<ServerTls>,
+    /// Users for AUTH PLAIN / LOGIN. Required when `listen` is not loopback.
+    pub users: Vec<User>,
+    /// Require AUTH before MAIL even on loopback.
+    pub require_auth: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 2525)),
+            hostname: "mailvalve.localhost".into(),
+            max_message_size: 25 * 1024 * 1024,
+            max_recipients: 100,
+            idle_timeout: Duration::from_secs(300),
+            shutdown_grace: Duration::from_secs(30),
+            max_sessions: 200,
+            tls: None,
+            users: Vec::new(),
+            require_auth: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    pub name: String,
+    pub password: Secret,
+}
+
+/// How the upstream connection is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// TLS from the first byte (port 465).
+    Implicit,
+    /// Plain connect, then STARTTLS, which must succeed (port 587).
+    Starttls,
+    /// No TLS at all. Only for local test servers.
+    None,
+}
+
+/// The outbound side: the provider's submission server.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    pub host: String,
+    pub port: u16,
+    pub tls: TlsMode,
+    /// Verify the provider's certificate. `false` is for test servers only and logs a
+    /// warning at every connect.
+    pub tls_verify: bool,
+    /// Extra CA certificates (PEM) trusted besides the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// Name sent in EHLO.
+    pub helo_name: String,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    /// Provider profile (limits and reply rules).
+    pub profile: String,
+    /// Most simultaneous connections to the provider.
+    pub max_connections: usize,
+    /// A connection is closed after this many transactions.
+    pub max_messages_per_connection: usize,
+    /// An unused pooled connection is closed after this long.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// How long a mailer's MAIL FROM may wait for an upstream connection before it gets
+    /// `451 4.7.0`.
+    #[serde(with = "humantime_serde")]
+    pub admission_wait: Duration,
+    pub rate: RateConfig,
+    pub timeouts: UpstreamTimeouts,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 587,
+            tls: TlsMode::Starttls,
+            tls_verify: true,
+            ca_file: None,
+            helo_name: "mailvalve.localhost".into(),
+            username: None,
+            password: None,
+            profile: "generic".into(),
+            max_connections: 2,
+            max_messages_per_connection: 100,
+            idle_timeout: Duration::from_secs(60),
+            admission_wait: Duration::from_secs(30),
+            rate: RateConfig::default(),
+            timeouts: UpstreamTimeouts::default(),
+        }
+    }
+}
+
+/// Message rate limits; each is optional, all that are set apply.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateConfig {
+    pub per_second: Option<u32>,
+    pub per_minute: Option<u32>,
+    pub per_hour: Option<u32>,
+    pub per_day: Option<u32>,
+}
+
+/// RFC 5321 4.5.3.2 client timeouts, plus connect.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamTimeouts {
+    #[serde(with = "humantime_serde")]
+    pub connect: Duration,
+    #[serde(with = "humantime_serde")]
+    pub greeting: Duration,
+    #[serde(with = "humantime_serde")]
+    pub command: Duration,
+    #[serde(with = "humantime_serde")]
+    pub mail: Duration,
+    #[serde(with = "humantime_serde")]
+    pub rcpt: Duration,
+    #[serde(with = "humantime_serde")]
+    pub data: Duration,
+    #[serde(with = "humantime_serde")]
+    pub data_block: Duration,
+    #[serde(with = "humantime_serde")]
+    pub data_end: Duration,
+}
+
+impl Default for UpstreamTimeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(30),
+            greeting: Duration::from_secs(300),
+            command: Duration::from_secs(300),
+            mail: Duration::from_secs(300),
+            rcpt: Duration::from_secs(300),
+            data: Duration::from_secs(120),
+            data_block: Duration::from_secs(180),
+            data_end: Duration::from_secs(600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// tracing filter, e.g. `info` or `mailvalve=debug`. `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+        }
+    }
+}
+
+/// A password. Shown as `***` by `Debug`, `Display` and `Serialize`, so printing a
+/// config (or an error holding one) can never leak it. Use `expose()` only where the
+/// value is put on the wire.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("***")
+    }
+}

@@ -1,0 +1,1 @@
+//! The rate-control loop (issue 3). Pure: no sockets, no files.

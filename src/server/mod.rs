@@ -1,0 +1,1 @@
+//! Inbound ESMTP server.

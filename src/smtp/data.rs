@@ -1,0 +1,242 @@
+//! DATA framing, both directions.
+//!
+//! Inbound, [`DataDecoder`] turns the dot-stuffed stream after `354` into the message.
+//! Only a line that is exactly `.` CRLF, at the start of a line, ends it. A bare CR, a
+//! bare LF or a NUL anywhere is a fatal framing error: the session must reply and close,
+//! never guess where the message ends (that guess is what SMTP smuggling exploits).
+//! Over-long lines and over-size messages are not fatal: the decoder keeps reading to
+//! the real end so the session can answer `500 5.5.6` / `552 5.3.4` in step.
+//!
+//! Outbound, [`dot_stuff`] writes a message for the wire: CRLF line ends everywhere (a
+//! bare CR or LF in the input becomes CRLF, so we never send one), a leading dot doubled,
+//! and the `.` CRLF terminator appended.
+
+/// RFC 5321 4.5.3.1.6: a text line is at most 1000 octets including CRLF.
+pub const MAX_TEXT_LINE: usize = 1000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DataError {
+    #[error("bare CR in message data")]
+    BareCr,
+    #[error("bare LF in message data")]
+    BareLf,
+    #[error("NUL in message data")]
+    Nul,
+}
+
+/// What was wrong with a message that was framed correctly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataProblem {
+    LineTooLong,
+    TooBig,
+}
+
+/// Incremental decoder for one message. Feed it the bytes received after `354`.
+#[derive(Debug)]
+pub struct DataDecoder {
+    max_size: usize,
+    size: usize,
+    in_long_line: bool,
+    problem: Option<DataProblem>,
+}
+
+impl DataDecoder {
+    pub fn new(max_size: usize) -> Self {
+        Self {
+            max_size,
+            size: 0,
+            in_long_line: false,
+            problem: None,
+        }
+    }
+
+    /// Consumes complete lines from `input`, appending the unstuffed message to `out`.
+    /// Returns the bytes consumed and whether the terminator was seen (the bytes after
+    /// it are not consumed: with PIPELINING they are the next command). Bytes of an
+    /// incomplete line are left for the next call.
+    pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(usize, bool), DataError> {
+        let mut pos = 0;
+        while pos < input.len() {
+            let rest = &input[pos..];
+            let Some(lf) = rest.iter().position(|&c| c == b'\n') else {
+                // No complete line yet. Check what we have; swallow an over-long tail so
+                // the buffer stays bounded (keep a trailing CR: its LF may follow).
+                check_bytes(rest, true)?;
+                if rest.len() >= MAX_TEXT_LINE {
+                    let keep = usize::from(rest.last() == Some(&b'\r'));
+                    self.in_long_line = true;
+                    self.problem.get_or_insert(DataProblem::LineTooLong);
+                    pos += rest.len() - keep;
+                }
+                break;
+            };
+            if lf == 0 || rest[lf - 1] != b'\r' {
+                return Err(DataError::BareLf);
+            }
+            let line = &rest[..=lf];
+            check_bytes(&line[..line.len() - 2], false)?;
+            pos += line.len();
+            if self.in_long_line {
+                self.in_long_line = false;
+                continue;
+            }
+            if line == b".\r\n" {
+                return Ok((pos, true));
+            }
+            if line.len() > MAX_TEXT_LINE {
+                self.problem.get_or_insert(DataProblem::LineTooLong);
+                continue;
+            }
+            let body = if line[0] == b'.' { &line[1..] } else { line };
+            self.size += body.len();
+            if self.size > self.max_size {
+                self.problem.get_or_insert(DataProblem::TooBig);
+            }
+            if self.problem.is_none() {
+                out.extend_from_slice(body);
+            }
+        }
+        Ok((pos, false))
+    }
+
+    /// Set once the message is known to be unacceptable (it is then not kept).
+    pub fn problem(&self) -> Option<DataProblem> {
+        self.problem
+    }
+
+    /// Unstuffed size so far.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+}
+
+/// `bytes` must contain no CR (none is allowed inside a line: the line's own CRLF has
+/// been cut off) and no NUL. `partial`: a trailing CR may still be followed by LF.
+fn check_bytes(bytes: &[u8], partial: bool) -> Result<(), DataError> {
+    for (i, &c) in bytes.iter().enumerate() {
+        match c {
+            b'\r' if !(partial && i + 1 == bytes.len()) => return Err(DataError::BareCr),
+            0 => return Err(DataError::Nul),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Appends `msg` to `out` ready for the wire after `354`: CRLF line ends (bare CR or LF
+/// normalised), leading dots doubled, terminated by `.` CRLF.
+pub fn dot_stuff(msg: &[u8], out: &mut Vec<u8>) {
+    out.reserve(msg.len() + msg.len() / 64 + 5);
+    let mut bol = true;
+    let mut i = 0;
+    while i < msg.len() {
+        let c = msg[i];
+        if bol && c == b'.' {
+            out.push(b'.');
+        }
+        match c {
+            b'\r' => {
+                out.extend_from_slice(b"\r\n");
+                if msg.get(i + 1) == Some(&b'\n') {
+                    i += 1;
+                }
+                bol = true;
+            }
+            b'\n' => {
+                out.extend_from_slice(b"\r\n");
+                bol = true;
+            }
+            _ => {
+                out.push(c);
+                bol = false;
+            }
+        }
+        i += 1;
+    }
+    if !bol {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(wire: &[u8]) -> Result<(Vec<u8>, usize, bool), DataError> {
+        let mut d = DataDecoder::new(1 << 20);
+        let mut out = Vec::new();
+        let (n, done) = d.feed(wire, &mut out)?;
+        Ok((out, n, done))
+    }
+
+    #[test]
+    fn unstuffs_and_stops_at_terminator() {
+        let (out, n, done) = decode_all(b"a\r\n..b\r\n.\r\nQUIT\r\n").unwrap();
+        assert!(done);
+        assert_eq!(out, b"a\r\n.b\r\n");
+        assert_eq!(n, 11);
+    }
+
+    #[test]
+    fn smuggling_sequences_are_refused() {
+        for seq in [
+            &b"\n.\n"[..],
+            b"\r.\r",
+            b"\r.\n",
+            b"\n.\r",
+            b"\n.\r\n",
+            b"\r\n.\n",
+            b"\r.\r\n",
+            b"\r\n.\r",
+            b"\r\n.\r\r\n",
+        ] {
+            let mut wire = b"Subject: x\r\n\r\nhello".to_vec();
+            wire.extend_from_slice(seq);
+            wire.extend_from_slice(b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nx\r\n.\r\n");
+            assert!(decode_all(&wire).is_err(), "{seq:?} must be refused");
+        }
+        // NUL before the dot: refused too.
+        assert_eq!(decode_all(b"x\r\n\x00.\r\n").unwrap_err(), DataError::Nul);
+    }
+
+    #[test]
+    fn long_lines_and_size() {
+        let mut wire = vec![b'a'; 1200];
+        wire.extend_from_slice(b"\r\nok\r\n.\r\n");
+        let mut d = DataDecoder::new(100);
+        let mut out = Vec::new();
+        // Fed in small pieces, as from a socket.
+        let mut pos = 0;
+        let mut done = false;
+        let mut buf = Vec::new();
+        for chunk in wire.chunks(7) {
+            buf.extend_from_slice(chunk);
+            let (n, d2) = d.feed(&buf, &mut out).unwrap();
+            buf.drain(..n);
+            pos += n;
+            if d2 {
+                done = true;
+                break;
+            }
+        }
+        assert!(done);
+        assert_eq!(pos, wire.len());
+        assert_eq!(d.problem(), Some(DataProblem::LineTooLong));
+
+        let mut d = DataDecoder::new(5);
+        let (_, done) = d.feed(b"123456\r\n.\r\n", &mut Vec::new()).unwrap();
+        assert!(done);
+        assert_eq!(d.problem(), Some(DataProblem::TooBig));
+    }
+
+    #[test]
+    fn stuffing() {
+        let mut out = Vec::new();
+        dot_stuff(b".a\r\nb\n.\r\nc", &mut out);
+        assert_eq!(out, b"..a\r\nb\r\n..\r\nc\r\n.\r\n");
+        let mut out = Vec::new();
+        dot_stuff(b"", &mut out);
+        assert_eq!(out, b".\r\n");
+    }
+}

@@ -1,0 +1,12 @@
+//! SMTP vocabulary with no I/O and no policy: replies and enhanced status codes,
+//! commands, line framing, DATA framing (dot-stuffing, the CRLF.CRLF terminator, bare
+//! CR/LF refusal) and EHLO capabilities. It imports nothing else of this crate, so
+//! everything here is testable with plain byte slices.
+
+pub mod command;
+pub mod data;
+pub mod ehlo;
+pub mod line;
+pub mod reply;
+
+pub use reply::{EnhancedCode, Reply, ReplyError};

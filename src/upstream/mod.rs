@@ -1,0 +1,1 @@
+//! Outbound SMTP client, pool and admission.
