@@ -1,1 +1,2 @@
 //! The rate-control loop (issue 3). Pure: no sockets, no files.
+pub mod verdict;

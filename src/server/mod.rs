@@ -1,1 +1,2 @@
 //! Inbound ESMTP server.
+pub mod relay;

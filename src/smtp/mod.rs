@@ -6,7 +6,9 @@
 pub mod command;
 pub mod data;
 pub mod ehlo;
+pub mod envelope;
 pub mod line;
 pub mod reply;
 
 pub use reply::{EnhancedCode, Reply, ReplyError};
+pub use envelope::Envelope;
