@@ -240,3 +240,83 @@ mod tests {
         assert_eq!(out, b".\r\n");
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Message lines without CR/LF/NUL, some starting with dots, short enough to be legal.
+    fn message() -> impl Strategy<Value = Vec<u8>> {
+        prop::collection::vec(
+            prop::collection::vec(
+                prop_oneof![Just(b'.'), 1u8..=9, 11u8..=12, 14u8..=255],
+                0..80,
+            ),
+            0..30,
+        )
+        .prop_map(|lines| {
+            let mut m = Vec::new();
+            for l in lines {
+                m.extend_from_slice(&l);
+                m.extend_from_slice(b"\r\n");
+            }
+            m
+        })
+    }
+
+    proptest! {
+        /// stuff → decode gives back the message, however the wire is cut into reads,
+        /// and the decoder stops exactly at the terminator.
+        #[test]
+        fn stuff_unstuff_round_trip(msg in message(), cuts in prop::collection::vec(1usize..64, 1..40), tail in prop::collection::vec(any::<u8>(), 0..20)) {
+            let mut wire = Vec::new();
+            dot_stuff(&msg, &mut wire);
+            let framed_len = wire.len();
+            wire.extend_from_slice(&tail);
+
+            let mut dec = DataDecoder::new(usize::MAX);
+            let mut out = Vec::new();
+            let mut buf: Vec<u8> = Vec::new();
+            let mut fed = 0;
+            let mut consumed = 0;
+            let mut cut = cuts.iter().cycle();
+            let mut done = false;
+            while !done && fed < wire.len() {
+                let n = (*cut.next().unwrap_or(&1)).min(wire.len() - fed);
+                buf.extend_from_slice(&wire[fed..fed + n]);
+                fed += n;
+                let (used, end) = dec.feed(&buf, &mut out).expect("valid framing");
+                buf.drain(..used);
+                consumed += used;
+                done = end;
+            }
+            prop_assert!(done);
+            prop_assert_eq!(consumed, framed_len);
+            prop_assert_eq!(out, msg);
+            prop_assert_eq!(dec.problem(), None);
+        }
+
+        /// Whatever bytes arrive, the decoder never panics and never consumes past input.
+        #[test]
+        fn decoder_total(input in prop::collection::vec(any::<u8>(), 0..600)) {
+            let mut dec = DataDecoder::new(1000);
+            let mut out = Vec::new();
+            if let Ok((n, _)) = dec.feed(&input, &mut out) {
+                prop_assert!(n <= input.len());
+            }
+        }
+
+        /// The encoder never emits a bare CR or LF, whatever it is given.
+        #[test]
+        fn stuffed_output_has_only_crlf(input in prop::collection::vec(any::<u8>(), 0..400)) {
+            let mut wire = Vec::new();
+            dot_stuff(&input, &mut wire);
+            for (i, &c) in wire.iter().enumerate() {
+                if c == b'\n' { prop_assert!(i > 0 && wire[i - 1] == b'\r'); }
+                if c == b'\r' { prop_assert_eq!(wire.get(i + 1), Some(&b'\n')); }
+            }
+            prop_assert!(wire.ends_with(b"\r\n.\r\n") || wire == b".\r\n");
+        }
+    }
+}
