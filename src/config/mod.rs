@@ -5,3 +5,4 @@
 pub mod schema;
 
 pub use schema::*;
+pub mod profile;

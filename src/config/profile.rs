@@ -1,0 +1,222 @@
+//! Provider profiles: the limits and reply rules of one provider, from
+//! `config/providers/<name>.toml`, embedded in the binary at build time so a profile
+//! needs no file at run time. The user's config selects one with `upstream.profile` and
+//! may override any limit key by key (`[upstream.limits]`).
+//!
+//! A profile never holds credentials, and loading one never touches the network.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+use super::schema::TlsMode;
+
+/// One built-in profile: its name and the TOML text it was built from.
+const BUILTIN: &[(&str, &str)] = &[
+    (
+        "generic",
+        include_str!("../../config/providers/generic.toml"),
+    ),
+    (
+        "t-online",
+        include_str!("../../config/providers/t-online.toml"),
+    ),
+    ("gmx", include_str!("../../config/providers/gmx.toml")),
+    ("web-de", include_str!("../../config/providers/web-de.toml")),
+    ("ionos", include_str!("../../config/providers/ionos.toml")),
+    ("strato", include_str!("../../config/providers/strato.toml")),
+    ("gmail", include_str!("../../config/providers/gmail.toml")),
+    (
+        "google-workspace",
+        include_str!("../../config/providers/google-workspace.toml"),
+    ),
+    (
+        "office365",
+        include_str!("../../config/providers/office365.toml"),
+    ),
+    (
+        "outlook-com",
+        include_str!("../../config/providers/outlook-com.toml"),
+    ),
+    (
+        "amazon-ses",
+        include_str!("../../config/providers/amazon-ses.toml"),
+    ),
+    ("brevo", include_str!("../../config/providers/brevo.toml")),
+];
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    pub name: String,
+    pub description: String,
+    /// Suggested submission host, port and TLS mode (the user's `[upstream]` wins).
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub tls: Option<TlsMode>,
+    #[serde(default)]
+    pub limits: Limits,
+    /// Provider-specific reply rules, tried before the built-in defaults.
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+}
+
+/// A provider's limits. Every field is optional: unset means "not limited by the
+/// provider as far as we know" except where `Limits::effective` supplies a cautious
+/// default.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub initial_connections: Option<usize>,
+    pub max_connections: Option<usize>,
+    pub messages_per_second: Option<u32>,
+    pub messages_per_minute: Option<u32>,
+    pub messages_per_hour: Option<u32>,
+    pub messages_per_day: Option<u32>,
+    pub recipients_per_day: Option<u32>,
+    pub recipients_per_message: Option<usize>,
+    pub messages_per_connection: Option<usize>,
+    pub max_message_size: Option<usize>,
+}
+
+impl Limits {
+    /// `self` with every key that `over` sets replaced (the user's overrides).
+    pub fn overridden_by(&self, over: &Limits) -> Limits {
+        macro_rules! pick {
+            ($($f:ident),*) => { Limits { $($f: over.$f.or(self.$f)),* } };
+        }
+        pick!(
+            initial_connections,
+            max_connections,
+            messages_per_second,
+            messages_per_minute,
+            messages_per_hour,
+            messages_per_day,
+            recipients_per_day,
+            recipients_per_message,
+            messages_per_connection,
+            max_message_size
+        )
+    }
+}
+
+/// A reply rule as written in TOML (profile `[[rules]]` or the user's `[[rules]]`).
+/// Compiled and checked by the policy's classifier; kept as plain data here.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Phases the rule applies to (`greeting`, `ehlo`, `starttls`, `auth`, `mail`,
+    /// `rcpt`, `data`, `data-end`); empty = all.
+    #[serde(default)]
+    pub phase: Vec<String>,
+    /// `421`, or a class such as `4xx`.
+    pub code: Option<String>,
+    /// Enhanced status code, `*` allowed per component: `5.1.*`.
+    pub enhanced: Option<String>,
+    /// Case-insensitive regex over the reply text.
+    pub text: Option<String>,
+    /// What to do: accept, throttle-connections, throttle-rate, defer, suppress,
+    /// soft-bounce, reject-message, policy-block, pause-auth, pause-quota.
+    pub verdict: String,
+    /// For pause-quota / defer: how long (`24h`, `1h`, `90s`).
+    pub until: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("built-in profile {name}: {source}")]
+pub struct ProfileError {
+    name: String,
+    source: toml::de::Error,
+}
+
+/// Names of all built-in profiles, in display order.
+pub fn names() -> impl Iterator<Item = &'static str> {
+    BUILTIN.iter().map(|(n, _)| *n)
+}
+
+/// The built-in profile `name`, or `None` if there is none by that name.
+pub fn builtin(name: &str) -> Option<Result<Profile, ProfileError>> {
+    BUILTIN
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(n, text)| parse(n, text))
+}
+
+/// All built-in profiles, parsed (for `mailvalve profiles`).
+pub fn all() -> Result<BTreeMap<&'static str, Profile>, ProfileError> {
+    BUILTIN
+        .iter()
+        .map(|(n, text)| parse(n, text).map(|p| (*n, p)))
+        .collect()
+}
+
+fn parse(name: &str, text: &str) -> Result<Profile, ProfileError> {
+    toml::from_str(text).map_err(|source| ProfileError {
+        name: name.to_string(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_builtin_profile_parses_and_is_named_after_its_file() {
+        let all = all().unwrap();
+        assert_eq!(all.len(), 12);
+        for (name, p) in &all {
+            assert_eq!(*name, p.name);
+            let l = &p.limits;
+            assert!(
+                l.max_connections.unwrap_or(1) >= l.initial_connections.unwrap_or(1),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_number_has_a_source_or_says_unverified() {
+        for (name, text) in BUILTIN {
+            for line in text.lines() {
+                let code = line.split('#').next().unwrap_or("");
+                if code.contains('=')
+                    && code.chars().any(|c| c.is_ascii_digit())
+                    && !code.contains('"')
+                {
+                    let comment = line.split_once('#').map(|x| x.1).unwrap_or("");
+                    assert!(
+                        comment.trim().len() > 3,
+                        "{name}: number without a source: {line}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn known_figures() {
+        let o = builtin("office365").unwrap().unwrap();
+        assert_eq!(o.limits.max_connections, Some(3));
+        assert_eq!(o.limits.messages_per_minute, Some(30));
+        let g = builtin("google-workspace").unwrap().unwrap();
+        assert_eq!(g.limits.messages_per_day, Some(2000));
+        let s = builtin("amazon-ses").unwrap().unwrap();
+        assert_eq!(
+            (s.limits.messages_per_second, s.limits.messages_per_day),
+            (Some(1), Some(200))
+        );
+        assert!(builtin("nope").is_none());
+    }
+
+    #[test]
+    fn overrides_key_by_key() {
+        let base = builtin("office365").unwrap().unwrap().limits;
+        let over = Limits {
+            messages_per_minute: Some(10),
+            ..Default::default()
+        };
+        let eff = base.overridden_by(&over);
+        assert_eq!(eff.messages_per_minute, Some(10));
+        assert_eq!(eff.max_connections, Some(3));
+    }
+}
