@@ -29,4 +29,5 @@ pub mod config;
 pub mod policy;
 pub mod server;
 pub mod smtp;
+pub mod store;
 pub mod upstream;

@@ -1,2 +1,3 @@
 //! The rate-control loop (issue 3). Pure: no sockets, no files.
+pub mod suppression;
 pub mod verdict;

@@ -1,0 +1,351 @@
+//! The suppression list: addresses the provider rejected for good, so they are never
+//! sent to again. Pure logic over a [`SuppressionStore`] trait (the durable redb store
+//! lives in `crate::store`); an in-memory index answers the per-RCPT lookup without
+//! touching the disk.
+//!
+//! Keyed by the lower-cased address. Hard failures (5.1.x, 5.2.1, "user unknown")
+//! suppress at once; soft ones (mailbox full) only after `threshold` occurrences within
+//! `window`. This module must never suppress on its own judgement of a reply: it is told
+//! by the classifier's verdict, and it never forgets an entry except by `remove`.
+
+use crate::smtp::Reply;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+/// Where an entry came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// A reply from the provider.
+    Upstream,
+    /// Added by an operator (`mailvalve suppress add`).
+    Manual,
+    /// Imported from CSV.
+    Import,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Upstream => "upstream",
+            Source::Manual => "manual",
+            Source::Import => "import",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "upstream" => Some(Source::Upstream),
+            "manual" => Some(Source::Manual),
+            "import" => Some(Source::Import),
+            _ => None,
+        }
+    }
+}
+
+/// One address and why it is (or may become) suppressed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Lower-cased address.
+    pub address: String,
+    /// The reply that caused it (code, enhanced code, text).
+    pub code: u16,
+    pub enhanced: Option<String>,
+    pub text: String,
+    /// Unix seconds.
+    pub first_seen: u64,
+    pub last_seen: u64,
+    pub count: u32,
+    pub source: Source,
+    /// False while a soft failure is being counted but has not reached the threshold.
+    pub suppressed: bool,
+    /// Times (unix seconds) of recent soft failures, newest last, at most `threshold`.
+    #[serde(default)]
+    pub soft_times: Vec<u64>,
+}
+
+impl Entry {
+    /// The local reply to a RCPT for this address: `550 5.1.1` with the original reason.
+    pub fn rcpt_reply(&self) -> Reply {
+        let mut why = format!("{}", self.code);
+        if let Some(e) = &self.enhanced {
+            why.push(' ');
+            why.push_str(e);
+        }
+        if !self.text.is_empty() {
+            why.push(' ');
+            why.push_str(&self.text);
+        }
+        Reply::new(
+            550,
+            crate::smtp::EnhancedCode::new(5, 1, 1),
+            format!(
+                "<{}> is suppressed by mailvalve (source: {}; provider said: {})",
+                self.address,
+                self.source.as_str(),
+                why
+            ),
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("suppression store: {0}")]
+pub struct StoreError(pub String);
+
+/// Durable storage for entries. Implementations must make `put`/`put_all`/`remove`
+/// durable before returning (crash-safe), and `put_all` atomic.
+pub trait SuppressionStore: Send + Sync + 'static {
+    fn load_all(&self) -> Result<Vec<Entry>, StoreError>;
+    fn put(&self, entry: &Entry) -> Result<(), StoreError>;
+    fn put_all(&self, entries: &[Entry]) -> Result<(), StoreError>;
+    fn remove(&self, address: &str) -> Result<bool, StoreError>;
+}
+
+/// Soft failures (mailbox full): suppress after `threshold` within `window_secs`.
+#[derive(Debug, Clone, Copy)]
+pub struct SoftPolicy {
+    pub threshold: u32,
+    pub window_secs: u64,
+}
+
+impl Default for SoftPolicy {
+    fn default() -> Self {
+        Self {
+            threshold: 3,
+            window_secs: 30 * 24 * 3600,
+        }
+    }
+}
+
+pub fn normalize(address: &str) -> String {
+    address.trim().trim_matches(['<', '>']).to_lowercase()
+}
+
+/// The list: an in-memory index over a durable store.
+pub struct Suppressions<S: SuppressionStore> {
+    store: S,
+    soft: SoftPolicy,
+    index: RwLock<HashMap<String, Entry>>,
+}
+
+impl<S: SuppressionStore> Suppressions<S> {
+    pub fn open(store: S, soft: SoftPolicy) -> Result<Self, StoreError> {
+        let index = store
+            .load_all()?
+            .into_iter()
+            .map(|e| (e.address.clone(), e))
+            .collect();
+        Ok(Self {
+            store,
+            soft,
+            index: RwLock::new(index),
+        })
+    }
+
+    /// The entry if `address` is suppressed (the hot path: one hash lookup).
+    pub fn lookup(&self, address: &str) -> Option<Entry> {
+        let key = normalize(address);
+        let idx = self.index.read().unwrap_or_else(|p| p.into_inner());
+        idx.get(&key).filter(|e| e.suppressed).cloned()
+    }
+
+    pub fn is_suppressed(&self, address: &str) -> bool {
+        self.lookup(address).is_some()
+    }
+
+    /// A permanent failure of the address: suppressed from now on.
+    pub fn record_hard(&self, address: &str, reply: &Reply, now: u64) -> Result<Entry, StoreError> {
+        self.update(address, reply, now, Source::Upstream, |e, _| {
+            e.suppressed = true;
+        })
+    }
+
+    /// A soft failure (mailbox full): counted; suppressed once `threshold` happened
+    /// within the window. Returns the entry; `entry.suppressed` says which.
+    pub fn record_soft(&self, address: &str, reply: &Reply, now: u64) -> Result<Entry, StoreError> {
+        let soft = self.soft;
+        self.update(address, reply, now, Source::Upstream, move |e, now| {
+            e.soft_times
+                .retain(|&t| now.saturating_sub(t) <= soft.window_secs);
+            e.soft_times.push(now);
+            let keep = soft.threshold.max(1) as usize;
+            if e.soft_times.len() > keep {
+                let drop = e.soft_times.len() - keep;
+                e.soft_times.drain(..drop);
+            }
+            if e.soft_times.len() >= keep {
+                e.suppressed = true;
+            }
+        })
+    }
+
+    fn update(
+        &self,
+        address: &str,
+        reply: &Reply,
+        now: u64,
+        source: Source,
+        apply: impl FnOnce(&mut Entry, u64),
+    ) -> Result<Entry, StoreError> {
+        let key = normalize(address);
+        let mut idx = self.index.write().unwrap_or_else(|p| p.into_inner());
+        let mut entry = idx.get(&key).cloned().unwrap_or_else(|| Entry {
+            address: key.clone(),
+            code: reply.code,
+            enhanced: None,
+            text: String::new(),
+            first_seen: now,
+            last_seen: now,
+            count: 0,
+            source,
+            suppressed: false,
+            soft_times: Vec::new(),
+        });
+        entry.code = reply.code;
+        entry.enhanced = reply.enhanced.map(|e| e.to_string());
+        entry.text = reply.text();
+        entry.last_seen = now;
+        entry.count = entry.count.saturating_add(1);
+        apply(&mut entry, now);
+        self.store.put(&entry)?;
+        idx.insert(key, entry.clone());
+        Ok(entry)
+    }
+
+    /// Adds entries given by an operator or an import, all or nothing.
+    pub fn add_all(&self, entries: Vec<Entry>) -> Result<(), StoreError> {
+        let mut idx = self.index.write().unwrap_or_else(|p| p.into_inner());
+        self.store.put_all(&entries)?;
+        for e in entries {
+            idx.insert(e.address.clone(), e);
+        }
+        Ok(())
+    }
+
+    pub fn remove(&self, address: &str) -> Result<bool, StoreError> {
+        let key = normalize(address);
+        let mut idx = self.index.write().unwrap_or_else(|p| p.into_inner());
+        let removed = self.store.remove(&key)?;
+        Ok(idx.remove(&key).is_some() || removed)
+    }
+
+    /// All entries (suppressed and counting), sorted by address.
+    pub fn list(&self) -> Vec<Entry> {
+        let idx = self.index.read().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<Entry> = idx.values().cloned().collect();
+        v.sort_by(|a, b| a.address.cmp(&b.address));
+        v
+    }
+}
+
+/// A store that keeps nothing on disk: for tests and the simulation.
+#[derive(Default)]
+pub struct MemoryStore(RwLock<HashMap<String, Entry>>);
+
+impl SuppressionStore for MemoryStore {
+    fn load_all(&self) -> Result<Vec<Entry>, StoreError> {
+        Ok(self
+            .0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect())
+    }
+    fn put(&self, entry: &Entry) -> Result<(), StoreError> {
+        self.put_all(std::slice::from_ref(entry))
+    }
+    fn put_all(&self, entries: &[Entry]) -> Result<(), StoreError> {
+        let mut m = self.0.write().unwrap_or_else(|p| p.into_inner());
+        for e in entries {
+            m.insert(e.address.clone(), e.clone());
+        }
+        Ok(())
+    }
+    fn remove(&self, address: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .0
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(address)
+            .is_some())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::smtp::EnhancedCode;
+
+    fn list() -> Suppressions<MemoryStore> {
+        Suppressions::open(
+            MemoryStore::default(),
+            SoftPolicy {
+                threshold: 3,
+                window_secs: 100,
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn hard_failure_suppresses_case_insensitively() {
+        let s = list();
+        let r = Reply::new(550, EnhancedCode::new(5, 1, 1), "user unknown");
+        s.record_hard("Bob@Example.ORG", &r, 10).unwrap();
+        let e = s.lookup("<bob@example.org>").unwrap();
+        assert_eq!(e.code, 550);
+        assert_eq!(e.enhanced.as_deref(), Some("5.1.1"));
+        let reply = e.rcpt_reply();
+        assert_eq!(
+            (reply.code, reply.enhanced),
+            (550, Some(EnhancedCode::new(5, 1, 1)))
+        );
+        assert!(reply.text().contains("user unknown"));
+    }
+
+    #[test]
+    fn soft_failures_need_n_within_window() {
+        let s = list();
+        let r = Reply::new(452, EnhancedCode::new(4, 2, 2), "mailbox full");
+        assert!(!s.record_soft("a@b", &r, 0).unwrap().suppressed);
+        assert!(!s.record_soft("a@b", &r, 50).unwrap().suppressed);
+        // At 120 the first one (at 0) has left the 100 s window: still only two in it.
+        assert!(!s.record_soft("a@b", &r, 120).unwrap().suppressed);
+        assert!(!s.is_suppressed("a@b"));
+        assert!(s.record_soft("a@b", &r, 130).unwrap().suppressed);
+        assert!(s.is_suppressed("a@b"));
+        assert_eq!(s.lookup("a@b").unwrap().count, 4);
+    }
+
+    #[test]
+    fn survives_reopen_and_remove() {
+        let store = std::sync::Arc::new(MemoryStore::default());
+        let r = Reply::new(550, EnhancedCode::new(5, 1, 1), "no");
+        {
+            let s = Suppressions::open(store.clone(), SoftPolicy::default()).unwrap();
+            s.record_hard("x@y", &r, 1).unwrap();
+        }
+        let s = Suppressions::open(store, SoftPolicy::default()).unwrap();
+        assert!(s.is_suppressed("x@y"));
+        assert!(s.remove("X@Y").unwrap());
+        assert!(!s.is_suppressed("x@y"));
+    }
+}
+
+/// Lets a caller keep a handle on the store (tests reopen the list over the same store).
+impl<T: SuppressionStore> SuppressionStore for std::sync::Arc<T> {
+    fn load_all(&self) -> Result<Vec<Entry>, StoreError> {
+        (**self).load_all()
+    }
+    fn put(&self, entry: &Entry) -> Result<(), StoreError> {
+        (**self).put(entry)
+    }
+    fn put_all(&self, entries: &[Entry]) -> Result<(), StoreError> {
+        (**self).put_all(entries)
+    }
+    fn remove(&self, address: &str) -> Result<bool, StoreError> {
+        (**self).remove(address)
+    }
+}

@@ -1,0 +1,7 @@
+//! Durable storage behind the policy's store traits: the suppression list in redb, and
+//! its CSV import/export. The policy decides what to store; this module only makes it
+//! durable (every write transaction is committed with redb's default immediate
+//! durability: fsynced before the call returns) and must never decide anything itself.
+
+pub mod suppression;
+pub mod suppression_csv;
