@@ -79,7 +79,11 @@ pub fn import(mut input: impl Read, now: SystemTime) -> Result<Vec<Entry>, Vec<L
         }]);
     }
     let line_of = |byte: u64| -> u64 {
-        let end = (byte as usize).min(bytes.len());
+        // A record's position may point at blank lines before it: skip them.
+        let mut end = (byte as usize).min(bytes.len());
+        while end < bytes.len() && matches!(bytes[end], b'\r' | b'\n') {
+            end += 1;
+        }
         bytes[..end].iter().filter(|&&c| c == b'\n').count() as u64 + 1
     };
     let mut rdr = csv::ReaderBuilder::new()
