@@ -1,2 +1,3 @@
 //! Inbound ESMTP server.
 pub mod relay;
+pub mod suppress;

@@ -1,0 +1,181 @@
+//! A [`Relay`] wrapper that answers RCPT TO a suppressed address locally with
+//! `550 5.1.1` and the original reason, without contacting the provider, and passes
+//! every other recipient on. Replies keep the mailer's order.
+//!
+//! It only reads the suppression list; adding to it is the job of whoever sees the
+//! provider's reply (the policy feedback path). It must never drop a recipient silently.
+
+use super::relay::{Relay, RelayTransaction};
+use crate::policy::suppression::{Entry, SuppressionStore, Suppressions};
+use crate::smtp::{Envelope, Reply};
+use std::sync::Arc;
+
+pub struct SuppressingRelay<R, S: SuppressionStore> {
+    inner: R,
+    list: Arc<Suppressions<S>>,
+}
+
+impl<R, S: SuppressionStore> SuppressingRelay<R, S> {
+    pub fn new(inner: R, list: Arc<Suppressions<S>>) -> Self {
+        Self { inner, list }
+    }
+}
+
+/// Splits recipients into (index, local reply) for suppressed ones and the rest.
+fn split<S: SuppressionStore>(
+    list: &Suppressions<S>,
+    rcpts: Vec<String>,
+) -> (Vec<Option<Entry>>, Vec<String>) {
+    let mut marks = Vec::with_capacity(rcpts.len());
+    let mut pass = Vec::with_capacity(rcpts.len());
+    for r in rcpts {
+        match list.lookup(&r) {
+            Some(e) => marks.push(Some(e)),
+            None => {
+                marks.push(None);
+                pass.push(r);
+            }
+        }
+    }
+    (marks, pass)
+}
+
+/// Puts the local replies back between the provider's, in the mailer's order.
+fn merge(marks: Vec<Option<Entry>>, upstream: Vec<Reply>) -> Vec<Reply> {
+    let mut up = upstream.into_iter();
+    marks
+        .into_iter()
+        .map(|m| match m {
+            Some(e) => e.rcpt_reply(),
+            // The inner relay returns one reply per recipient; if it returned fewer
+            // (a contract breach), say so rather than inventing a 250.
+            None => up.next().unwrap_or_else(|| {
+                Reply::new(
+                    451,
+                    crate::smtp::EnhancedCode::new(4, 3, 0),
+                    "No reply from provider for this recipient",
+                )
+            }),
+        })
+        .collect()
+}
+
+impl<R: Relay, S: SuppressionStore> Relay for SuppressingRelay<R, S> {
+    type Tx = SuppressingTx<R::Tx, S>;
+
+    async fn begin(
+        &self,
+        env: Envelope,
+        rcpts: Vec<String>,
+    ) -> Result<(Self::Tx, Reply, Vec<Reply>), Reply> {
+        let (marks, pass) = split(&self.list, rcpts);
+        let (tx, mail, replies) = self.inner.begin(env, pass).await?;
+        Ok((
+            SuppressingTx {
+                inner: tx,
+                list: self.list.clone(),
+            },
+            mail,
+            merge(marks, replies),
+        ))
+    }
+}
+
+pub struct SuppressingTx<T, S: SuppressionStore> {
+    inner: T,
+    list: Arc<Suppressions<S>>,
+}
+
+impl<T: RelayTransaction, S: SuppressionStore> RelayTransaction for SuppressingTx<T, S> {
+    async fn rcpt(&mut self, rcpts: Vec<String>) -> Result<Vec<Reply>, Reply> {
+        let (marks, pass) = split(&self.list, rcpts);
+        let replies = if pass.is_empty() {
+            Vec::new()
+        } else {
+            self.inner.rcpt(pass).await?
+        };
+        Ok(merge(marks, replies))
+    }
+
+    async fn data(&mut self, message: Vec<u8>) -> Reply {
+        self.inner.data(message).await
+    }
+
+    async fn end(self) {
+        self.inner.end().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::suppression::{MemoryStore, SoftPolicy};
+    use crate::smtp::EnhancedCode;
+    use std::sync::Mutex;
+
+    /// Records what reached the "provider" and accepts everything.
+    #[derive(Clone, Default)]
+    struct Recorder(Arc<Mutex<Vec<String>>>);
+    struct RecTx(Arc<Mutex<Vec<String>>>);
+
+    fn ok() -> Reply {
+        Reply::new(250, EnhancedCode::new(2, 1, 5), "ok")
+    }
+
+    impl Relay for Recorder {
+        type Tx = RecTx;
+        async fn begin(
+            &self,
+            _env: Envelope,
+            rcpts: Vec<String>,
+        ) -> Result<(RecTx, Reply, Vec<Reply>), Reply> {
+            let n = rcpts.len();
+            self.0.lock().unwrap().extend(rcpts);
+            Ok((RecTx(self.0.clone()), ok(), vec![ok(); n]))
+        }
+    }
+    impl RelayTransaction for RecTx {
+        async fn rcpt(&mut self, rcpts: Vec<String>) -> Result<Vec<Reply>, Reply> {
+            let n = rcpts.len();
+            self.0.lock().unwrap().extend(rcpts);
+            Ok(vec![ok(); n])
+        }
+        async fn data(&mut self, _m: Vec<u8>) -> Reply {
+            ok()
+        }
+        async fn end(self) {}
+    }
+
+    #[tokio::test]
+    async fn suppressed_recipients_never_reach_the_provider() {
+        let list =
+            Arc::new(Suppressions::open(MemoryStore::default(), SoftPolicy::default()).unwrap());
+        let bad = Reply::new(550, EnhancedCode::new(5, 1, 1), "no such user");
+        list.record_hard("gone@example.org", &bad, 1).unwrap();
+        let rec = Recorder::default();
+        let relay = SuppressingRelay::new(rec.clone(), list);
+        let env = Envelope::default();
+        let (mut tx, mail, replies) = relay
+            .begin(
+                env,
+                vec![
+                    "a@example.org".into(),
+                    "GONE@example.org".into(),
+                    "b@example.org".into(),
+                ],
+            )
+            .await
+            .unwrap();
+        assert_eq!(mail.code, 250);
+        let codes: Vec<u16> = replies.iter().map(|r| r.code).collect();
+        assert_eq!(codes, vec![250, 550, 250]);
+        assert!(replies[1].text().contains("no such user"));
+        assert_eq!(replies[1].enhanced, Some(EnhancedCode::new(5, 1, 1)));
+        let later = tx.rcpt(vec!["gone@example.org".into()]).await.unwrap();
+        assert_eq!(later[0].code, 550);
+        assert_eq!(
+            *rec.0.lock().unwrap(),
+            vec!["a@example.org", "b@example.org"]
+        );
+    }
+}
