@@ -2,3 +2,5 @@
 pub fn main() -> std::process::ExitCode {
     std::process::ExitCode::SUCCESS
 }
+pub mod profiles;
+pub mod suppress;

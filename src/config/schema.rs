@@ -18,6 +18,7 @@ pub struct Config {
     pub mode: Mode,
     pub server: ServerConfig,
     pub upstream: UpstreamConfig,
+    pub suppression: SuppressionConfig,
     pub log: LogConfig,
 }
 
@@ -27,6 +28,7 @@ impl Default for Config {
             mode: Mode::Passthrough,
             server: ServerConfig::default(),
             upstream: UpstreamConfig::default(),
+            suppression: SuppressionConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -207,6 +209,29 @@ impl Default for UpstreamTimeouts {
             data: Duration::from_secs(120),
             data_block: Duration::from_secs(180),
             data_end: Duration::from_secs(600),
+        }
+    }
+}
+
+/// The suppression list: addresses the provider rejected for good.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SuppressionConfig {
+    /// The redb database file (created if missing; its directory must exist).
+    pub path: PathBuf,
+    /// Mailbox-full replies suppress an address after this many occurrences ...
+    pub soft_threshold: u32,
+    /// ... within this window.
+    #[serde(with = "humantime_serde")]
+    pub soft_window: Duration,
+}
+
+impl Default for SuppressionConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("mailvalve-suppression.redb"),
+            soft_threshold: 3,
+            soft_window: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }

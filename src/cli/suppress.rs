@@ -1,0 +1,131 @@
+//! `mailvalve suppress ...`: list, add, remove, import and export the suppression list
+//! (the redb file named by `suppression.path`). An import checks the whole file first
+//! and changes nothing if any line is bad.
+
+use crate::config::Config;
+use crate::policy::suppression::{normalize, Entry, SoftPolicy, Source, Suppressions};
+use crate::store::suppression::RedbStore;
+use crate::store::suppression_csv;
+use anyhow::{bail, Context};
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum SuppressCmd {
+    /// Print every suppressed address with the reply that caused it.
+    List,
+    /// Suppress an address by hand.
+    Add {
+        address: String,
+        /// Why (kept with the entry and shown to the mailer).
+        #[arg(long, default_value = "added by operator")]
+        reason: String,
+    },
+    /// Remove an address from the list (it will be sent to again).
+    Remove { address: String },
+    /// Import a CSV (`address[,code,enhanced,text,first_seen,last_seen,count,source]`).
+    Import { file: PathBuf },
+    /// Export the list as CSV to stdout or a file.
+    Export {
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+}
+
+pub fn open(cfg: &Config) -> anyhow::Result<Suppressions<RedbStore>> {
+    let store = RedbStore::open(&cfg.suppression.path).with_context(|| {
+        format!(
+            "suppression list (suppression.path = {})",
+            cfg.suppression.path.display()
+        )
+    })?;
+    let soft = SoftPolicy {
+        threshold: cfg.suppression.soft_threshold,
+        window_secs: cfg.suppression.soft_window.as_secs(),
+    };
+    Ok(Suppressions::open(store, soft)?)
+}
+
+pub fn run(cmd: SuppressCmd, cfg: &Config) -> anyhow::Result<()> {
+    let list = open(cfg)?;
+    match cmd {
+        SuppressCmd::List => {
+            let entries: Vec<Entry> = list.list().into_iter().filter(|e| e.suppressed).collect();
+            for e in &entries {
+                println!(
+                    "{}\t{} {}\t{}\t{}\tcount={}",
+                    e.address,
+                    e.code,
+                    e.enhanced.as_deref().unwrap_or("-"),
+                    e.text,
+                    e.source.as_str(),
+                    e.count
+                );
+            }
+            eprintln!("{} suppressed", entries.len());
+        }
+        SuppressCmd::Add { address, reason } => {
+            let address = normalize(&address);
+            if !address.contains('@') {
+                bail!("{address:?} is not an email address");
+            }
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            list.add_all(vec![Entry {
+                address: address.clone(),
+                code: 550,
+                enhanced: Some("5.1.1".into()),
+                text: reason,
+                first_seen: now,
+                last_seen: now,
+                count: 1,
+                source: Source::Manual,
+                suppressed: true,
+                soft_times: Vec::new(),
+            }])?;
+            println!("suppressed {address}");
+        }
+        SuppressCmd::Remove { address } => {
+            if list.remove(&address)? {
+                println!("removed {}", normalize(&address));
+            } else {
+                bail!("{} is not on the suppression list", normalize(&address));
+            }
+        }
+        SuppressCmd::Import { file } => {
+            let f = std::fs::File::open(&file)
+                .with_context(|| format!("cannot open {}", file.display()))?;
+            match suppression_csv::import(f, SystemTime::now()) {
+                Ok(entries) => {
+                    let n = entries.len();
+                    list.add_all(entries)?;
+                    println!("imported {n} addresses from {}", file.display());
+                }
+                Err(errors) => {
+                    for e in &errors {
+                        eprintln!("{}: {e}", file.display());
+                    }
+                    bail!(
+                        "{}: {} bad line(s); nothing was imported",
+                        file.display(),
+                        errors.len()
+                    );
+                }
+            }
+        }
+        SuppressCmd::Export { output } => {
+            let entries = list.list();
+            match output {
+                Some(path) => {
+                    let f = std::fs::File::create(&path)
+                        .with_context(|| format!("cannot create {}", path.display()))?;
+                    suppression_csv::export(&entries, f)?;
+                }
+                None => suppression_csv::export(&entries, std::io::stdout().lock())?,
+            }
+        }
+    }
+    Ok(())
+}
