@@ -172,7 +172,24 @@ async fn start(cfg: ServerConfig) -> Srv {
     start_with(cfg, false).await
 }
 
+/// One global TRACE subscriber for the whole test binary, installed before any server
+/// runs (a scoped one misses events when parallel tests cache callsite interest).
+fn log_capture() -> &'static Capture {
+    static CAPTURE: std::sync::OnceLock<Capture> = std::sync::OnceLock::new();
+    CAPTURE.get_or_init(|| {
+        let capture = Capture::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(capture.clone())
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).unwrap();
+        capture
+    })
+}
+
 async fn start_with(cfg: ServerConfig, public: bool) -> Srv {
+    log_capture();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let rec = Recorder::default();
@@ -416,6 +433,41 @@ async fn pipelined_rcpts_go_in_one_begin_and_replies_are_verbatim() {
     is(&c.cmd("QUIT").await, 221, "2.0.0");
     c.assert_closed().await;
     assert_eq!(srv.rec.messages().len(), 1);
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn eof_rset_and_quit_end_the_relay_transaction() {
+    let srv = start(cfg()).await;
+    let ends = |rec: &Recorder| rec.events().iter().filter(|e| **e == Ev::End).count();
+    // RSET.
+    let mut c = srv.connect().await;
+    c.cmd("EHLO client.test").await;
+    c.cmd("MAIL FROM:<a@x.test>").await;
+    is(&c.cmd("RSET").await, 250, "2.0.0");
+    assert_eq!(ends(&srv.rec), 1);
+    // QUIT.
+    c.cmd("MAIL FROM:<a@x.test>").await;
+    c.cmd("RCPT TO:<b@y.test>").await;
+    is(&c.cmd("QUIT").await, 221, "2.0.0");
+    c.assert_closed().await;
+    assert_eq!(ends(&srv.rec), 2);
+    // EOF, even mid-DATA.
+    let mut c = srv.connect().await;
+    c.cmd("EHLO client.test").await;
+    c.cmd("MAIL FROM:<a@x.test>").await;
+    c.cmd("RCPT TO:<b@y.test>").await;
+    assert_eq!(c.cmd("DATA").await.code, 354);
+    c.send(b"half a message\r\n").await;
+    drop(c);
+    for _ in 0..200 {
+        if ends(&srv.rec) == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(ends(&srv.rec), 3);
+    assert!(srv.rec.messages().is_empty());
     srv.stop().await;
 }
 
@@ -1047,16 +1099,8 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
     }
 }
 
-#[tokio::test(flavor = "current_thread")]
+#[tokio::test]
 async fn credentials_never_reach_the_log() {
-    let capture = Capture::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(capture.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
-
     let srv = start(ServerConfig {
         users: alice(),
         ..cfg()
@@ -1083,7 +1127,8 @@ async fn credentials_never_reach_the_log() {
     c.assert_closed().await;
     srv.stop().await;
 
-    let log = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    // The log of every test in this binary so far, this one's included.
+    let log = String::from_utf8(log_capture().0.lock().unwrap().clone()).unwrap();
     assert!(log.contains("authenticated"), "capture works: {log}");
     assert!(log.contains("authentication failed"), "{log}");
     for secret in [

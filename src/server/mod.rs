@@ -2,13 +2,13 @@
 //!
 //! [`serve`] (or [`Server::serve`]) runs the accept loop on a bound listener until the
 //! shutdown token fires, then drains the sessions and returns. Each connection is a
-//! [`session`] — a state machine that reads pipelined commands from its buffer, answers
+//! session (`session.rs`) — a state machine that reads pipelined commands from its buffer, answers
 //! them in order (replies batched into one write per round trip, RFC 2920) and hands the
 //! mail onward through a [`Relay`]: MAIL FROM opens a relay transaction (with every RCPT
 //! already buffered behind it, so one upstream round trip serves the whole batch), RCPT
 //! and DATA are forwarded, and the replies the relay returns go to the mailer verbatim.
 //!
-//! One file per verb group, as in Stalwart's smtp crate: [`ehlo`](self::ehlo) (EHLO/HELO),
+//! One file per verb group, as in Stalwart's smtp crate: `ehlo` (EHLO/HELO),
 //! `mail` (MAIL/RCPT), `data` (DATA), `auth` (AUTH PLAIN/LOGIN), `starttls`
 //! (STARTTLS and the TLS acceptor), `replies` (every locally generated reply),
 //! `listener` (accept loop, session limit, graceful shutdown).

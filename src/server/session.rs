@@ -192,7 +192,10 @@ impl<R: Relay> Session<R> {
 
     /// Queues a reply; it is written with the others when the session next waits.
     pub(crate) fn reply(&mut self, reply: Reply) {
-        tracing::debug!(code = reply.code, enhanced = ?reply.enhanced.map(|e| e.to_string()), "reply");
+        match reply.enhanced {
+            Some(e) => tracing::debug!(code = reply.code, enhanced = %e, "reply"),
+            None => tracing::debug!(code = reply.code, "reply"),
+        }
         reply.write_wire(&mut self.wbuf);
     }
 
