@@ -1,0 +1,165 @@
+//! STARTTLS (RFC 3207): the rustls acceptor built from the configured PEM certificate
+//! and key, the connection type that is plain TCP before and TLS after, and the verb.
+//!
+//! Must never: execute or answer plaintext that was pipelined behind STARTTLS (it is
+//! discarded — a man in the middle could have injected it), keep any session state from
+//! before the handshake (EHLO, AUTH), or put key material into an error or a log line.
+
+use super::replies;
+use super::session::{Close, Session};
+use super::{Relay, ServerError};
+use crate::config::ServerTls;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+
+/// Builds the STARTTLS acceptor (TLS 1.2 and 1.3, ring provider) from PEM files: the
+/// certificate chain, leaf first, and its private key (PKCS#8, PKCS#1 or SEC1).
+pub fn load_tls_acceptor(tls: &ServerTls) -> Result<TlsAcceptor, ServerError> {
+    let cert_err = |reason: String| ServerError::Tls {
+        path: tls.cert.clone(),
+        reason,
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tls.cert)
+        .map_err(|e| cert_err(e.to_string()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| cert_err(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(cert_err("no certificate found".into()));
+    }
+    let key = PrivateKeyDer::from_pem_file(&tls.key).map_err(|e| ServerError::Tls {
+        path: tls.key.clone(),
+        reason: e.to_string(),
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| cert_err(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| cert_err(e.to_string()))?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// The session's connection: plain until STARTTLS succeeds.
+pub(crate) enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+    /// Only while the handshake owns the socket; any I/O on it fails.
+    Gone,
+}
+
+impl Stream {
+    pub(crate) fn is_tls(&self) -> bool {
+        matches!(self, Stream::Tls(_))
+    }
+}
+
+fn gone() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "connection closed")
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::Gone => Poll::Ready(Err(gone())),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::Gone => Poll::Ready(Err(gone())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::Gone => Poll::Ready(Err(gone())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::Gone => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+impl<R: Relay> Session<R> {
+    pub(crate) async fn handle_starttls(&mut self) -> Result<(), Close> {
+        let Some(acceptor) = self.shared.tls.clone() else {
+            self.reply(replies::not_implemented());
+            return Ok(());
+        };
+        if self.stream.is_tls() {
+            self.reply(replies::tls_already_active());
+            return Ok(());
+        }
+        if self.tx.is_some() {
+            self.reply(replies::in_transaction());
+            return Ok(());
+        }
+        self.reply(replies::ready_for_tls());
+        self.flush().await?;
+        // RFC 3207 4.2: anything the client sent after STARTTLS before the handshake is
+        // not to be trusted. It is dropped unread, never executed or answered.
+        if !self.rbuf.is_empty() {
+            tracing::warn!(
+                bytes = self.rbuf.len(),
+                "discarding plaintext pipelined after STARTTLS"
+            );
+            self.rbuf.clear();
+        }
+        let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Gone) else {
+            return Err(Close::Io);
+        };
+        let idle = self.shared.cfg.idle_timeout;
+        let handshake = tokio::time::timeout(idle, acceptor.accept(tcp));
+        let tls = tokio::select! {
+            r = handshake => r,
+            _ = self.shared.shutdown.cancelled() => return Err(Close::Io),
+        };
+        match tls {
+            Ok(Ok(tls)) => {
+                self.stream = Stream::Tls(Box::new(tls));
+                // RFC 3207 4.2: forget everything learned before TLS.
+                self.reset_after_tls();
+                tracing::debug!("TLS established");
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                tracing::info!(error = %e, "TLS handshake failed");
+                Err(Close::Io)
+            }
+            Err(_) => {
+                tracing::info!("TLS handshake timed out");
+                Err(Close::Io)
+            }
+        }
+    }
+}
