@@ -643,3 +643,98 @@ async fn password_never_appears_in_logs() {
         assert!(!out.contains(&secret), "{secret} leaked:\n{out}");
     }
 }
+
+#[tokio::test]
+async fn verify_off_warns_at_every_connect() {
+    let cap = Capture::default();
+    let sub = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_writer(cap.clone())
+        .with_ansi(false)
+        .finish();
+    let _g = tracing::subscriber::set_default(sub);
+    let ca = TestCa::new();
+    let p = Provider::builder().starttls(&ca).start().await;
+    let mut cfg = p.upstream_config();
+    cfg.tls_verify = false;
+    let s = settings(cfg);
+    for _ in 0..2 {
+        let c = within(Connection::connect(&s)).await.unwrap();
+        within(c.quit()).await;
+    }
+    let out = String::from_utf8(cap.0.lock().unwrap().clone()).unwrap();
+    assert_eq!(out.matches("verification is OFF").count(), 2, "{out}");
+}
+
+/// The adapter `cli` needs between the inbound session and this module, written out
+/// here to prove the mapping is as small as promised (and that the futures are `Send`).
+mod relay_adapter {
+    use super::*;
+    use mailvalve::server::relay::{Relay, RelayTransaction};
+    use mailvalve::upstream::Lease;
+
+    pub struct Passthrough(pub Admission);
+    pub struct Tx(Lease);
+
+    impl Relay for Passthrough {
+        type Tx = Tx;
+        async fn begin(
+            &self,
+            env: Envelope,
+            rcpts: Vec<String>,
+        ) -> Result<(Tx, Reply, Vec<Reply>), Reply> {
+            let mut lease = self.0.lease().await.map_err(|e| e.to_reply())?;
+            match lease.envelope(&env, &rcpts).await {
+                Ok((mail, rr)) if mail.class() == 2 => Ok((Tx(lease), mail, rr)),
+                Ok((mail, _)) => {
+                    lease.release().await;
+                    Err(mail)
+                }
+                Err(e) => Err(e.to_reply()),
+            }
+        }
+    }
+
+    impl RelayTransaction for Tx {
+        async fn rcpt(&mut self, rcpts: Vec<String>) -> Result<Vec<Reply>, Reply> {
+            self.0.rcpt(&rcpts).await.map_err(|e| e.to_reply())
+        }
+        async fn data(&mut self, message: Vec<u8>) -> Reply {
+            self.0.data(&message).await.unwrap_or_else(|e| e.to_reply())
+        }
+        async fn end(self) {
+            self.0.release().await
+        }
+    }
+}
+
+#[tokio::test]
+async fn relay_adapter_maps_trivially() {
+    use mailvalve::server::relay::{Relay, RelayTransaction};
+    let p = Provider::builder()
+        .rcpt_reply("bad@example.org", "550 5.1.1 No such user")
+        .start()
+        .await;
+    let relay = relay_adapter::Passthrough(Admission::new(settings(p.upstream_config())));
+    let (mut tx, mail, rr) = within(relay.begin(env("a@example.com"), rcpts(&["b@example.org"])))
+        .await
+        .unwrap();
+    assert_eq!((mail.code, rr[0].code), (250, 250));
+    let more = within(tx.rcpt(rcpts(&["bad@example.org"]))).await.unwrap();
+    assert_eq!(more[0].code, 550);
+    assert_eq!(within(tx.data(b"hi\r\n".to_vec())).await.code, 250);
+    within(tx.end()).await;
+
+    let p = Provider::builder()
+        .mail_reply("550 5.7.1 Sender rejected")
+        .start()
+        .await;
+    let relay = relay_adapter::Passthrough(Admission::new(settings(p.upstream_config())));
+    let err = within(relay.begin(env("a@example.com"), rcpts(&["b@example.org"])))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.code, 550);
+    assert_eq!(relay.0.limit().in_use(), 0);
+    assert_eq!(relay.0.pool().idle_count(), 1);
+}

@@ -114,3 +114,29 @@ where
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::FutureExt;
+
+    #[test]
+    fn quota_is_a_burst_of_the_whole_quota() {
+        let limits = RateLimits::new(&RateConfig {
+            per_day: Some(200),
+            per_hour: Some(500),
+            ..RateConfig::default()
+        });
+        for _ in 0..200 {
+            assert!(limits.until_ready().now_or_never().is_some());
+        }
+        assert!(limits.until_ready().now_or_never().is_none());
+    }
+
+    #[test]
+    fn nothing_set_is_unlimited() {
+        let limits = RateLimits::new(&RateConfig::default());
+        assert!(limits.is_unlimited());
+        assert!(limits.until_ready().now_or_never().is_some());
+    }
+}
