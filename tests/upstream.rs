@@ -738,3 +738,19 @@ async fn relay_adapter_maps_trivially() {
     assert_eq!(relay.0.limit().in_use(), 0);
     assert_eq!(relay.0.pool().idle_count(), 1);
 }
+
+#[tokio::test]
+async fn lowering_the_limit_closes_surplus_connections_on_release() {
+    let p = Provider::builder().start().await;
+    let adm = Admission::new(settings(p.upstream_config())); // max_connections = 2
+    let a = within(adm.lease()).await.unwrap();
+    let b = within(adm.lease()).await.unwrap();
+    adm.limit().set_limit(1);
+    within(a.release()).await;
+    within(b.release()).await;
+    assert_eq!(adm.pool().idle_count(), 1);
+    assert_eq!(adm.limit().in_use(), 0);
+    assert_eq!(p.lines().iter().filter(|l| *l == "QUIT").count(), 1);
+    one_message(&adm).await;
+    assert_eq!(p.connections_total(), 2);
+}

@@ -477,6 +477,9 @@ impl Connection {
         let res = timeout(wait, self.read_reply_inner()).await;
         match res {
             Ok(Ok(r)) => {
+                if !r.is_positive() {
+                    tracing::debug!(phase = phase_name(phase), reply = %r, "provider refused");
+                }
                 if r.code == 421 {
                     tracing::debug!(
                         phase = phase_name(phase),

@@ -129,6 +129,13 @@ impl Drop for Permit {
     }
 }
 
+impl Permit {
+    /// The limit this permit belongs to.
+    pub fn limit(&self) -> &Arc<ConcurrencyLimit> {
+        &self.limit
+    }
+}
+
 /// A response that can carry the permit it was admitted under.
 pub trait HoldPermit {
     fn hold_permit(&mut self, permit: Permit);

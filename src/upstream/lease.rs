@@ -41,7 +41,18 @@ impl Lease {
     /// usable, back to the pool (or closed), then the permit is freed.
     pub async fn release(mut self) {
         if let Some(conn) = self.conn.take() {
-            self.pool.put(conn).await;
+            // Open connections are the leases plus the idle ones. If the limit shrank
+            // while this lease was out, close it instead of pooling it.
+            let over = self
+                .permit
+                .as_ref()
+                .is_some_and(|p| p.limit().in_use() + self.pool.idle_count() > p.limit().limit());
+            if over {
+                tracing::debug!("concurrency limit lowered; closing provider connection");
+                self.pool.close(conn).await;
+            } else {
+                self.pool.put(conn).await;
+            }
         }
         drop(self.permit.take());
     }

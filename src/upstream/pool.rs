@@ -115,6 +115,13 @@ impl Pool {
         });
     }
 
+    /// Ends the transaction politely and closes the connection (QUIT if usable).
+    pub async fn close(&self, conn: Connection) {
+        if conn.is_usable() {
+            conn.quit().await;
+        }
+    }
+
     /// Closes (QUIT) every idle connection older than `idle_timeout`. Returns how many.
     pub async fn reap(&self) -> usize {
         let max_idle = self.settings.config.idle_timeout;
