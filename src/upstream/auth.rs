@@ -18,7 +18,7 @@ pub(crate) async fn authenticate(
     pass: &Secret,
 ) -> Result<(), UpstreamError> {
     let caps = conn.capabilities().clone();
-    let wait = timeouts_command(conn);
+    let wait = conn.command_timeout();
     if caps.auth_plain {
         let mut raw = Vec::with_capacity(user.len() + pass.expose().len() + 2);
         raw.push(0);
@@ -55,10 +55,6 @@ pub(crate) async fn authenticate(
         return finish(r);
     }
     Err(UpstreamError::NoAuthMechanism)
-}
-
-fn timeouts_command(conn: &Connection) -> std::time::Duration {
-    conn.command_timeout()
 }
 
 fn finish(r: crate::smtp::Reply) -> Result<(), UpstreamError> {
