@@ -1,1 +1,37 @@
-//! Outbound SMTP client, pool and admission.
+//! The outbound side: everything between "a transaction needs the provider" and the
+//! provider's SMTP server.
+//!
+//! - [`Settings`]: the `[upstream]` config plus the TLS connector, prepared once.
+//! - [`Connection`] (`client.rs`, `auth.rs`, `tls.rs`, `stream.rs`): one SMTP session —
+//!   connect, implicit TLS or STARTTLS (plaintext after the 220 discarded, EHLO again),
+//!   AUTH PLAIN/LOGIN, MAIL+RCPT pipelined when offered, DATA with re-dot-stuffing, RSET,
+//!   QUIT. Every read is bounded by its RFC 5321 timeout. It reports replies verbatim
+//!   and decides nothing; the latency to 354 and to the final reply is recorded.
+//! - [`Admission`] (`admission.rs`, `rate_limit.rs`, `concurrency.rs`, `pool.rs`): the one
+//!   way to get a connection — a tower stack of rate limit → concurrency limit → pool,
+//!   returning a [`Lease`] that holds its permit until released.
+//! - [`UpstreamError`]: every failure, and [`UpstreamError::to_reply`], the 4xx the
+//!   mailer gets for it.
+//!
+//! This module must never report a message as accepted unless the provider said so,
+//! never log credentials, never send a bare CR or LF, and never exceed
+//! `max_connections` leases.
+
+pub mod admission;
+mod auth;
+pub mod client;
+pub mod concurrency;
+pub mod error;
+pub mod lease;
+pub mod pool;
+pub mod rate_limit;
+pub mod settings;
+mod stream;
+pub mod tls;
+
+pub use admission::{Admission, AdmissionRequest};
+pub use client::Connection;
+pub use concurrency::{ConcurrencyLimit, Permit};
+pub use error::UpstreamError;
+pub use lease::Lease;
+pub use settings::Settings;

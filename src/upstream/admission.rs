@@ -1,0 +1,120 @@
+//! Admission: the one path to an upstream connection, for passthrough sessions and
+//! (later) queue workers alike. A tower stack, outermost first:
+//!
+//! ```text
+//! RateLimit (governor GCRA, RateConfig)   ┐ both waits bounded together by
+//! Concurrency (permit held by the Lease)  ┘ admission_wait → 451 4.7.0 Provider busy
+//! PoolService (idle connection, or connect)
+//! ```
+//!
+//! The deadline travels in the request ([`AdmissionRequest`]) rather than in a
+//! `tower::timeout::Timeout` around the stack, so only the *waiting* is bounded by
+//! `admission_wait`; connecting has its own `timeouts.connect`. A future pause gate or
+//! adaptive limit slots in as another layer, or by resizing [`Admission::limit`].
+//!
+//! This module must never hand out more leases than the concurrency limit, and never let
+//! a caller wait past its deadline for a rate slot or a permit.
+
+use super::concurrency::{ConcurrencyLayer, ConcurrencyLimit};
+use super::error::UpstreamError;
+use super::lease::Lease;
+use super::pool::{Pool, PoolService};
+use super::rate_limit::{RateLimitLayer, RateLimits};
+use super::settings::Settings;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use tower::util::BoxCloneSyncService;
+use tower::{ServiceBuilder, ServiceExt};
+
+/// What travels down the stack: when waiting must stop.
+#[derive(Debug, Clone, Copy)]
+pub struct AdmissionRequest {
+    pub deadline: Instant,
+    /// The configured wait, for the error message.
+    pub wait: Duration,
+}
+
+impl AdmissionRequest {
+    pub fn new(wait: Duration) -> Self {
+        Self {
+            deadline: Instant::now() + wait,
+            wait,
+        }
+    }
+}
+
+/// The admission stack for one upstream. Cheap to share (`Arc` inside); `Send + Sync`.
+#[derive(Clone)]
+pub struct Admission {
+    svc: BoxCloneSyncService<AdmissionRequest, Lease, UpstreamError>,
+    pool: Arc<Pool>,
+    limit: Arc<ConcurrencyLimit>,
+    rates: Arc<RateLimits>,
+    wait: Duration,
+}
+
+impl std::fmt::Debug for Admission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admission")
+            .field("pool", &self.pool)
+            .field("limit", &self.limit)
+            .field("wait", &self.wait)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Admission {
+    /// Builds the stack from the settings. Inside a tokio runtime, also starts the idle
+    /// reaper (it stops when the last `Admission` clone is dropped).
+    pub fn new(settings: Arc<Settings>) -> Self {
+        let cfg = &settings.config;
+        let limit = ConcurrencyLimit::new(cfg.max_connections);
+        let rates = RateLimits::new(&cfg.rate);
+        let wait = cfg.admission_wait;
+        let pool = Pool::new(settings.clone());
+        if tokio::runtime::Handle::try_current().is_ok() {
+            pool.spawn_reaper();
+        }
+        let svc = ServiceBuilder::new()
+            .layer(RateLimitLayer::new(rates.clone()))
+            .layer(ConcurrencyLayer::new(limit.clone()))
+            .service(PoolService::new(pool.clone()));
+        Self {
+            svc: BoxCloneSyncService::new(svc),
+            pool,
+            limit,
+            rates,
+            wait,
+        }
+    }
+
+    /// A connection ready for MAIL FROM, after waiting at most `admission_wait` for a
+    /// rate slot and a permit. `Err` carries the reason; `to_reply()` answers the mailer.
+    pub async fn lease(&self) -> Result<Lease, UpstreamError> {
+        let res = self
+            .svc
+            .clone()
+            .oneshot(AdmissionRequest::new(self.wait))
+            .await;
+        if let Err(e) = &res {
+            tracing::debug!(error = %e, "no upstream lease");
+        }
+        res
+    }
+
+    /// The concurrency limit, shared: resize it with `set_limit`.
+    pub fn limit(&self) -> &Arc<ConcurrencyLimit> {
+        &self.limit
+    }
+
+    /// The rate limits in force.
+    pub fn rates(&self) -> &Arc<RateLimits> {
+        &self.rates
+    }
+
+    /// The connection pool.
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+}

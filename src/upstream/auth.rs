@@ -1,0 +1,68 @@
+//! AUTH PLAIN (preferred) or AUTH LOGIN with the configured credentials.
+//!
+//! Must never log, return or put into an error the password or the base64 blobs that
+//! carry it: every line sent here is logged as `AUTH PLAIN <redacted>` and the like, and
+//! a failure holds only the provider's reply.
+
+use super::client::Connection;
+use super::error::UpstreamError;
+use crate::config::Secret;
+use crate::policy::verdict::Phase;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+
+/// Authenticates `conn`. PLAIN if offered, else LOGIN, else `NoAuthMechanism`.
+pub(crate) async fn authenticate(
+    conn: &mut Connection,
+    user: &str,
+    pass: &Secret,
+) -> Result<(), UpstreamError> {
+    let caps = conn.capabilities().clone();
+    let wait = conn.command_timeout();
+    if caps.auth_plain {
+        let mut raw = Vec::with_capacity(user.len() + pass.expose().len() + 2);
+        raw.push(0);
+        raw.extend_from_slice(user.as_bytes());
+        raw.push(0);
+        raw.extend_from_slice(pass.expose().as_bytes());
+        let line = format!("AUTH PLAIN {}", B64.encode(&raw));
+        let r = conn
+            .command_redacted(&line, "AUTH PLAIN <redacted>", Phase::Auth, wait)
+            .await?;
+        return finish(r);
+    }
+    if caps.auth_login {
+        let r = conn
+            .command_redacted("AUTH LOGIN", "AUTH LOGIN", Phase::Auth, wait)
+            .await?;
+        if r.code != 334 {
+            return finish(r);
+        }
+        let r = conn
+            .command_redacted(&B64.encode(user), "<redacted username>", Phase::Auth, wait)
+            .await?;
+        if r.code != 334 {
+            return finish(r);
+        }
+        let r = conn
+            .command_redacted(
+                &B64.encode(pass.expose()),
+                "<redacted password>",
+                Phase::Auth,
+                wait,
+            )
+            .await?;
+        return finish(r);
+    }
+    Err(UpstreamError::NoAuthMechanism)
+}
+
+fn finish(r: crate::smtp::Reply) -> Result<(), UpstreamError> {
+    if r.class() == 2 {
+        tracing::debug!("authenticated with the provider");
+        Ok(())
+    } else {
+        tracing::warn!(code = r.code, "provider rejected the credentials");
+        Err(UpstreamError::Auth(r))
+    }
+}

@@ -1,0 +1,230 @@
+//! What can go wrong talking to the provider, and the reply the mailer gets for it.
+//!
+//! Every failure of the outbound side is an [`UpstreamError`]; [`UpstreamError::to_reply`]
+//! turns it into a 4xx the mailer can act on ("try again later") that says why. This
+//! module must never put a secret (password, AUTH exchange) into an error or a reply, and
+//! `to_reply` must never answer 2xx or 5xx: a local failure is never the message's fault.
+
+use crate::policy::verdict::Phase;
+use crate::smtp::{EnhancedCode, Reply, ReplyError};
+use std::io;
+use std::time::Duration;
+
+/// A failure on the outbound side.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// TCP connect (or connect timeout) failed, or a write/read failed with an I/O error.
+    #[error("cannot reach the provider: {0}")]
+    Connect(#[source] io::Error),
+    /// No answer (or no progress writing) within the configured RFC 5321 timeout.
+    #[error("provider timed out in phase {}", phase_name(*.phase))]
+    Timeout { phase: Phase },
+    /// TLS configuration or handshake failure.
+    #[error("TLS with the provider failed: {0}")]
+    Tls(String),
+    /// The greeting was not 2xx (e.g. `421 Too many connections`).
+    #[error("provider refused the connection: {0}")]
+    Greeting(Reply),
+    /// Neither EHLO nor HELO was accepted.
+    #[error("provider refused EHLO/HELO: {0}")]
+    Ehlo(Reply),
+    /// STARTTLS required but not offered (`None`) or refused (`Some(reply)`).
+    #[error("provider STARTTLS failed: {}", .0.as_ref().map_or("not offered".to_string(), |r| r.to_string()))]
+    StartTls(Option<Reply>),
+    /// Credentials are configured, but the provider offers neither AUTH PLAIN nor LOGIN.
+    #[error("provider offers no AUTH mechanism mailvalve supports (PLAIN, LOGIN)")]
+    NoAuthMechanism,
+    /// The provider rejected the credentials. Holds the provider's reply, never the secret.
+    #[error("provider rejected the credentials: {0}")]
+    Auth(Reply),
+    /// The provider sent something that is not an SMTP reply.
+    #[error("provider protocol error: {0}")]
+    Protocol(#[from] ReplyError),
+    /// The provider closed the connection when a reply was expected.
+    #[error("provider closed the connection")]
+    Closed,
+    /// An address or parameter we were asked to send would break the command line
+    /// (CR, LF, angle brackets or other control characters). Nothing was sent.
+    #[error("refusing to send malformed address {0:?}")]
+    BadAddress(String),
+    /// The connection was already unusable (earlier I/O error, timeout or 421).
+    #[error("upstream connection is no longer usable")]
+    Unusable,
+    /// Admission: no rate slot or connection permit within `admission_wait`.
+    #[error("no upstream connection free within {0:?}")]
+    Busy(Duration),
+}
+
+/// Lower-case name of a phase, for messages and logs.
+pub fn phase_name(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Greeting => "greeting",
+        Phase::Ehlo => "ehlo",
+        Phase::StartTls => "starttls",
+        Phase::Auth => "auth",
+        Phase::Mail => "mail",
+        Phase::Rcpt => "rcpt",
+        Phase::Data => "data",
+        Phase::DataEnd => "data-end",
+        Phase::Rset => "rset",
+    }
+}
+
+impl UpstreamError {
+    /// The reply for the mailer: always 4xx, says why, never carries a secret.
+    pub fn to_reply(&self) -> Reply {
+        let e = |s, d| EnhancedCode::new(4, s, d);
+        match self {
+            Self::Connect(io) => Reply::new(
+                451,
+                e(4, 1),
+                format!("Provider unreachable: {}", io_reason(io)),
+            ),
+            Self::Timeout { phase } => Reply::new(
+                451,
+                e(4, 2),
+                format!("Provider timed out waiting for {}", phase_wait(*phase)),
+            ),
+            Self::Tls(why) => Reply::new(
+                451,
+                e(7, 5),
+                format!("TLS with the provider failed: {}", one_line(why)),
+            ),
+            Self::Greeting(r) => Reply::new(
+                451,
+                e(7, 0),
+                format!("Provider refused the connection: {}", one_line(&r.text())),
+            ),
+            Self::Ehlo(r) => Reply::new(
+                451,
+                e(5, 0),
+                format!("Provider refused EHLO: {}", one_line(&r.text())),
+            ),
+            Self::StartTls(None) => Reply::new(
+                454,
+                e(7, 0),
+                "Provider does not offer STARTTLS, which the configuration requires",
+            ),
+            Self::StartTls(Some(r)) => Reply::new(
+                454,
+                e(7, 0),
+                format!("Provider refused STARTTLS: {}", one_line(&r.text())),
+            ),
+            Self::NoAuthMechanism => Reply::new(
+                454,
+                e(7, 0),
+                "Provider offers no AUTH mechanism mailvalve supports",
+            ),
+            Self::Auth(_) => Reply::new(454, e(7, 0), "Provider rejected mailvalve's credentials"),
+            Self::Protocol(_) => Reply::new(
+                451,
+                e(5, 0),
+                "Provider sent a malformed reply; try again later",
+            ),
+            Self::Closed | Self::Unusable => Reply::new(
+                451,
+                e(4, 2),
+                "Connection to the provider was lost; the message was not sent",
+            ),
+            Self::BadAddress(_) => Reply::new(
+                451,
+                e(5, 2),
+                "Address cannot be relayed safely (control characters)",
+            ),
+            Self::Busy(wait) => Reply::new(
+                451,
+                e(7, 0),
+                format!(
+                    "Provider busy: no upstream connection free within {}s, try again later",
+                    wait.as_secs_f64().ceil() as u64
+                ),
+            ),
+        }
+    }
+
+    /// The SMTP phase the failure belongs to, for the reply classifier.
+    pub fn phase(&self) -> Option<Phase> {
+        match self {
+            Self::Timeout { phase } => Some(*phase),
+            Self::Greeting(_) => Some(Phase::Greeting),
+            Self::Ehlo(_) => Some(Phase::Ehlo),
+            Self::StartTls(_) | Self::Tls(_) => Some(Phase::StartTls),
+            Self::NoAuthMechanism | Self::Auth(_) => Some(Phase::Auth),
+            _ => None,
+        }
+    }
+}
+
+fn io_reason(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => "connection refused".into(),
+        io::ErrorKind::ConnectionReset => "connection reset".into(),
+        io::ErrorKind::TimedOut => "connect timed out".into(),
+        io::ErrorKind::NotFound => "host not found".into(),
+        _ => one_line(&e.to_string()),
+    }
+}
+
+fn phase_wait(p: Phase) -> &'static str {
+    match p {
+        Phase::Greeting => "the greeting",
+        Phase::Ehlo => "the EHLO reply",
+        Phase::StartTls => "the TLS handshake",
+        Phase::Auth => "the AUTH reply",
+        Phase::Mail => "the MAIL reply",
+        Phase::Rcpt => "the RCPT reply",
+        Phase::Data => "the 354 after DATA",
+        Phase::DataEnd => "the final reply",
+        Phase::Rset => "the RSET reply",
+    }
+}
+
+/// Bounded, single-line text for a reply (no CR/LF, at most 200 chars).
+fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(200)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reply_is_4xx() {
+        let all = [
+            UpstreamError::Connect(io::Error::from(io::ErrorKind::ConnectionRefused)),
+            UpstreamError::Timeout {
+                phase: Phase::DataEnd,
+            },
+            UpstreamError::Tls("bad\r\ncert".into()),
+            UpstreamError::Greeting(Reply::plain(421, "Too many")),
+            UpstreamError::Ehlo(Reply::plain(550, "no")),
+            UpstreamError::StartTls(None),
+            UpstreamError::NoAuthMechanism,
+            UpstreamError::Auth(Reply::plain(535, "bad")),
+            UpstreamError::Protocol(ReplyError::LineTooLong),
+            UpstreamError::Closed,
+            UpstreamError::BadAddress("a\r\nb".into()),
+            UpstreamError::Busy(Duration::from_millis(1500)),
+        ];
+        for e in all {
+            let r = e.to_reply();
+            assert_eq!(r.class(), 4, "{e}: {r}");
+            assert!(!String::from_utf8_lossy(&r.to_wire()).contains("\r\nb"));
+        }
+        assert_eq!(
+            UpstreamError::Connect(io::Error::from(io::ErrorKind::ConnectionRefused))
+                .to_reply()
+                .to_string(),
+            "451 4.4.1 Provider unreachable: connection refused"
+        );
+        assert_eq!(
+            UpstreamError::Busy(Duration::from_millis(1500))
+                .to_reply()
+                .to_string(),
+            "451 4.7.0 Provider busy: no upstream connection free within 2s, try again later"
+        );
+    }
+}

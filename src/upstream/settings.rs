@@ -1,0 +1,44 @@
+//! The outbound settings, prepared once: the `[upstream]` configuration plus the TLS
+//! connector built from it (loading the root store is slow; do it once, not per connect).
+//!
+//! Must never print the password: [`Settings`] derives `Debug` only through
+//! `UpstreamConfig`, whose `Secret` redacts itself.
+
+use super::error::UpstreamError;
+use super::tls;
+use crate::config::{TlsMode, UpstreamConfig};
+use std::fmt;
+use std::sync::Arc;
+use tokio_rustls::TlsConnector;
+
+/// Everything a [`Connection`](super::Connection), the pool and admission need.
+#[derive(Clone)]
+pub struct Settings {
+    pub config: UpstreamConfig,
+    /// `None` when `tls = "none"`.
+    pub(crate) connector: Option<TlsConnector>,
+}
+
+impl Settings {
+    /// Prepares the TLS connector (root store, CA file). Fails if the CA file cannot
+    /// be read.
+    pub fn new(config: UpstreamConfig) -> Result<Arc<Self>, UpstreamError> {
+        let connector = match config.tls {
+            TlsMode::None => None,
+            TlsMode::Implicit | TlsMode::Starttls => Some(tls::connector(
+                config.tls_verify,
+                config.ca_file.as_deref(),
+            )?),
+        };
+        Ok(Arc::new(Self { config, connector }))
+    }
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("config", &self.config)
+            .field("tls", &self.connector.is_some())
+            .finish()
+    }
+}

@@ -1,0 +1,4 @@
+//! Shared helpers for integration tests. Each test binary uses only part of it.
+#![allow(dead_code)]
+
+pub mod provider;
