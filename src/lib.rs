@@ -27,6 +27,7 @@
 pub mod cli;
 pub mod config;
 pub mod policy;
+pub mod queue;
 pub mod server;
 pub mod smtp;
 pub mod store;

@@ -1,0 +1,64 @@
+//! Store-and-forward for queue mode: the mailer gets `250` once a message is durable in
+//! the [`spool`], and delivery workers send it later within the provider's limits.
+//!
+//! This module must never acknowledge a message before it is durable, never deliver a
+//! half-written one, and never hold message bodies in memory. It imports `smtp` (and
+//! later `policy`), never `server`, `upstream` or `cli`.
+//!
+//! - [`spool`]: durable storage of bodies, envelopes and per-recipient states, with
+//!   crash recovery and group commit. No SMTP, no network.
+//! - [`id`]: short, sortable, file-name-safe queue ids.
+//! - [`record`]: what is stored per message and per recipient.
+
+pub mod error;
+pub mod id;
+mod index;
+pub mod record;
+pub mod spool;
+mod writer;
+
+pub use error::SpoolError;
+pub use id::{BadQueueId, QueueId};
+pub use record::{Message, Rcpt, RcptState, StoredReply};
+pub use spool::{Recovered, Spool, Which};
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// `[queue]`: where the spool lives and how long a message may stay in it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// The spool directory (relative paths are relative to the working directory).
+    pub dir: PathBuf,
+    /// A recipient still undelivered after this long fails with a bounce report.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("spool"),
+            max_age: Duration::from_secs(4 * 24 * 3600),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_defaults_and_humantime() {
+        let c: QueueConfig = toml::from_str("").unwrap();
+        assert_eq!(c, QueueConfig::default());
+        assert_eq!(c.max_age, Duration::from_secs(345_600));
+        let c: QueueConfig =
+            toml::from_str("dir = \"/var/spool/mv\"\nmax_age = \"2days 12h\"").unwrap();
+        assert_eq!(c.dir, PathBuf::from("/var/spool/mv"));
+        assert_eq!(c.max_age, Duration::from_secs(60 * 3600));
+        assert!(toml::from_str::<QueueConfig>("maxage = \"1d\"").is_err());
+    }
+}

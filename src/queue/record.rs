@@ -1,0 +1,157 @@
+//! What the spool keeps about a message besides its body: the envelope, when it arrived,
+//! and one state per recipient. Stored as JSON in redb (new fields must be
+//! `#[serde(default)]` so older spools stay readable).
+
+use crate::smtp::{Envelope, Reply};
+use serde::{Deserialize, Serialize};
+
+use super::QueueId;
+
+/// A provider reply as stored: code, enhanced code and text (the same shape as a
+/// suppression entry keeps).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredReply {
+    pub code: u16,
+    pub enhanced: Option<String>,
+    pub text: String,
+}
+
+impl From<&Reply> for StoredReply {
+    fn from(r: &Reply) -> Self {
+        Self {
+            code: r.code,
+            enhanced: r.enhanced.map(|e| e.to_string()),
+            text: r.text(),
+        }
+    }
+}
+
+/// Where one recipient of a message stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
+pub enum RcptState {
+    /// Still to be delivered: not before `next_attempt` (unix ms); `attempts` made so far.
+    Pending { attempts: u32, next_attempt: u64 },
+    /// The provider accepted it (final).
+    Delivered { reply: StoredReply },
+    /// Given up: a permanent failure or expired (final).
+    Failed { reply: StoredReply },
+}
+
+impl RcptState {
+    /// A recipient that has not been tried yet and is due at once.
+    pub const fn new_pending() -> Self {
+        Self::Pending {
+            attempts: 0,
+            next_attempt: 0,
+        }
+    }
+    pub fn is_final(&self) -> bool {
+        !matches!(self, Self::Pending { .. })
+    }
+}
+
+/// One recipient and its state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rcpt {
+    pub address: String,
+    #[serde(flatten)]
+    pub state: RcptState,
+}
+
+/// The stored form of a message's envelope and recipient states.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Record {
+    pub from: String,
+    #[serde(default)]
+    pub size: Option<usize>,
+    #[serde(default)]
+    pub eight_bit: bool,
+    #[serde(default)]
+    pub smtputf8: bool,
+    /// Unix ms when the message was accepted.
+    pub received: u64,
+    pub body_len: u64,
+    pub rcpts: Vec<Rcpt>,
+}
+
+impl Record {
+    pub(crate) fn new(env: &Envelope, rcpts: &[String], received: u64, body_len: u64) -> Self {
+        Self {
+            from: env.from.clone(),
+            size: env.size,
+            eight_bit: env.eight_bit,
+            smtputf8: env.smtputf8,
+            received,
+            body_len,
+            rcpts: rcpts
+                .iter()
+                .map(|a| Rcpt {
+                    address: a.clone(),
+                    state: RcptState::new_pending(),
+                })
+                .collect(),
+        }
+    }
+
+    pub(crate) fn into_message(self, id: QueueId) -> Message {
+        Message {
+            id,
+            envelope: Envelope {
+                from: self.from,
+                size: self.size,
+                eight_bit: self.eight_bit,
+                smtputf8: self.smtputf8,
+            },
+            received: self.received,
+            body_len: self.body_len,
+            rcpts: self.rcpts,
+        }
+    }
+}
+
+/// A spooled message without its body (read the body with `Spool::read_body`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub id: QueueId,
+    pub envelope: Envelope,
+    /// Unix ms when the message was accepted.
+    pub received: u64,
+    pub body_len: u64,
+    pub rcpts: Vec<Rcpt>,
+}
+
+impl Message {
+    /// True when no recipient is pending any more.
+    pub fn is_complete(&self) -> bool {
+        self.rcpts.iter().all(|r| r.state.is_final())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::smtp::EnhancedCode;
+
+    #[test]
+    fn json_shape_is_readable_and_round_trips() {
+        let env = Envelope {
+            from: "news@example.org".into(),
+            size: Some(10),
+            eight_bit: true,
+            smtputf8: false,
+        };
+        let mut r = Record::new(&env, &["a@x.example".into(), "b@y.example".into()], 7, 10);
+        r.rcpts[1].state = RcptState::Failed {
+            reply: (&Reply::new(550, EnhancedCode::new(5, 1, 1), "no such user")).into(),
+        };
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(json.contains(r#""state":"pending""#), "{json}");
+        assert!(json.contains(r#""enhanced":"5.1.1""#), "{json}");
+        let back: Record = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, r);
+        let m = back.into_message(QueueId::from_u64(1));
+        assert_eq!(m.envelope, env);
+        assert!(!m.is_complete());
+    }
+}
