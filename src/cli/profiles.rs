@@ -8,8 +8,8 @@ fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
 
 pub fn run() -> anyhow::Result<()> {
     println!(
-        "{:<17} {:>5} {:>5} {:>6} {:>6} {:>6} {:>6} {:>6}  {}",
-        "profile", "conns", "max", "msg/s", "msg/m", "msg/h", "msg/d", "rcpt/m", "description"
+        "{:<17} {:>5} {:>5} {:>6} {:>6} {:>6} {:>6} {:>6}  description",
+        "profile", "conns", "max", "msg/s", "msg/m", "msg/h", "msg/d", "rcpt/m"
     );
     for (name, p) in profile::all()? {
         let l = &p.limits;

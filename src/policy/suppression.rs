@@ -273,6 +273,22 @@ impl SuppressionStore for MemoryStore {
     }
 }
 
+/// Lets a caller keep a handle on the store (tests reopen the list over the same store).
+impl<T: SuppressionStore> SuppressionStore for std::sync::Arc<T> {
+    fn load_all(&self) -> Result<Vec<Entry>, StoreError> {
+        (**self).load_all()
+    }
+    fn put(&self, entry: &Entry) -> Result<(), StoreError> {
+        (**self).put(entry)
+    }
+    fn put_all(&self, entries: &[Entry]) -> Result<(), StoreError> {
+        (**self).put_all(entries)
+    }
+    fn remove(&self, address: &str) -> Result<bool, StoreError> {
+        (**self).remove(address)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -331,21 +347,5 @@ mod tests {
         assert!(s.is_suppressed("x@y"));
         assert!(s.remove("X@Y").unwrap());
         assert!(!s.is_suppressed("x@y"));
-    }
-}
-
-/// Lets a caller keep a handle on the store (tests reopen the list over the same store).
-impl<T: SuppressionStore> SuppressionStore for std::sync::Arc<T> {
-    fn load_all(&self) -> Result<Vec<Entry>, StoreError> {
-        (**self).load_all()
-    }
-    fn put(&self, entry: &Entry) -> Result<(), StoreError> {
-        (**self).put(entry)
-    }
-    fn put_all(&self, entries: &[Entry]) -> Result<(), StoreError> {
-        (**self).put_all(entries)
-    }
-    fn remove(&self, address: &str) -> Result<bool, StoreError> {
-        (**self).remove(address)
     }
 }

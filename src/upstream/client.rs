@@ -317,6 +317,9 @@ impl Connection {
             .read_reply(Phase::DataEnd, self.timeouts.data_end)
             .await?;
         self.last_final_latency = Some(end.elapsed());
+        // The final reply, positive or not, ends the transaction (RFC 5321 4.1.1.4):
+        // no RSET is needed before the next MAIL, saving a round trip per message.
+        self.dirty = false;
         tracing::debug!(code = r.code, bytes = message.len(), "message final reply");
         Ok(r)
     }
