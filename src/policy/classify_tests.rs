@@ -729,3 +729,45 @@ proptest! {
         let _ = c.classify(Rcpt, &Reply { code, enhanced: None, lines: vec![text] });
     }
 }
+
+/// Rough timing of the hot path; run with
+/// `cargo test --release --lib classify_timing -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn classify_timing() {
+    let c = builtin();
+    let replies = [
+        (Rcpt, reply(250, "2.1.5", "Ok")),
+        (DataEnd, reply(250, "2.0.0", "Ok: queued as 4F2A")),
+        (
+            Rcpt,
+            reply(
+                550,
+                "5.1.1",
+                "<x@example.org>: Recipient address rejected: User unknown",
+            ),
+        ),
+        (Rcpt, reply(450, "4.7.1", "too much mail, try again later")),
+        (DataEnd, reply(421, "4.7.0", "Too many connections")),
+        (
+            Rcpt,
+            reply(550, "", "Requested action not taken: mailbox unavailable"),
+        ),
+        (
+            Rcpt,
+            reply(
+                451,
+                "4.7.1",
+                "Greylisting in action, please come back in 00:02:00",
+            ),
+        ),
+    ];
+    for (phase, r) in &replies {
+        let n = 200_000u32;
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            std::hint::black_box(c.classify(*phase, std::hint::black_box(r)));
+        }
+        println!("{:>6} ns  {r}", (t.elapsed() / n).as_nanos());
+    }
+}
