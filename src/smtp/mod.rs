@@ -3,6 +3,7 @@
 //! CR/LF refusal) and EHLO capabilities. It imports nothing else of this crate, so
 //! everything here is testable with plain byte slices.
 
+pub mod codes;
 pub mod command;
 pub mod data;
 pub mod ehlo;
