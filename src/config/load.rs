@@ -80,6 +80,16 @@ where
         secrets: Secrets::new(secrets),
     };
 
+    if let Some(v) = vars.vars.iter().find(|v| !is_plain_key(&v.key)) {
+        return Err(ConfigError::Key {
+            origin: format!("environment variable {}", v.name),
+            key: v.key.clone(),
+            message: "not a key name: use MAILVALVE__<SECTION>__<KEY>, with letters, \
+                      digits and single underscores between double ones"
+                .to_owned(),
+            location: None,
+        });
+    }
     if let Some(f) = &file {
         strict_file_pass(&ctx, &f.text)?;
     }
@@ -252,6 +262,17 @@ impl EnvVars {
             }
         }
     }
+}
+
+/// `upstream.rate.per_minute`: non-empty segments of `[a-z0-9_]`. Anything else would
+/// be read by the `config` crate as a path expression (`a[0]`) or an empty key.
+fn is_plain_key(key: &str) -> bool {
+    key.split('.').all(|seg| {
+        !seg.is_empty()
+            && seg
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    })
 }
 
 /// Keys whose values are secrets: `upstream.password`, `server.users[3].password`, ...
@@ -828,6 +849,53 @@ data_end = "10m 30s"
 
         let (_, err) = load_err("", &[("MAILVALVE__UPSTREAM__TIMEOUTS__DATA", "soon")]);
         assert_eq!(err.key(), Some("upstream.timeouts.data"), "{err}");
+    }
+
+    #[test]
+    fn odd_variable_names_are_errors_not_panics() {
+        for name in [
+            "MAILVALVE__",
+            "MAILVALVE____PORT",
+            "MAILVALVE__UPSTREAM__RATE",
+            "MAILVALVE__UPSTREAM__PORT__X",
+            "MAILVALVE__UPSTREAM__",
+            "MAILVALVE__SERVER__USERS__0__PASSWORD",
+            "MAILVALVE__UPSTREAM[0]",
+        ] {
+            // Only a value at a password key is a secret; others may be echoed.
+            let value = if name.contains("PASSWORD") {
+                PASSWORD
+            } else {
+                "v"
+            };
+            let err = load_from(None, env(&[(name, value)])).unwrap_err();
+            let msg = err.to_string();
+            assert!(msg.contains(name), "{msg}");
+            assert!(!msg.contains(PASSWORD), "{name}: {msg}");
+        }
+    }
+
+    #[test]
+    fn validation_blames_a_variable_only_for_its_own_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            &dir,
+            "[upstream]\ntls = \"none\"\nusername = \"me\"\npassword = \"pw\"\n",
+        );
+        let err = load_validated(
+            Some(&path),
+            env(&[("MAILVALVE__UPSTREAM__HOST", "smtp.example.org")]),
+        )
+        .unwrap_err();
+        let msg = err.to_string();
+        assert_eq!(err.problems().len(), 1, "{msg}");
+        assert!(
+            msg.starts_with(&format!(
+                "config error in {}: key upstream.tls:",
+                path.display()
+            )),
+            "{msg}"
+        );
     }
 
     #[test]
