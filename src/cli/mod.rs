@@ -1,7 +1,155 @@
-//! Command-line entry point.
-pub fn main() -> std::process::ExitCode {
-    std::process::ExitCode::SUCCESS
-}
+//! Command-line entry point: parses the arguments (clap derive) and dispatches to one
+//! file per subcommand (`run.rs`, `check.rs`).
+//!
+//! It must never print a secret (errors come redacted from `config`) and never exit the
+//! process from inside the library: [`main`] returns the exit code.
+//!
+//! Exit codes: 0 success, 1 configuration error (or the relay failed), 2 usage error.
+//!
+//! The configuration file is given with `-c FILE` (or `MAILVALVE_CONFIG`). Without one,
+//! `run` and `check` use the built-in defaults plus the `MAILVALVE__*` environment, so a
+//! container can be configured by environment alone; `check` says which source it used.
+
+pub mod check;
+pub mod logging;
 pub mod passthrough;
 pub mod profiles;
+pub mod run;
 pub mod suppress;
+
+use clap::{Args, Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// Exit code for a configuration that cannot be loaded or is invalid.
+pub const EXIT_CONFIG: u8 = 1;
+/// Exit code for bad command-line usage (clap's own).
+pub const EXIT_USAGE: u8 = 2;
+
+/// mailvalve: a local SMTP relay that reads every reply of the mail provider and paces
+/// bulk mail to match.
+#[derive(Debug, Parser)]
+#[command(name = "mailvalve", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the relay (listens on 127.0.0.1:2525 unless configured otherwise).
+    Run(ConfigArgs),
+    /// Validate the configuration and print the effective settings (passwords as ***).
+    Check(ConfigArgs),
+    /// List the built-in provider profiles and their limits.
+    Profiles,
+    /// Manage the suppression list (addresses the provider rejected for good).
+    Suppress {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(subcommand)]
+        cmd: suppress::SuppressCmd,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    /// Configuration file (TOML; see config/mailvalve.toml). Without it the built-in
+    /// defaults are used. Either way MAILVALVE__SECTION__KEY environment variables
+    /// override single keys, e.g. MAILVALVE__UPSTREAM__PASSWORD.
+    #[arg(
+        short = 'c',
+        long = "config",
+        value_name = "FILE",
+        env = "MAILVALVE_CONFIG"
+    )]
+    pub config: Option<PathBuf>,
+}
+
+/// Parses `std::env::args` and runs the subcommand.
+pub fn main() -> ExitCode {
+    match Cli::try_parse() {
+        Ok(cli) => dispatch(cli),
+        Err(e) => {
+            // --help and --version land here too, with exit code 0.
+            let _ = e.print();
+            ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(EXIT_USAGE))
+        }
+    }
+}
+
+/// Runs a parsed command line.
+pub fn dispatch(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Check(args) => check::main(args.config.as_deref()),
+        Command::Run(args) => run_command(args.config.as_deref()),
+        Command::Profiles => report(profiles::run()),
+        Command::Suppress { config, cmd } => match load(config.config.as_deref()) {
+            Ok(cfg) => report(suppress::run(cmd, &cfg)),
+            Err(code) => code,
+        },
+    }
+}
+
+/// Loads and validates the configuration, printing the error (redacted) on failure.
+fn load(path: Option<&Path>) -> Result<crate::config::Config, ExitCode> {
+    crate::config::process_env()
+        .and_then(|env| crate::config::load_validated(path, env))
+        .map(|l| l.config)
+        .map_err(|e| {
+            eprintln!("{e}");
+            ExitCode::from(EXIT_CONFIG)
+        })
+}
+
+fn report(r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mailvalve: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_command(path: Option<&Path>) -> ExitCode {
+    match load(path) {
+        Ok(cfg) => report(run::run(cfg)),
+        Err(code) => code,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_run_and_check() {
+        let cli = Cli::try_parse_from(["mailvalve", "check", "-c", "x.toml"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Check(ConfigArgs { config: Some(ref p) }) if p == Path::new("x.toml")
+        ));
+        let cli = Cli::try_parse_from(["mailvalve", "run", "--config", "y.toml"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Run(ConfigArgs { config: Some(_) })
+        ));
+    }
+
+    #[test]
+    fn usage_errors_exit_2() {
+        let err = Cli::try_parse_from(["mailvalve", "frobnicate"]).unwrap_err();
+        assert_eq!(err.exit_code(), i32::from(EXIT_USAGE));
+        let err = Cli::try_parse_from(["mailvalve"]).unwrap_err();
+        assert_eq!(err.exit_code(), i32::from(EXIT_USAGE));
+        let err = Cli::try_parse_from(["mailvalve", "check", "-c"]).unwrap_err();
+        assert_eq!(err.exit_code(), i32::from(EXIT_USAGE));
+    }
+}

@@ -1,0 +1,244 @@
+//! `mailvalve check`: load and validate the configuration, print the effective settings
+//! as TOML (secrets as `***`) and the selected provider profile; exit 0 if valid, 1 with
+//! the problems on stderr otherwise.
+//!
+//! It must never print a secret: the settings are printed through `Serialize`, where
+//! `Secret` writes `***`, and errors come from `config::load`, which redacts them.
+//! The logic returns strings ([`check`]) so tests can search them for passwords.
+
+use crate::config::{self, ConfigError, Loaded};
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+
+/// What `check` would print, and whether the configuration is valid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckOutput {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Loads `path` (or the built-in defaults) with `env` on top, validates, and renders the
+/// report. Reads no process state.
+pub fn check<I>(path: Option<&Path>, env: I) -> CheckOutput
+where
+    I: IntoIterator<Item = (String, String)>,
+{
+    match config::load_validated(path, env) {
+        Ok(loaded) => render(&loaded),
+        Err(e) => failure(&e),
+    }
+}
+
+/// The `check` subcommand: [`check`] with the process environment, printed.
+pub fn main(path: Option<&Path>) -> ExitCode {
+    let out = match config::process_env() {
+        Ok(env) => check(path, env),
+        Err(e) => failure(&e),
+    };
+    // A closed stdout/stderr is not worth a panic; the exit code still tells.
+    let _ = std::io::stdout().write_all(out.stdout.as_bytes());
+    let _ = std::io::stderr().write_all(out.stderr.as_bytes());
+    if out.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(super::EXIT_CONFIG)
+    }
+}
+
+fn failure(e: &ConfigError) -> CheckOutput {
+    let problems = e.problems().len();
+    let plural = if problems == 1 { "" } else { "s" };
+    CheckOutput {
+        ok: false,
+        stdout: String::new(),
+        stderr: format!(
+            "{e}\nmailvalve check: configuration is invalid ({problems} problem{plural})\n"
+        ),
+    }
+}
+
+fn render(loaded: &Loaded) -> CheckOutput {
+    let c = &loaded.config;
+    let settings = match toml::to_string_pretty(c) {
+        Ok(s) => s,
+        Err(e) => {
+            return CheckOutput {
+                ok: false,
+                stdout: String::new(),
+                stderr: format!("mailvalve check: cannot render the settings: {e}\n"),
+            }
+        }
+    };
+    let source = match &loaded.path {
+        Some(p) => p.display().to_string(),
+        None => config::load::DEFAULTS_ORIGIN.to_owned(),
+    };
+    let overrides = if loaded.env_overrides.is_empty() {
+        "none".to_owned()
+    } else {
+        loaded.env_overrides.join(", ")
+    };
+    let mut stdout = String::new();
+    stdout.push_str("# mailvalve check: the configuration is valid\n");
+    stdout.push_str(&format!("# source: {source}\n"));
+    stdout.push_str(&format!("# environment overrides: {overrides}\n"));
+    stdout.push_str(&format!("# mode: {}\n", mode_name(c)));
+    stdout.push_str(&format!(
+        "# provider profile: {} (upstream {}:{}, tls {})\n",
+        c.upstream.profile,
+        c.upstream.host,
+        c.upstream.port,
+        tls_name(c)
+    ));
+    stdout.push_str("# effective settings follow; passwords are shown as \"***\"\n\n");
+    stdout.push_str(&settings);
+
+    let mut stderr = String::new();
+    for w in config::warnings(c) {
+        stderr.push_str(&format!("warning: {w}\n"));
+    }
+    CheckOutput {
+        ok: true,
+        stdout,
+        stderr,
+    }
+}
+
+fn mode_name(c: &config::Config) -> &'static str {
+    match c.mode {
+        config::Mode::Passthrough => "passthrough",
+    }
+}
+
+fn tls_name(c: &config::Config) -> &'static str {
+    match c.upstream.tls {
+        config::TlsMode::Implicit => "implicit",
+        config::TlsMode::Starttls => "starttls",
+        config::TlsMode::None => "none",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PASSWORD: &str = "Xq9-very-secret-77";
+    const USER_PASSWORD: &str = "inbound-pass-4242";
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn file(text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.toml");
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    fn all(out: &CheckOutput) -> String {
+        format!("{}{}", out.stdout, out.stderr)
+    }
+
+    #[test]
+    fn valid_config_prints_settings_and_profile_without_secrets() {
+        let (_d, path) = file(&format!(
+            "[[server.users]]\nname = \"m\"\npassword = \"{USER_PASSWORD}\"\n\
+             [upstream]\nhost = \"smtp.example.org\"\nusername = \"me\"\npassword = \"{PASSWORD}\"\nprofile = \"gmail\"\n"
+        ));
+        let out = check(Some(&path), env(&[("MAILVALVE__UPSTREAM__PORT", "465")]));
+        assert!(out.ok, "{}", out.stderr);
+        let text = all(&out);
+        assert!(!text.contains(PASSWORD), "{text}");
+        assert!(!text.contains(USER_PASSWORD), "{text}");
+        assert!(text.contains("password = \"***\""), "{text}");
+        assert!(text.contains("# provider profile: gmail"), "{text}");
+        assert!(text.contains("MAILVALVE__UPSTREAM__PORT"), "{text}");
+        assert!(text.contains("port = 465"), "{text}");
+        assert!(text.contains(&path.display().to_string()), "{text}");
+    }
+
+    #[test]
+    fn printed_settings_load_again() {
+        let (_d, path) =
+            file("[upstream]\nhost = \"smtp.example.org\"\n[upstream.rate]\nper_minute = 30\n");
+        let out = check(Some(&path), env(&[]));
+        assert!(out.ok, "{}", out.stderr);
+        let (_d2, again) = file(&out.stdout);
+        let c = config::load_with_env(&again, env(&[])).unwrap();
+        assert_eq!(c.upstream.host, "smtp.example.org");
+        assert_eq!(c.upstream.rate.per_minute, Some(30));
+    }
+
+    #[test]
+    fn env_password_not_in_output() {
+        let out = check(
+            None,
+            env(&[
+                ("MAILVALVE__UPSTREAM__USERNAME", "me"),
+                ("MAILVALVE__UPSTREAM__PASSWORD", PASSWORD),
+            ]),
+        );
+        assert!(out.ok, "{}", out.stderr);
+        assert!(
+            out.stdout.contains("# source: built-in defaults"),
+            "{}",
+            out.stdout
+        );
+        assert!(!all(&out).contains(PASSWORD));
+    }
+
+    #[test]
+    fn invalid_config_fails_without_leaking() {
+        // Clear-text credentials to a remote host, plus a password echoed by a type
+        // error elsewhere.
+        let (_d, path) = file(&format!(
+            "[upstream]\nhost = \"smtp.example.org\"\ntls = \"none\"\nusername = \"me\"\npassword = \"{PASSWORD}\"\n"
+        ));
+        let out = check(Some(&path), env(&[]));
+        assert!(!out.ok);
+        assert!(out.stdout.is_empty());
+        assert!(out.stderr.contains("key upstream.tls"), "{}", out.stderr);
+        assert!(!all(&out).contains(PASSWORD));
+
+        let (_d, path) = file(&format!(
+            "[upstream]\nusername = \"me\"\npassword = \"{PASSWORD}\"\nhelo_name = \"{PASSWORD}\"\nport = \"{PASSWORD}\"\n"
+        ));
+        let out = check(Some(&path), env(&[]));
+        assert!(!out.ok);
+        assert!(out.stderr.contains("key upstream.port"), "{}", out.stderr);
+        assert!(!all(&out).contains(PASSWORD), "{}", out.stderr);
+
+        let out = check(
+            None,
+            env(&[
+                ("MAILVALVE__UPSTREAM__PASSWORD", PASSWORD),
+                ("MAILVALVE__UPSTREAM__HOST", "smtp.example.org"),
+                ("MAILVALVE__UPSTREAM__TLS", "none"),
+            ]),
+        );
+        assert!(!out.ok);
+        assert!(
+            out.stderr.contains("key upstream.password"),
+            "{}",
+            out.stderr
+        );
+        assert!(!all(&out).contains(PASSWORD));
+    }
+
+    #[test]
+    fn warnings_go_to_stderr_and_still_pass() {
+        let out = check(None, env(&[("MAILVALVE__UPSTREAM__TLS_VERIFY", "false")]));
+        assert!(out.ok);
+        assert!(
+            out.stderr.contains("warning: key upstream.tls_verify"),
+            "{}",
+            out.stderr
+        );
+    }
+}
