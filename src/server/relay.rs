@@ -29,7 +29,10 @@ pub trait Relay: Send + Sync + 'static {
 pub trait RelayTransaction: Send + 'static {
     /// More recipients; one reply each. `Err`: the transaction is dead (connection lost)
     /// and the reply (4xx) answers every one of them.
-    fn rcpt(&mut self, rcpts: Vec<String>) -> impl Future<Output = Result<Vec<Reply>, Reply>> + Send;
+    fn rcpt(
+        &mut self,
+        rcpts: Vec<String>,
+    ) -> impl Future<Output = Result<Vec<Reply>, Reply>> + Send;
 
     /// DATA upstream, the message (unstuffed, CRLF line ends) and the final reply. If the
     /// provider does not answer 354, its reply is returned. A lost connection or a timeout

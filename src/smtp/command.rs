@@ -24,9 +24,11 @@ fn error_reply(e: smtp_proto::Error) -> Reply {
         E::InvalidSenderAddress => {
             Reply::new(501, EnhancedCode::new(5, 1, 7), "Bad sender address syntax")
         }
-        E::InvalidRecipientAddress => {
-            Reply::new(501, EnhancedCode::new(5, 1, 3), "Bad recipient address syntax")
-        }
+        E::InvalidRecipientAddress => Reply::new(
+            501,
+            EnhancedCode::new(5, 1, 3),
+            "Bad recipient address syntax",
+        ),
         E::InvalidParameter { param } => Reply::new(
             501,
             EnhancedCode::new(5, 5, 4),
@@ -45,10 +47,7 @@ fn error_reply(e: smtp_proto::Error) -> Reply {
 
 /// Keeps echoed client text printable and short.
 fn sanitize(s: &str) -> String {
-    s.chars()
-        .filter(|c| !c.is_control())
-        .take(64)
-        .collect()
+    s.chars().filter(|c| !c.is_control()).take(64).collect()
 }
 
 #[cfg(test)]

@@ -10,5 +10,5 @@ pub mod envelope;
 pub mod line;
 pub mod reply;
 
-pub use reply::{EnhancedCode, Reply, ReplyError};
 pub use envelope::Envelope;
+pub use reply::{EnhancedCode, Reply, ReplyError};

@@ -197,7 +197,8 @@ impl Reply {
             }
             pos += nl + 1;
             let text = String::from_utf8_lossy(line);
-            let (c, last, body) = split_code(line).ok_or_else(|| ReplyError::BadCode(text.into_owned()))?;
+            let (c, last, body) =
+                split_code(line).ok_or_else(|| ReplyError::BadCode(text.into_owned()))?;
             if raw.is_empty() {
                 code = c;
             } else if c != code {
@@ -341,7 +342,15 @@ mod tests {
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        for bad in ["hello\r\n", "6xx\r\n", "600 no\r\n", "12\r\n", "550x\r\n", "\r\n", "5a0 x\r\n"] {
+        for bad in [
+            "hello\r\n",
+            "6xx\r\n",
+            "600 no\r\n",
+            "12\r\n",
+            "550x\r\n",
+            "\r\n",
+            "5a0 x\r\n",
+        ] {
             assert!(Reply::parse(bad.as_bytes()).is_err(), "{bad:?}");
         }
         assert!(matches!(
