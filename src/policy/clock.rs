@@ -1,0 +1,125 @@
+//! The controller's notion of time: a monotonic clock that can be real or driven by hand.
+//! It must never read wall-clock time (`SystemTime`) and never sleep; simulation depends on
+//! every time-dependent decision going through one injected [`Clock`].
+//!
+//! Time is a [`Duration`] since the clock's own origin. The same clock also drives
+//! governor (through [`GovernorClock`]), so rate limiting and the controller agree on "now".
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use governor::nanos::Nanos;
+
+/// A monotonic time source. `now()` never goes backwards.
+pub trait Clock: Clone + Send + Sync + 'static {
+    /// Time elapsed since this clock's origin.
+    fn now(&self) -> Duration;
+}
+
+/// The real clock: `std::time::Instant` measured from when the clock was created.
+#[derive(Debug, Clone, Copy)]
+pub struct SystemClock {
+    origin: Instant,
+}
+
+impl SystemClock {
+    pub fn new() -> Self {
+        Self {
+            origin: Instant::now(),
+        }
+    }
+}
+
+impl Default for SystemClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for SystemClock {
+    fn now(&self) -> Duration {
+        self.origin.elapsed()
+    }
+}
+
+/// A clock that only moves when told to. Clones share the same time.
+#[derive(Debug, Clone, Default)]
+pub struct ManualClock {
+    nanos: Arc<AtomicU64>,
+}
+
+impl ManualClock {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Moves time forward by `by` (saturating at ~584 years).
+    pub fn advance(&self, by: Duration) {
+        let by = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
+        // fetch_update with a closure that always returns Some cannot fail.
+        let _ = self
+            .nanos
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                Some(n.saturating_add(by))
+            });
+    }
+
+    /// Moves time forward to `t`; does nothing if `t` is in the past (time is monotonic).
+    pub fn advance_to(&self, t: Duration) {
+        let t = u64::try_from(t.as_nanos()).unwrap_or(u64::MAX);
+        self.nanos.fetch_max(t, Ordering::AcqRel);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Duration {
+        Duration::from_nanos(self.nanos.load(Ordering::Acquire))
+    }
+}
+
+/// Adapts any [`Clock`] to governor's clock trait, so a `ManualClock` drives the GCRA too.
+#[derive(Debug, Clone)]
+pub struct GovernorClock<C>(pub C);
+
+impl<C: Clock> governor::clock::Clock for GovernorClock<C> {
+    type Instant = Nanos;
+
+    fn now(&self) -> Nanos {
+        Nanos::from(self.0.now())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manual_clock_is_shared_and_monotonic() {
+        let a = ManualClock::new();
+        let b = a.clone();
+        a.advance(Duration::from_secs(3));
+        assert_eq!(b.now(), Duration::from_secs(3));
+        b.advance_to(Duration::from_secs(1));
+        assert_eq!(a.now(), Duration::from_secs(3));
+        b.advance_to(Duration::from_secs(5));
+        assert_eq!(a.now(), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn governor_sees_the_same_time() {
+        let c = ManualClock::new();
+        c.advance(Duration::from_millis(1500));
+        let g = GovernorClock(c.clone());
+        let n = governor::clock::Clock::now(&g);
+        assert_eq!(Duration::from(n), Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn system_clock_moves_forward() {
+        let c = SystemClock::new();
+        let a = c.now();
+        let b = c.now();
+        assert!(b >= a);
+    }
+}
