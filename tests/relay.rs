@@ -283,3 +283,144 @@ async fn busy_provider_makes_mail_wait_then_451() {
     assert!(r[0].starts_with("250"), "{r:?}");
     relay.stop().await;
 }
+
+// ---------------------------------------------------------------------------------
+// The policy in the relay: `cli::run::Policy` as `mailvalve run` builds it.
+// ---------------------------------------------------------------------------------
+
+use mailvalve::cli::run::Policy;
+use mailvalve::config::Config;
+use mailvalve::server::suppress::SuppressingRelay;
+
+struct PolicyRelay {
+    relay: Relay,
+    _dir: tempfile::TempDir,
+}
+
+async fn start_with_policy(up: UpstreamConfig, profile: &str) -> PolicyRelay {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = Config::default();
+    cfg.upstream = up;
+    cfg.upstream.profile = profile.into();
+    cfg.suppression.path = dir.path().join("suppression.redb");
+    let profile = mailvalve::config::profile::builtin(profile)
+        .unwrap()
+        .unwrap();
+    let policy = Policy::build(&cfg, &profile).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let scfg = Arc::new(ServerConfig {
+        listen: addr,
+        shutdown_grace: Duration::from_millis(500),
+        ..ServerConfig::default()
+    });
+    let relay = Arc::new(SuppressingRelay::new(
+        Passthrough::new(policy.admission.clone()),
+        policy.suppressions.clone(),
+    ));
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    let task = tokio::spawn(async move {
+        serve(listener, scfg, relay, s).await.unwrap();
+    });
+    PolicyRelay {
+        relay: Relay { addr, stop, task },
+        _dir: dir,
+    }
+}
+
+#[tokio::test]
+async fn a_5xx_unknown_user_is_suppressed_and_never_sent_upstream_again() {
+    let provider = Provider::builder()
+        .rcpt_reply(
+            "gone@example.test",
+            "550 5.1.1 <gone@example.test>: Recipient address rejected: User unknown",
+        )
+        .start()
+        .await;
+    let r = start_with_policy(provider.upstream_config(), "generic").await;
+    let mut c = Raw::connect(r.relay.addr).await;
+    c.send("EHLO m\r\nMAIL FROM:<n@s.test>\r\nRCPT TO:<ok@example.test>\r\nRCPT TO:<gone@example.test>\r\nDATA\r\n").await;
+    let rep = c.replies(5).await;
+    // First time: the provider's own reply, verbatim.
+    assert_eq!(
+        rep[3],
+        "550 5.1.1 <gone@example.test>: Recipient address rejected: User unknown"
+    );
+    c.send("Subject: 1\r\n\r\nx\r\n.\r\n").await;
+    assert!(c.replies(1).await[0].starts_with("250"));
+    // Second campaign: answered locally with the original reason.
+    c.send("MAIL FROM:<n@s.test>\r\nRCPT TO:<GONE@example.test>\r\nRCPT TO:<ok@example.test>\r\nDATA\r\n").await;
+    let rep = c.replies(4).await;
+    assert!(
+        rep[1].starts_with("550 5.1.1")
+            && rep[1].contains("suppressed")
+            && rep[1].contains("User unknown"),
+        "{rep:?}"
+    );
+    c.send("Subject: 2\r\n\r\nx\r\n.\r\nQUIT\r\n").await;
+    c.replies(2).await;
+    let gone = provider
+        .lines()
+        .iter()
+        .filter(|l| l.to_lowercase().contains("gone@"))
+        .count();
+    assert_eq!(gone, 1, "the provider saw the bad address once");
+    r.relay.stop().await;
+}
+
+#[tokio::test]
+async fn wrong_password_pauses_after_the_first_attempt() {
+    let provider = Provider::builder().auth("user", "right").start().await;
+    let mut up = provider.upstream_config();
+    up.password = Some(mailvalve::config::Secret::new("wrong"));
+    let r = start_with_policy(up, "generic").await;
+    let mut c = Raw::connect(r.relay.addr).await;
+    c.send("EHLO m\r\nMAIL FROM:<n@s.test>\r\n").await;
+    let rep = c.replies(2).await;
+    assert!(rep[1].starts_with("454 4.7.0"), "{rep:?}");
+    for _ in 0..3 {
+        c.send("MAIL FROM:<n@s.test>\r\n").await;
+        let rep = c.replies(1).await;
+        assert!(
+            rep[0].starts_with("454 4.7.0") && rep[0].contains("paused"),
+            "{rep:?}"
+        );
+    }
+    let auths = provider
+        .lines()
+        .iter()
+        .filter(|l| l.starts_with("AUTH"))
+        .count();
+    assert_eq!(auths, 1, "no second AUTH until resumed");
+    assert_eq!(provider.connections_total(), 1);
+    r.relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_quota_reply_pauses_new_transactions_with_451() {
+    let provider = Provider::builder()
+        .final_reply("550 5.4.5 Daily user sending quota exceeded")
+        .start()
+        .await;
+    let r = start_with_policy(provider.upstream_config(), "gmail").await;
+    let mut c = Raw::connect(r.relay.addr).await;
+    c.send("EHLO m\r\nMAIL FROM:<n@s.test>\r\nRCPT TO:<a@example.test>\r\nDATA\r\n")
+        .await;
+    c.replies(4).await;
+    c.send("Subject: 1\r\n\r\nx\r\n.\r\n").await;
+    // The provider's reply, verbatim.
+    assert_eq!(
+        c.replies(1).await[0],
+        "550 5.4.5 Daily user sending quota exceeded"
+    );
+    c.send("MAIL FROM:<n@s.test>\r\n").await;
+    let rep = c.replies(1).await;
+    assert!(
+        rep[0].starts_with("451 4.7.0") && rep[0].contains("quota"),
+        "{rep:?}"
+    );
+    // The address is fine: not suppressed.
+    assert_eq!(provider.messages().len(), 1);
+    r.relay.stop().await;
+}

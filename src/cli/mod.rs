@@ -16,6 +16,7 @@ pub mod passthrough;
 pub mod profiles;
 pub mod run;
 pub mod suppress;
+pub mod wiring;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};

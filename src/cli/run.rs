@@ -2,13 +2,22 @@
 //! until SIGTERM or Ctrl-C, then shut down gracefully (open sessions get `421 4.3.2`).
 //!
 //! This is where the pieces are wired: the inbound server, the suppression list, the
-//! passthrough relay over the upstream admission stack. It must never log the
+//! passthrough relay over the upstream admission stack, and the policy (classifier →
+//! controller → pause gate, adaptive rate and concurrency) fed by every upstream reply.
+//! SIGHUP resumes a paused account. It must never log the
 //! configuration unredacted (`Secret` prints `***`).
 
 use super::passthrough::Passthrough;
-use crate::config::{profile, Config};
+use super::wiring;
+use crate::config::profile::{self, Profile};
+use crate::config::Config;
+use crate::policy::clock::SystemClock;
+use crate::policy::controller::Controller;
+use crate::policy::suppression::{Recorder, Suppressions};
 use crate::server::suppress::SuppressingRelay;
-use crate::upstream::{Admission, Settings};
+use crate::store::suppression::RedbStore;
+use crate::upstream::observer::PolicyObserver;
+use crate::upstream::{Admission, ConcurrencyLimit, Settings};
 use anyhow::Context;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -36,13 +45,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             profile::names().collect::<Vec<_>>().join(", ")
         ),
     };
-    let settings =
-        Settings::new(config.upstream.clone()).map_err(|e| anyhow::anyhow!("upstream: {e}"))?;
-    let admission = Admission::new(settings);
-    let suppressions = Arc::new(super::suppress::open(&config)?);
+    let policy = Policy::build(&config, &profile)?;
     let relay = Arc::new(SuppressingRelay::new(
-        Passthrough::new(admission),
-        suppressions,
+        Passthrough::new(policy.admission.clone()),
+        policy.suppressions.clone(),
     ));
 
     let listener = TcpListener::bind(config.server.listen)
@@ -63,9 +69,70 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     tokio::spawn(on_signal(shutdown.clone()));
+    tokio::spawn(resume_on_hangup(policy.controller.clone()));
     crate::server::serve(listener, Arc::new(config.server), relay, shutdown).await?;
     tracing::info!("mailvalve stopped");
     Ok(())
+}
+
+/// Everything the policy consists of at run time, built from config + profile.
+pub struct Policy {
+    pub controller: Arc<Controller>,
+    pub admission: Admission,
+    pub suppressions: Arc<Suppressions<RedbStore>>,
+}
+
+impl Policy {
+    /// Classifier, controller, the observer that feeds it from every upstream reply, and
+    /// the admission stack it gates.
+    pub fn build(config: &Config, profile: &Profile) -> anyhow::Result<Self> {
+        let classifier = Arc::new(wiring::classifier(config, profile)?);
+        let params = wiring::controller_params(config, profile);
+        tracing::info!(
+            initial_connections = params.initial_connections,
+            max_connections = params.max_connections,
+            rate_per_second = ?params.rate_per_second,
+            "policy limits"
+        );
+        let controller = Arc::new(Controller::new(params, SystemClock::new()));
+        let suppressions = Arc::new(super::suppress::open(config)?);
+        let limit = ConcurrencyLimit::new(controller.concurrency_limit());
+        let mut upstream = config.upstream.clone();
+        upstream.rate = wiring::fixed_rates(config, profile);
+        let observer = Arc::new(PolicyObserver::new(
+            classifier,
+            controller.clone(),
+            Some(suppressions.clone() as Arc<dyn Recorder>),
+            limit.clone(),
+        ));
+        let settings = Settings::new(upstream)
+            .map_err(|e| anyhow::anyhow!("upstream: {e}"))?
+            .with_observer(observer);
+        let admission = Admission::with_policy(settings, controller.clone(), limit);
+        Ok(Self {
+            controller,
+            admission,
+            suppressions,
+        })
+    }
+}
+
+/// SIGHUP resumes a paused account (after fixing the credentials, say).
+async fn resume_on_hangup(controller: Arc<Controller>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        // Runs for the life of the process; each signal is one resume.
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: resuming sending");
+            controller.resume();
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = controller;
 }
 
 /// Cancels `token` on SIGTERM or Ctrl-C (SIGINT).

@@ -20,6 +20,8 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub suppression: SuppressionConfig,
     pub log: LogConfig,
+    /// Your own reply rules, tried before the provider profile's and the built-in ones.
+    pub rules: Vec<crate::policy::rules::RuleSpec>,
 }
 
 impl Default for Config {
@@ -30,6 +32,7 @@ impl Default for Config {
             upstream: UpstreamConfig::default(),
             suppression: SuppressionConfig::default(),
             log: LogConfig::default(),
+            rules: Vec::new(),
         }
     }
 }
@@ -129,7 +132,8 @@ pub struct UpstreamConfig {
     pub password: Option<Secret>,
     /// Provider profile (limits and reply rules).
     pub profile: String,
-    /// Most simultaneous connections to the provider.
+    /// Hard cap on simultaneous connections to the provider. The profile's (adaptive)
+    /// limit applies below it.
     pub max_connections: usize,
     /// A connection is closed after this many transactions.
     pub max_messages_per_connection: usize,
@@ -142,6 +146,8 @@ pub struct UpstreamConfig {
     pub admission_wait: Duration,
     pub rate: RateConfig,
     pub timeouts: UpstreamTimeouts,
+    /// Overrides of the provider profile's limits, key by key.
+    pub limits: super::profile::Limits,
 }
 
 impl Default for UpstreamConfig {
@@ -156,12 +162,13 @@ impl Default for UpstreamConfig {
             username: None,
             password: None,
             profile: "generic".into(),
-            max_connections: 2,
+            max_connections: 10,
             max_messages_per_connection: 100,
             idle_timeout: Duration::from_secs(60),
             admission_wait: Duration::from_secs(30),
             rate: RateConfig::default(),
             timeouts: UpstreamTimeouts::default(),
+            limits: super::profile::Limits::default(),
         }
     }
 }

@@ -239,6 +239,24 @@ impl<S: SuppressionStore> Suppressions<S> {
     }
 }
 
+/// What the feedback path needs of the list: record a reply against an address.
+/// Object-safe, so the upstream side need not know the store type.
+pub trait Recorder: Send + Sync + 'static {
+    /// Permanent failure of the address.
+    fn hard(&self, address: &str, reply: &Reply, now: u64) -> Result<(), StoreError>;
+    /// Mailbox-full style failure; `Ok(true)` when this one made the address suppressed.
+    fn soft(&self, address: &str, reply: &Reply, now: u64) -> Result<bool, StoreError>;
+}
+
+impl<S: SuppressionStore> Recorder for Suppressions<S> {
+    fn hard(&self, address: &str, reply: &Reply, now: u64) -> Result<(), StoreError> {
+        self.record_hard(address, reply, now).map(|_| ())
+    }
+    fn soft(&self, address: &str, reply: &Reply, now: u64) -> Result<bool, StoreError> {
+        self.record_soft(address, reply, now).map(|e| e.suppressed)
+    }
+}
+
 /// A store that keeps nothing on disk: for tests and the simulation.
 #[derive(Default)]
 pub struct MemoryStore(RwLock<HashMap<String, Entry>>);

@@ -18,9 +18,11 @@
 use super::concurrency::{ConcurrencyLayer, ConcurrencyLimit};
 use super::error::UpstreamError;
 use super::lease::Lease;
+use super::pause_gate::PauseGateLayer;
 use super::pool::{Pool, PoolService};
 use super::rate_limit::{RateLimitLayer, RateLimits};
 use super::settings::Settings;
+use crate::policy::controller::Controller;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -68,8 +70,28 @@ impl Admission {
     /// Builds the stack from the settings. Inside a tokio runtime, also starts the idle
     /// reaper (it stops when the last `Admission` clone is dropped).
     pub fn new(settings: Arc<Settings>) -> Self {
+        let limit = ConcurrencyLimit::new(settings.config.max_connections);
+        Self::build(settings, None, limit)
+    }
+
+    /// The stack with the policy in front: pause gate and adaptive rate (the
+    /// controller), then the configured fixed limits, the adaptive concurrency limit
+    /// (resized by the observer after every reply) and the pool. `settings` should carry
+    /// the observer that feeds `controller`.
+    pub fn with_policy(
+        settings: Arc<Settings>,
+        controller: Arc<Controller>,
+        limit: Arc<ConcurrencyLimit>,
+    ) -> Self {
+        Self::build(settings, Some(PauseGateLayer::new(controller)), limit)
+    }
+
+    fn build(
+        settings: Arc<Settings>,
+        gate: Option<PauseGateLayer>,
+        limit: Arc<ConcurrencyLimit>,
+    ) -> Self {
         let cfg = &settings.config;
-        let limit = ConcurrencyLimit::new(cfg.max_connections);
         let rates = RateLimits::new(&cfg.rate);
         let wait = cfg.admission_wait;
         let pool = Pool::new(settings.clone());
@@ -77,6 +99,7 @@ impl Admission {
             pool.spawn_reaper();
         }
         let svc = ServiceBuilder::new()
+            .option_layer(gate)
             .layer(RateLimitLayer::new(rates.clone()))
             .layer(ConcurrencyLayer::new(limit.clone()))
             .service(PoolService::new(pool.clone()));

@@ -10,10 +10,12 @@
 
 use super::auth;
 use super::error::{phase_name, UpstreamError};
+use super::observer::Observer;
 use super::settings::Settings;
 use super::stream::Stream;
 use super::tls;
 use crate::config::{TlsMode, UpstreamTimeouts};
+use crate::policy::latency::LatencyKind;
 use crate::policy::verdict::Phase;
 use crate::smtp::data::dot_stuff;
 use crate::smtp::ehlo::Capabilities;
@@ -21,6 +23,7 @@ use crate::smtp::{Envelope, Reply};
 use bytes::{Buf, BytesMut};
 use futures::FutureExt;
 use std::io;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -46,6 +49,12 @@ pub struct Connection {
     created: Instant,
     last_data_latency: Option<Duration>,
     last_final_latency: Option<Duration>,
+    /// Where replies, failures and latencies are reported (the policy).
+    observer: Option<Arc<dyn Observer>>,
+    /// The recipient the next RCPT reply answers (for the observer).
+    reply_for: Option<String>,
+    /// Recipients the provider accepted in the current transaction.
+    accepted: Vec<String>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -61,7 +70,23 @@ impl std::fmt::Debug for Connection {
 
 impl Connection {
     /// Connects and brings the session to the point where MAIL FROM can be sent.
+    /// Failures before any reply (refused, TLS) are reported to the observer here;
+    /// replies and read errors are reported as they are read.
     pub async fn connect(settings: &Settings) -> Result<Connection, UpstreamError> {
+        let res = Self::open(settings).await;
+        if let Some(obs) = &settings.observer {
+            match &res {
+                Ok(_) => obs.connected(),
+                Err(e @ (UpstreamError::Connect(_) | UpstreamError::Tls(_))) => {
+                    obs.failure(None, e)
+                }
+                Err(_) => {}
+            }
+        }
+        res
+    }
+
+    async fn open(settings: &Settings) -> Result<Connection, UpstreamError> {
         let cfg = &settings.config;
         if cfg.tls != TlsMode::None && !cfg.tls_verify {
             tracing::warn!(
@@ -99,6 +124,9 @@ impl Connection {
             created: Instant::now(),
             last_data_latency: None,
             last_final_latency: None,
+            observer: settings.observer.clone(),
+            reply_for: None,
+            accepted: Vec::new(),
         };
         if cfg.tls == TlsMode::Implicit {
             conn.upgrade(settings).await?;
@@ -224,6 +252,7 @@ impl Connection {
         }
         self.dirty = true;
         self.transactions += 1;
+        self.accepted.clear();
 
         if self.caps.pipelining {
             let mut out = Vec::with_capacity(mail.len() + 2 + rcpts.len() * 40);
@@ -237,7 +266,7 @@ impl Connection {
             let rcpt_replies = if mail_reply.code == 421 {
                 vec![mail_reply.clone(); rcpts.len()]
             } else {
-                self.read_rcpt_replies(rcpts.len()).await?
+                self.read_rcpt_replies(rcpts).await?
             };
             Ok((mail_reply, rcpt_replies))
         } else {
@@ -262,7 +291,7 @@ impl Connection {
                 push_line(&mut out, &format!("RCPT TO:<{r}>"));
             }
             self.write(&out, Phase::Rcpt, self.timeouts.command).await?;
-            return self.read_rcpt_replies(rcpts.len()).await;
+            return self.read_rcpt_replies(rcpts).await;
         }
         let mut replies = Vec::with_capacity(rcpts.len());
         for r in rcpts {
@@ -272,23 +301,32 @@ impl Connection {
                 replies.push(last);
                 continue;
             }
+            self.reply_for = Some(r.clone());
             let reply = self
                 .command(&format!("RCPT TO:<{r}>"), Phase::Rcpt, self.timeouts.rcpt)
                 .await?;
+            if reply.class() == 2 {
+                self.accepted.push(r.clone());
+            }
             replies.push(reply);
         }
         Ok(replies)
     }
 
-    async fn read_rcpt_replies(&mut self, n: usize) -> Result<Vec<Reply>, UpstreamError> {
-        let mut replies: Vec<Reply> = Vec::with_capacity(n);
-        for _ in 0..n {
+    async fn read_rcpt_replies(&mut self, rcpts: &[String]) -> Result<Vec<Reply>, UpstreamError> {
+        let mut replies: Vec<Reply> = Vec::with_capacity(rcpts.len());
+        for r in rcpts {
             if !self.usable {
                 let last = replies.last().cloned().unwrap_or_else(closing_reply);
                 replies.push(last);
                 continue;
             }
-            replies.push(self.read_reply(Phase::Rcpt, self.timeouts.rcpt).await?);
+            self.reply_for = Some(r.clone());
+            let reply = self.read_reply(Phase::Rcpt, self.timeouts.rcpt).await?;
+            if reply.class() == 2 {
+                self.accepted.push(r.clone());
+            }
+            replies.push(reply);
         }
         Ok(replies)
     }
@@ -306,6 +344,9 @@ impl Connection {
         if r.code != 354 {
             return Ok(r);
         }
+        if let Some(obs) = &self.observer {
+            obs.latency(LatencyKind::To354, start.elapsed());
+        }
         let mut wire = Vec::new();
         dot_stuff(message, &mut wire);
         for chunk in wire.chunks(DATA_CHUNK) {
@@ -317,6 +358,9 @@ impl Connection {
             .read_reply(Phase::DataEnd, self.timeouts.data_end)
             .await?;
         self.last_final_latency = Some(end.elapsed());
+        if let Some(obs) = &self.observer {
+            obs.latency(LatencyKind::ToFinal, end.elapsed());
+        }
         // The final reply, positive or not, ends the transaction (RFC 5321 4.1.1.4):
         // no RSET is needed before the next MAIL, saving a round trip per message.
         self.dirty = false;
@@ -478,8 +522,31 @@ impl Connection {
         wait: Duration,
     ) -> Result<Reply, UpstreamError> {
         let res = timeout(wait, self.read_reply_inner()).await;
+        let res = match res {
+            Ok(r) => r,
+            Err(_) => Err(UpstreamError::Timeout { phase }),
+        };
+        let rcpt = self.reply_for.take();
+        if let Some(obs) = &self.observer {
+            match &res {
+                Ok(r) => {
+                    let about = match phase {
+                        Phase::Rcpt => rcpt.as_deref(),
+                        Phase::DataEnd if self.accepted.len() == 1 => {
+                            self.accepted.first().map(String::as_str)
+                        }
+                        _ => None,
+                    };
+                    obs.reply(phase, r, about);
+                    if phase == Phase::DataEnd && r.class() == 2 {
+                        obs.delivered();
+                    }
+                }
+                Err(e) => obs.failure(Some(phase), e),
+            }
+        }
         match res {
-            Ok(Ok(r)) => {
+            Ok(r) => {
                 if !r.is_positive() {
                     tracing::debug!(phase = phase_name(phase), reply = %r, "provider refused");
                 }
@@ -492,13 +559,9 @@ impl Connection {
                 }
                 Ok(r)
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 self.usable = false;
                 Err(e)
-            }
-            Err(_) => {
-                self.usable = false;
-                Err(UpstreamError::Timeout { phase })
             }
         }
     }

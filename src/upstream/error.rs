@@ -5,7 +5,7 @@
 //! module must never put a secret (password, AUTH exchange) into an error or a reply, and
 //! `to_reply` must never answer 2xx or 5xx: a local failure is never the message's fault.
 
-use crate::policy::verdict::Phase;
+use crate::policy::verdict::{PauseScope, Phase};
 use crate::smtp::{EnhancedCode, Reply, ReplyError};
 use std::io;
 use std::time::Duration;
@@ -53,6 +53,15 @@ pub enum UpstreamError {
     /// Admission: no rate slot or connection permit within `admission_wait`.
     #[error("no upstream connection free within {0:?}")]
     Busy(Duration),
+    /// Admission: the policy paused the account (`remaining`: until when, if known).
+    #[error("sending paused ({scope:?})")]
+    Paused {
+        scope: PauseScope,
+        remaining: Option<Duration>,
+    },
+    /// Admission: recent connection failures; the upstream backs off this long.
+    #[error("provider unreachable recently; backing off {0:?}")]
+    Backoff(Duration),
 }
 
 /// Lower-case name of a phase, for messages and logs.
@@ -131,6 +140,43 @@ impl UpstreamError {
                 e(5, 2),
                 "Address cannot be relayed safely (control characters)",
             ),
+            Self::Paused { scope, remaining } => {
+                let when = match remaining {
+                    Some(d) => format!("resuming in about {}", human(*d)),
+                    None => {
+                        "until an operator resumes it (SIGHUP to mailvalve, or a restart)".into()
+                    }
+                };
+                match scope {
+                    PauseScope::Auth => Reply::new(
+                        454,
+                        e(7, 0),
+                        format!(
+                            "Sending paused: the provider rejected mailvalve's credentials; {when}"
+                        ),
+                    ),
+                    PauseScope::Quota => Reply::new(
+                        451,
+                        e(7, 0),
+                        format!("Sending paused: the provider's sending quota is spent; {when}"),
+                    ),
+                    PauseScope::Policy => Reply::new(
+                        451,
+                        e(7, 0),
+                        format!(
+                            "Sending paused after repeated policy blocks by the provider; {when}"
+                        ),
+                    ),
+                }
+            }
+            Self::Backoff(d) => Reply::new(
+                451,
+                e(4, 1),
+                format!(
+                    "Provider unreachable; mailvalve retries the connection in {}",
+                    human(*d)
+                ),
+            ),
             Self::Busy(wait) => Reply::new(
                 451,
                 e(7, 0),
@@ -152,6 +198,16 @@ impl UpstreamError {
             Self::NoAuthMechanism | Self::Auth(_) => Some(Phase::Auth),
             _ => None,
         }
+    }
+}
+
+/// `90s` → "1m 30s": short, for replies.
+fn human(d: Duration) -> String {
+    let s = d.as_secs().max(1);
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m {}s", s / 60, s % 60),
+        _ => format!("{}h {}m", s / 3600, (s % 3600) / 60),
     }
 }
 

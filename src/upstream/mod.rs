@@ -23,6 +23,8 @@ pub mod client;
 pub mod concurrency;
 pub mod error;
 pub mod lease;
+pub mod observer;
+pub mod pause_gate;
 pub mod pool;
 pub mod rate_limit;
 pub mod settings;

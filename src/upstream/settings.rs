@@ -5,6 +5,7 @@
 //! `UpstreamConfig`, whose `Secret` redacts itself.
 
 use super::error::UpstreamError;
+use super::observer::Observer;
 use super::tls;
 use crate::config::{TlsMode, UpstreamConfig};
 use std::fmt;
@@ -17,6 +18,8 @@ pub struct Settings {
     pub config: UpstreamConfig,
     /// `None` when `tls = "none"`.
     pub(crate) connector: Option<TlsConnector>,
+    /// Where every reply, failure and latency is reported (the policy). `None`: nobody.
+    pub observer: Option<Arc<dyn Observer>>,
 }
 
 impl Settings {
@@ -30,7 +33,18 @@ impl Settings {
                 config.ca_file.as_deref(),
             )?),
         };
-        Ok(Arc::new(Self { config, connector }))
+        Ok(Arc::new(Self {
+            config,
+            connector,
+            observer: None,
+        }))
+    }
+
+    /// The same settings, reporting to `observer`.
+    pub fn with_observer(self: &Arc<Self>, observer: Arc<dyn Observer>) -> Arc<Self> {
+        let mut s = (**self).clone();
+        s.observer = Some(observer);
+        Arc::new(s)
     }
 }
 

@@ -1,0 +1,129 @@
+//! Turns the configuration and the chosen provider profile into the policy's pieces:
+//! the controller's parameters, the fixed quotas, and the classifier's rule table (user
+//! rules, then the profile's, then the built-in defaults).
+//!
+//! The precedence of limits, in one place: the profile's limits, overridden key by key
+//! by `[upstream.limits]`; `upstream.max_connections` and `[upstream.rate]` are hard caps
+//! on top. It must never raise a limit above what the user configured.
+
+use crate::config::profile::{Limits, Profile, RuleConfig};
+use crate::config::{Config, RateConfig};
+use crate::policy::classify::Classifier;
+use crate::policy::controller::ControllerParams;
+use crate::policy::rules::RuleSpec;
+
+/// The profile's limits with the user's overrides applied.
+pub fn limits(cfg: &Config, profile: &Profile) -> Limits {
+    profile.limits.overridden_by(&cfg.upstream.limits)
+}
+
+fn min_opt<T: Ord>(a: Option<T>, b: Option<T>) -> Option<T> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Controller parameters: connections between the profile's initial and maximum (never
+/// above `upstream.max_connections`); the adaptive rate's ceiling from the tightest
+/// per-second / per-minute limit.
+pub fn controller_params(cfg: &Config, profile: &Profile) -> ControllerParams {
+    let l = limits(cfg, profile);
+    let cap = cfg.upstream.max_connections.max(1);
+    let max = l.max_connections.unwrap_or(cap).clamp(1, cap);
+    let initial = l.initial_connections.unwrap_or(1).clamp(1, max);
+    let per_sec = [
+        min_opt(l.messages_per_second, cfg.upstream.rate.per_second).map(f64::from),
+        min_opt(l.messages_per_minute, cfg.upstream.rate.per_minute).map(|m| f64::from(m) / 60.0),
+    ]
+    .into_iter()
+    .flatten()
+    .reduce(f64::min);
+    let defaults = ControllerParams::default();
+    ControllerParams {
+        initial_connections: initial,
+        max_connections: max,
+        rate_per_second: per_sec,
+        rate_floor: defaults.rate_floor.min(per_sec.unwrap_or(f64::MAX)),
+        ..defaults
+    }
+}
+
+/// The fixed limits enforced besides the adaptive rate: hourly and daily quotas (the
+/// tighter of profile and user), and the user's own per-second / per-minute caps.
+pub fn fixed_rates(cfg: &Config, profile: &Profile) -> RateConfig {
+    let l = limits(cfg, profile);
+    let u = &cfg.upstream.rate;
+    RateConfig {
+        per_second: u.per_second,
+        per_minute: u.per_minute,
+        per_hour: min_opt(l.messages_per_hour, u.per_hour),
+        per_day: min_opt(l.messages_per_day, u.per_day),
+    }
+}
+
+fn spec(r: &RuleConfig) -> RuleSpec {
+    RuleSpec {
+        phase: (!r.phase.is_empty()).then(|| r.phase.clone()),
+        code: r.code.clone(),
+        enhanced: r.enhanced.clone(),
+        text: r.text.clone(),
+        verdict: r.verdict.clone(),
+        until: r.until.clone(),
+        ..RuleSpec::default()
+    }
+}
+
+/// The classifier: user rules, then the profile's, then the built-in defaults.
+pub fn classifier(cfg: &Config, profile: &Profile) -> anyhow::Result<Classifier> {
+    let profile_rules: Vec<RuleSpec> = profile.rules.iter().map(spec).collect();
+    Classifier::new(&cfg.rules, &profile_rules).map_err(|e| match e.origin {
+        crate::policy::rules::RuleSource::Profile => {
+            anyhow::anyhow!("provider profile {}: {e}", profile.name)
+        }
+        _ => anyhow::anyhow!("config key {e}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::profile;
+
+    fn office() -> Profile {
+        profile::builtin("office365").unwrap().unwrap()
+    }
+
+    #[test]
+    fn profile_limits_with_user_caps() {
+        let mut cfg = Config::default();
+        let p = controller_params(&cfg, &office());
+        assert_eq!((p.initial_connections, p.max_connections), (2, 3));
+        assert!((p.rate_per_second.unwrap() - 0.5).abs() < 1e-9, "30/min");
+        cfg.upstream.max_connections = 1;
+        cfg.upstream.limits.messages_per_minute = Some(12);
+        let p = controller_params(&cfg, &office());
+        assert_eq!((p.initial_connections, p.max_connections), (1, 1));
+        assert!((p.rate_per_second.unwrap() - 0.2).abs() < 1e-9);
+    }
+
+    #[test]
+    fn quotas_are_fixed_limits() {
+        let cfg = Config::default();
+        let ses = profile::builtin("amazon-ses").unwrap().unwrap();
+        let r = fixed_rates(&cfg, &ses);
+        assert_eq!(r.per_day, Some(200));
+        assert_eq!(
+            r.per_second, None,
+            "per-second is the adaptive rate's ceiling"
+        );
+    }
+
+    #[test]
+    fn every_profile_compiles_into_a_classifier() {
+        let cfg = Config::default();
+        for (name, p) in profile::all().unwrap() {
+            classifier(&cfg, &p).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
+}
