@@ -299,8 +299,10 @@ struct PolicyRelay {
 
 async fn start_with_policy(up: UpstreamConfig, profile: &str) -> PolicyRelay {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = Config::default();
-    cfg.upstream = up;
+    let mut cfg = Config {
+        upstream: up,
+        ..Config::default()
+    };
     cfg.upstream.profile = profile.into();
     cfg.suppression.path = dir.path().join("suppression.redb");
     let profile = mailvalve::config::profile::builtin(profile)
