@@ -2,8 +2,8 @@
 //!
 //! A discrete-event loop: connections open (taking `connect_ms`), carry one transaction
 //! at a time (`service_ms`), and the clock jumps from one event to the next — no real
-//! sleeping, no tokio. Every reply goes through `sim_classify` (a tiny stand-in for
-//! `policy::classify`) and then the real `Controller`.
+//! sleeping, no tokio. Every reply goes through the real `policy::classify` (built-in
+//! rules) and then the real `Controller`.
 
 pub mod provider;
 
@@ -11,6 +11,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::time::Duration;
 
+use mailvalve::policy::classify::Classifier;
 use mailvalve::policy::clock::{Clock, ManualClock};
 use mailvalve::policy::controller::{Controller, ControllerParams, Disposition, FeedbackCtx, Wait};
 use mailvalve::policy::latency::LatencyKind;
@@ -100,29 +101,13 @@ impl Scenario {
     }
 }
 
-/// Stand-in for `policy::classify`, enough for the simulated provider's replies.
-pub fn sim_classify(phase: Phase, r: &Reply) -> Verdict {
-    let e = r.enhanced.map(|e| (e.class, e.subject, e.detail));
-    match (r.code, e) {
-        (200..=399, _) => Verdict::Accept,
-        (421, _) | (432, _) => Verdict::Throttle(ThrottleKind::Connections),
-        (450..=452, Some((4, 7, _))) => Verdict::Throttle(ThrottleKind::Rate),
-        (535, _) | (534, _) | (530, _) => Verdict::Pause {
-            scope: PauseScope::Auth,
-            until: None,
-        },
-        (_, Some((5, 4, 5))) => Verdict::Pause {
-            scope: PauseScope::Quota,
-            until: None,
-        },
-        (_, Some((5, 1, _))) => Verdict::Suppress,
-        (400..=499, _) => Verdict::Defer { hint: None },
-        _ if phase == Phase::Auth => Verdict::Pause {
-            scope: PauseScope::Auth,
-            until: None,
-        },
-        _ => Verdict::RejectMessage,
-    }
+/// The real classifier with the built-in rules, built once.
+pub fn classify(phase: Phase, r: &Reply) -> Verdict {
+    static CLASSIFIER: std::sync::OnceLock<Classifier> = std::sync::OnceLock::new();
+    CLASSIFIER
+        .get_or_init(|| Classifier::builtin().expect("built-in rules compile"))
+        .classify(phase, r)
+        .verdict
 }
 
 #[derive(Debug, Clone)]
@@ -236,7 +221,7 @@ pub fn run(sc: &Scenario) -> Outcome {
                                     auth_before_resume += 1;
                                 }
                             }
-                            let v = sim_classify(phase, &reply);
+                            let v = classify(phase, &reply);
                             ctl.on_reply(phase, &v, ctx);
                             conns.swap_remove(i);
                             continue;
@@ -263,7 +248,7 @@ pub fn run(sc: &Scenario) -> Outcome {
             let tr = prov.transaction(now, msg);
             let mut disposition = Disposition::Proceed;
             for (phase, reply) in &tr.replies {
-                let v = sim_classify(*phase, reply);
+                let v = classify(*phase, reply);
                 match v {
                     Verdict::Throttle(ThrottleKind::Rate) => rate_throttles += 1,
                     Verdict::Pause {

@@ -151,9 +151,16 @@ impl Provider {
                 self.quota_used = 0;
             }
             if self.quota_used >= q {
+                // Say when the window resets, as some providers do; the classifier reads
+                // the time from the text (without it, a 5.4.5 pauses for 24 hours).
+                let reset = (w + 1) * self.spec.quota_window_secs.max(1) - now.as_secs();
                 replies.push((
                     Phase::Mail,
-                    reply(550, (5, 4, 5), "Daily user sending quota exceeded"),
+                    reply(
+                        550,
+                        (5, 4, 5),
+                        &format!("Daily user sending quota exceeded, try again in {reset} seconds"),
+                    ),
                 ));
                 return TransactionReplies { replies };
             }
