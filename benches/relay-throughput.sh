@@ -122,12 +122,13 @@ hostname = "mailvalve.bench"
 host = "127.0.0.1"
 port = $relay_sink_port
 tls = "none"
+profile = "local"
 max_connections = $SESSIONS
 max_messages_per_connection = 1000000
 admission_wait = "60s"
 ${EXTRA_UPSTREAM:-}
 TOML
-RUST_LOG=${RUST_LOG:-warn} "$BIN" run -c "$work/mailvalve.toml" >"$work/mailvalve.log" 2>&1 &
+(cd "$work" && RUST_LOG=${RUST_LOG:-warn} exec "$BIN" run -c "$work/mailvalve.toml") >"$work/mailvalve.log" 2>&1 &
 pids+=($!)
 wait_port "$relay_port" $! || {
     cat "$work/mailvalve.log" >&2

@@ -404,6 +404,8 @@ fn start_mailvalve(dir: &Path, config: &str, env: &[(&str, &str)]) -> Relay {
     )
     .unwrap();
     let mut cmd = Command::new(mailvalve());
+    // The suppression list's relative default path lands in the test's own directory.
+    cmd.current_dir(dir);
     cmd.arg("run").arg("-c").arg(&path);
     cmd.env("NO_COLOR", "1");
     if std::env::var_os("RUST_LOG").is_none() {
@@ -446,6 +448,8 @@ hostname = "mailvalve.test"
 host = "127.0.0.1"
 port = {sink_port}
 tls = "none"
+# smtp-sink is a server we run ourselves: no provider limits to respect.
+profile = "local"
 {upstream_extra}
 
 {tail}

@@ -42,6 +42,7 @@ const BUILTIN: &[(&str, &str)] = &[
         include_str!("../../config/providers/amazon-ses.toml"),
     ),
     ("brevo", include_str!("../../config/providers/brevo.toml")),
+    ("local", include_str!("../../config/providers/local.toml")),
 ];
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -163,7 +164,7 @@ mod tests {
     #[test]
     fn every_builtin_profile_parses_and_is_named_after_its_file() {
         let all = all().unwrap();
-        assert_eq!(all.len(), 12);
+        assert_eq!(all.len(), 13);
         for (name, p) in &all {
             assert_eq!(*name, p.name);
             let l = &p.limits;
