@@ -426,3 +426,53 @@ async fn a_quota_reply_pauses_new_transactions_with_451() {
     assert_eq!(provider.messages().len(), 1);
     r.relay.stop().await;
 }
+
+/// A provider that allows 2 connections, mailvalve starting at 4 with 8 mailer sessions
+/// sending at once: the surplus connections are refused at the greeting (421), the limit
+/// drops to 2, and the mailers whose MAIL triggered a refused connection wait for a
+/// working one instead of getting `451` (smtp-source aborts its whole run on that).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_surplus_connections_are_not_a_451_for_the_mailer() {
+    let provider = Provider::builder().max_connections(2).start().await;
+    let mut up = provider.upstream_config();
+    up.max_connections = 20;
+    up.limits.initial_connections = Some(4);
+    up.limits.max_connections = Some(20);
+    up.admission_wait = Duration::from_secs(10);
+    let r = start_with_policy(up, "local").await;
+    let addr = r.relay.addr;
+    let mut tasks = Vec::new();
+    for s in 0..8 {
+        tasks.push(tokio::spawn(async move {
+            let mut c = Raw::connect(addr).await;
+            c.send("EHLO m\r\n").await;
+            c.replies(1).await;
+            for m in 0..3 {
+                c.send(&format!(
+                    "MAIL FROM:<n@s.test>\r\nRCPT TO:<r{s}.{m}@example.test>\r\nDATA\r\n"
+                ))
+                .await;
+                let rep = c.replies(3).await;
+                assert!(
+                    rep[0].starts_with("250") && rep[2].starts_with("354"),
+                    "session {s} message {m}: {rep:?}"
+                );
+                c.send("Subject: x\r\n\r\nx\r\n.\r\n").await;
+                let rep = c.replies(1).await;
+                assert!(rep[0].starts_with("250"), "{rep:?}");
+            }
+            c.send("QUIT\r\n").await;
+        }));
+    }
+    for t in tasks {
+        timeout(Duration::from_secs(30), t).await.unwrap().unwrap();
+    }
+    assert_eq!(provider.messages().len(), 24);
+    assert!(provider.max_concurrent() <= 2);
+    assert!(
+        (1..=2).contains(&provider.refused()),
+        "refused connections: {}",
+        provider.refused()
+    );
+    r.relay.stop().await;
+}

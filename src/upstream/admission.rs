@@ -114,16 +114,34 @@ impl Admission {
 
     /// A connection ready for MAIL FROM, after waiting at most `admission_wait` for a
     /// rate slot and a permit. `Err` carries the reason; `to_reply()` answers the mailer.
+    ///
+    /// A new connection greeted with "too many connections" (421 / 432) while other
+    /// leases are out, with the limit now used up by them, is our surplus connection
+    /// being refused, not the caller's transaction: the observer has already lowered the
+    /// limit, so the caller waits (within the same deadline) for one of the working
+    /// connections instead of getting `451` — a mailer such as smtp-source gives up the
+    /// whole run on a 4xx at MAIL. With no other lease out, the provider refuses us
+    /// altogether and the error goes to the caller as before.
     pub async fn lease(&self) -> Result<Lease, UpstreamError> {
-        let res = self
-            .svc
-            .clone()
-            .oneshot(AdmissionRequest::new(self.wait))
-            .await;
-        if let Err(e) = &res {
-            tracing::debug!(error = %e, "no upstream lease");
+        let req = AdmissionRequest::new(self.wait);
+        loop {
+            let res = self.svc.clone().oneshot(req).await;
+            match &res {
+                Err(UpstreamError::Greeting(r))
+                    if matches!(r.code, 421 | 432)
+                        && self.limit.in_use() > 0
+                        && self.limit.in_use() >= self.limit.limit()
+                        && Instant::now() < req.deadline =>
+                {
+                    tracing::debug!(reply = %r, "surplus provider connection refused; waiting for a working one");
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "no upstream lease");
+                    return res;
+                }
+                Ok(_) => return res,
+            }
         }
-        res
     }
 
     /// The concurrency limit, shared: resize it with `set_limit`.
