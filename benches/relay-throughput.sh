@@ -32,7 +32,7 @@ done
 
 echo "== cargo build --release"
 cargo build --release --bin mailvalve
-BIN=${MAILVALVE_BIN:-target/release/mailvalve}
+BIN=$(realpath "${MAILVALVE_BIN:-target/release/mailvalve}")
 
 work=$(mktemp -d /tmp/mailvalve-bench.XXXXXX)
 pids=()
