@@ -186,7 +186,7 @@ pub struct DemoReport {
     /// (messages/s).
     pub controller: ControllerStats,
     pub final_rate: Option<f64>,
-    /// Most provider connections mailvalve held at once.
+    /// Most provider connections mailvalve held at once, a refused attempt included.
     pub max_connections_used: usize,
     /// The whole demo, both campaigns included.
     pub elapsed: Duration,
@@ -595,10 +595,11 @@ pub fn summary(r: &DemoReport) -> String {
         r.provider_max_sessions, r.provider_refused, r.provider.rate_refusals
     ));
     out.push_str(&format!(
-        "  mailvalve ended at    {} connections (ceiling {}), rate {} (ceiling {}); {} connection decreases, {} rate decreases, {} pauses\n",
+        "  mailvalve ended at    {} connections allowed (ceiling {}; at most {} open or being opened at once), rate {} (ceiling {}); {} connection decreases, {} rate decreases, {} pauses\n",
         s.concurrency_limit,
         s.concurrency_ceiling
             .map_or_else(|| "none".to_string(), |c| c.to_string()),
+        r.max_connections_used,
         per_minute(r.final_rate),
         s.rate_ceiling
             .map_or_else(|| "none".to_string(), |c| per_minute(Some(c))),
