@@ -1,5 +1,5 @@
 //! Command-line entry point: parses the arguments (clap derive) and dispatches to one
-//! file per subcommand (`run.rs`, `check.rs`).
+//! file per subcommand (`run.rs`, `check.rs`, `demo/`).
 //!
 //! It must never print a secret (errors come redacted from `config`) and never exit the
 //! process from inside the library: [`main`] returns the exit code.
@@ -11,6 +11,7 @@
 //! container can be configured by environment alone; `check` says which source it used.
 
 pub mod check;
+pub mod demo;
 pub mod logging;
 pub mod passthrough;
 pub mod profiles;
@@ -44,6 +45,8 @@ pub enum Command {
     Check(ConfigArgs),
     /// List the built-in provider profiles and their limits.
     Profiles,
+    /// Watch mailvalve tame a simulated provider, on loopback, in under a minute.
+    Demo(demo::DemoArgs),
     /// Manage the suppression list (addresses the provider rejected for good).
     Suppress {
         #[command(flatten)]
@@ -85,6 +88,7 @@ pub fn dispatch(cli: Cli) -> ExitCode {
         Command::Check(args) => check::main(args.config.as_deref()),
         Command::Run(args) => run_command(args.config.as_deref()),
         Command::Profiles => report(profiles::run()),
+        Command::Demo(args) => report(demo::main(&args)),
         Command::Suppress { config, cmd } => match load(config.config.as_deref()) {
             Ok(cfg) => report(suppress::run(cmd, &cfg)),
             Err(code) => code,
@@ -142,6 +146,35 @@ mod tests {
             cli.command,
             Command::Run(ConfigArgs { config: Some(_) })
         ));
+    }
+
+    #[test]
+    fn parses_demo() {
+        let cli = Cli::try_parse_from(["mailvalve", "demo"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Demo(demo::DemoArgs {
+                messages: 2000,
+                seconds_max: 90
+            })
+        ));
+        let cli = Cli::try_parse_from([
+            "mailvalve",
+            "demo",
+            "--messages",
+            "300",
+            "--seconds-max",
+            "30",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Demo(demo::DemoArgs {
+                messages: 300,
+                seconds_max: 30
+            })
+        ));
+        assert!(Cli::try_parse_from(["mailvalve", "demo", "--messages", "0"]).is_err());
     }
 
     #[test]

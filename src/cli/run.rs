@@ -12,7 +12,7 @@ use super::wiring;
 use crate::config::profile::{self, Profile};
 use crate::config::Config;
 use crate::policy::clock::SystemClock;
-use crate::policy::controller::Controller;
+use crate::policy::controller::{Controller, ControllerParams};
 use crate::policy::suppression::{Recorder, Suppressions};
 use crate::server::suppress::SuppressingRelay;
 use crate::store::suppression::RedbStore;
@@ -86,8 +86,17 @@ impl Policy {
     /// Classifier, controller, the observer that feeds it from every upstream reply, and
     /// the admission stack it gates.
     pub fn build(config: &Config, profile: &Profile) -> anyhow::Result<Self> {
+        Self::build_with(config, profile, wiring::controller_params(config, profile))
+    }
+
+    /// [`Policy::build`] with the controller's parameters given instead of derived from
+    /// config + profile (`mailvalve demo` runs the same loop on shorter timescales).
+    pub fn build_with(
+        config: &Config,
+        profile: &Profile,
+        params: ControllerParams,
+    ) -> anyhow::Result<Self> {
         let classifier = Arc::new(wiring::classifier(config, profile)?);
-        let params = wiring::controller_params(config, profile);
         tracing::info!(
             initial_connections = params.initial_connections,
             max_connections = params.max_connections,

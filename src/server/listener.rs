@@ -11,12 +11,59 @@
 
 use super::session;
 use super::{Relay, Shared};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::Instrument;
+
+/// Session counters of one server, for status lines and tests: sessions open now, the
+/// most open at once, and connections refused with `421 4.3.2` because `max_sessions`
+/// were open. Read them while the server runs; they only ever describe this server.
+#[derive(Debug, Default)]
+pub struct SessionStats {
+    active: AtomicUsize,
+    max_active: AtomicUsize,
+    accepted: AtomicU64,
+    refused: AtomicU64,
+}
+
+impl SessionStats {
+    /// Sessions open now.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+    /// The most sessions that were open at once.
+    pub fn max_active(&self) -> usize {
+        self.max_active.load(Ordering::Relaxed)
+    }
+    /// Sessions accepted so far.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+    /// Connections refused with `421 4.3.2` (too many sessions).
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    fn opened(self: &Arc<Self>) -> ActiveGuard {
+        let now = self.active.fetch_add(1, Ordering::Relaxed) + 1;
+        self.max_active.fetch_max(now, Ordering::Relaxed);
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+        ActiveGuard(Arc::clone(self))
+    }
+}
+
+/// Counts one open session; dropped when the session task ends (or is aborted).
+struct ActiveGuard(Arc<SessionStats>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// After the grace period, how long sessions get to write their 421 and close before
 /// their tasks are aborted.
@@ -49,11 +96,18 @@ pub(crate) async fn accept_loop<R: Relay>(listener: TcpListener, shared: Arc<Sha
                 let span = tracing::info_span!("session", id = next_id, %peer);
                 match Arc::clone(&permits).try_acquire_owned() {
                     Ok(permit) => {
+                        let open = shared.stats.opened();
+                        let run = session::run(Arc::clone(&shared), tcp, permit);
                         sessions.spawn(
-                            session::run(Arc::clone(&shared), tcp, permit).instrument(span),
+                            async move {
+                                run.await;
+                                drop(open);
+                            }
+                            .instrument(span),
                         );
                     }
                     Err(_) => {
+                        shared.stats.refused.fetch_add(1, Ordering::Relaxed);
                         span.in_scope(|| tracing::warn!("too many sessions, refusing"));
                         sessions.spawn(session::reject_busy(tcp).instrument(span));
                     }

@@ -45,6 +45,7 @@ mod replies;
 mod session;
 mod starttls;
 
+pub use listener::SessionStats;
 pub use relay::{Relay, RelayTransaction};
 pub use starttls::load_tls_acceptor;
 
@@ -76,6 +77,7 @@ pub struct Server<R: Relay> {
     relay: Arc<R>,
     tls: Option<TlsAcceptor>,
     public: Option<bool>,
+    stats: Arc<SessionStats>,
 }
 
 impl<R: Relay> Server<R> {
@@ -90,7 +92,14 @@ impl<R: Relay> Server<R> {
             relay,
             tls,
             public: None,
+            stats: Arc::new(SessionStats::default()),
         })
+    }
+
+    /// The session counters of this server (open now, most at once, refused); take a
+    /// handle before [`Server::serve`] to watch them while it runs.
+    pub fn stats(&self) -> Arc<SessionStats> {
+        Arc::clone(&self.stats)
     }
 
     /// Overrides the loopback detection: `true` applies the rules for a public listener
@@ -127,6 +136,7 @@ impl<R: Relay> Server<R> {
             public,
             shutdown,
             grace_over: CancellationToken::new(),
+            stats: self.stats,
         });
         listener::accept_loop(listener, shared).await;
         Ok(())
@@ -155,4 +165,6 @@ pub(crate) struct Shared<R> {
     pub(crate) shutdown: CancellationToken,
     /// Fired by the listener `shutdown_grace` after `shutdown`: close everything.
     pub(crate) grace_over: CancellationToken,
+    /// Session counters, shared with whoever asked [`Server::stats`].
+    pub(crate) stats: Arc<SessionStats>,
 }
