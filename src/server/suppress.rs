@@ -60,8 +60,8 @@ fn merge(marks: Vec<Option<Entry>>, upstream: Vec<Reply>) -> Vec<Reply> {
         .collect()
 }
 
-impl<R: Relay, S: SuppressionStore> Relay for SuppressingRelay<R, S> {
-    type Tx = SuppressingTx<R::Tx, S>;
+impl<R: Relay + Clone, S: SuppressionStore> Relay for SuppressingRelay<R, S> {
+    type Tx = SuppressingTx<R, S>;
 
     async fn begin(
         &self,
@@ -69,40 +69,70 @@ impl<R: Relay, S: SuppressionStore> Relay for SuppressingRelay<R, S> {
         rcpts: Vec<String>,
     ) -> Result<(Self::Tx, Reply, Vec<Reply>), Reply> {
         let (marks, pass) = split(&self.list, rcpts);
-        let (tx, mail, replies) = self.inner.begin(env, pass).await?;
-        Ok((
-            SuppressingTx {
-                inner: tx,
-                list: self.list.clone(),
-            },
-            mail,
-            merge(marks, replies),
-        ))
+        let mut tx = SuppressingTx {
+            relay: self.inner.clone(),
+            inner: None,
+            env,
+            list: self.list.clone(),
+        };
+        if pass.is_empty() && !marks.is_empty() {
+            // Every recipient given is suppressed: don't lease a provider connection
+            // or spend a MAIL on the provider's rate. The transaction starts upstream at
+            // the first deliverable recipient, if one comes.
+            let mail = Reply::new(
+                250,
+                crate::smtp::EnhancedCode::new(2, 1, 0),
+                "Sender OK (nothing sent to the provider yet: the recipients so far are suppressed)",
+            );
+            return Ok((tx, mail, merge(marks, Vec::new())));
+        }
+        let (inner, mail, replies) = self.inner.begin(tx.env.clone(), pass).await?;
+        tx.inner = Some(inner);
+        Ok((tx, mail, merge(marks, replies)))
     }
 }
 
-pub struct SuppressingTx<T, S: SuppressionStore> {
-    inner: T,
+pub struct SuppressingTx<R: Relay, S: SuppressionStore> {
+    relay: R,
+    /// The provider's transaction, once one was needed.
+    inner: Option<R::Tx>,
+    env: Envelope,
     list: Arc<Suppressions<S>>,
 }
 
-impl<T: RelayTransaction, S: SuppressionStore> RelayTransaction for SuppressingTx<T, S> {
+impl<R: Relay + Clone, S: SuppressionStore> RelayTransaction for SuppressingTx<R, S> {
     async fn rcpt(&mut self, rcpts: Vec<String>) -> Result<Vec<Reply>, Reply> {
         let (marks, pass) = split(&self.list, rcpts);
-        let replies = if pass.is_empty() {
-            Vec::new()
-        } else {
-            self.inner.rcpt(pass).await?
+        let replies = match (&mut self.inner, pass.is_empty()) {
+            (_, true) => Vec::new(),
+            (Some(tx), false) => tx.rcpt(pass).await?,
+            (None, false) => match self.relay.begin(self.env.clone(), pass.clone()).await {
+                Ok((tx, _mail, replies)) => {
+                    self.inner = Some(tx);
+                    replies
+                }
+                // The provider refused the (late) MAIL: its reply answers each of them.
+                Err(mail) => vec![mail; pass.len()],
+            },
         };
         Ok(merge(marks, replies))
     }
 
     async fn data(&mut self, message: Vec<u8>) -> Reply {
-        self.inner.data(message).await
+        match &mut self.inner {
+            Some(tx) => tx.data(message).await,
+            None => Reply::new(
+                554,
+                crate::smtp::EnhancedCode::new(5, 5, 1),
+                "No valid recipients",
+            ),
+        }
     }
 
     async fn end(self) {
-        self.inner.end().await
+        if let Some(tx) = self.inner {
+            tx.end().await
+        }
     }
 }
 
