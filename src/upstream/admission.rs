@@ -116,12 +116,13 @@ impl Admission {
     /// rate slot and a permit. `Err` carries the reason; `to_reply()` answers the mailer.
     ///
     /// A new connection greeted with "too many connections" (421 / 432) while other
-    /// leases are out, with the limit now used up by them, is our surplus connection
+    /// connections are working (leased or idle in the pool) is our surplus connection
     /// being refused, not the caller's transaction: the observer has already lowered the
-    /// limit, so the caller waits (within the same deadline) for one of the working
-    /// connections instead of getting `451` — a mailer such as smtp-source gives up the
-    /// whole run on a 4xx at MAIL. With no other lease out, the provider refuses us
-    /// altogether and the error goes to the caller as before.
+    /// limit to the working connections, so the caller waits (within the same deadline)
+    /// for one of them instead of getting `451` — a mailer such as smtp-source gives up
+    /// the whole run on a 4xx at MAIL. Each further refusal lowers the limit again, so
+    /// this converges; the deadline bounds it. With no other connection working, the
+    /// provider refuses us altogether and the error goes to the caller as before.
     pub async fn lease(&self) -> Result<Lease, UpstreamError> {
         let req = AdmissionRequest::new(self.wait);
         loop {
@@ -129,8 +130,7 @@ impl Admission {
             match &res {
                 Err(UpstreamError::Greeting(r))
                     if matches!(r.code, 421 | 432)
-                        && self.limit.in_use() > 0
-                        && self.limit.in_use() >= self.limit.limit()
+                        && (self.limit.in_use() > 0 || self.pool.idle_count() > 0)
                         && Instant::now() < req.deadline =>
                 {
                     tracing::debug!(reply = %r, "surplus provider connection refused; waiting for a working one");

@@ -73,15 +73,15 @@ impl Connection {
     /// Failures before any reply (refused, TLS) are reported to the observer here;
     /// replies and read errors are reported as they are read.
     pub async fn connect(settings: &Settings) -> Result<Connection, UpstreamError> {
+        if let Some(obs) = &settings.observer {
+            obs.connect_started();
+        }
         let res = Self::open(settings).await;
         if let Some(obs) = &settings.observer {
-            match &res {
-                Ok(_) => obs.connected(),
-                Err(e @ (UpstreamError::Connect(_) | UpstreamError::Tls(_))) => {
-                    obs.failure(None, e)
-                }
-                Err(_) => {}
+            if let Err(e @ (UpstreamError::Connect(_) | UpstreamError::Tls(_))) = &res {
+                obs.failure(None, e);
             }
+            obs.connect_finished(res.is_ok());
         }
         res
     }

@@ -15,6 +15,7 @@ use crate::policy::latency::LatencyKind;
 use crate::policy::suppression::Recorder;
 use crate::policy::verdict::{Phase, Verdict};
 use crate::smtp::Reply;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -24,8 +25,11 @@ pub trait Observer: Send + Sync + 'static {
     fn reply(&self, phase: Phase, reply: &Reply, rcpt: Option<&str>);
     /// No reply: refused, timed out, TLS failure, connection lost, garbage.
     fn failure(&self, phase: Option<Phase>, error: &UpstreamError);
-    /// A new connection is ready for MAIL FROM.
-    fn connected(&self);
+    /// A new connection is being set up (TCP, greeting, EHLO, TLS, AUTH).
+    fn connect_started(&self);
+    /// Its setup ended: `ok` = ready for MAIL FROM. Called exactly once per start,
+    /// after any replies of the setup were reported.
+    fn connect_finished(&self, ok: bool);
     fn latency(&self, kind: LatencyKind, sample: Duration);
     /// The provider accepted a message.
     fn delivered(&self);
@@ -37,6 +41,8 @@ pub struct PolicyObserver {
     controller: Arc<Controller>,
     suppression: Option<Arc<dyn Recorder>>,
     limit: Arc<ConcurrencyLimit>,
+    /// Connections in setup: they hold a permit but are not (yet) working.
+    connecting: AtomicUsize,
 }
 
 impl PolicyObserver {
@@ -52,14 +58,23 @@ impl PolicyObserver {
             controller,
             suppression,
             limit,
+            connecting: AtomicUsize::new(0),
         }
     }
 
+    /// Working = leased connections that finished their setup; a refused one is not
+    /// working, whether it was refused during setup (it is among `connecting`) or later.
     fn ctx(&self, refused: bool) -> FeedbackCtx {
         let in_use = self.limit.in_use().max(1);
+        let connecting = self.connecting.load(Ordering::Acquire);
+        let established = in_use.saturating_sub(connecting);
         FeedbackCtx {
             in_flight_connections: in_use,
-            working_connections: if refused { in_use - 1 } else { in_use },
+            working_connections: if refused && connecting == 0 {
+                established.saturating_sub(1)
+            } else {
+                established
+            },
         }
     }
 
@@ -134,8 +149,20 @@ impl Observer for PolicyObserver {
         self.sync_limit();
     }
 
-    fn connected(&self) {
-        self.controller.on_connect_success();
+    fn connect_started(&self) {
+        self.connecting.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn connect_finished(&self, ok: bool) {
+        // Saturating: a finish without a start must not wrap around.
+        let _ = self
+            .connecting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                Some(n.saturating_sub(1))
+            });
+        if ok {
+            self.controller.on_connect_success();
+        }
     }
 
     fn latency(&self, kind: LatencyKind, sample: Duration) {
