@@ -12,6 +12,7 @@
 
 pub mod check;
 pub mod demo;
+pub mod explain;
 pub mod logging;
 pub mod passthrough;
 pub mod profiles;
@@ -47,6 +48,21 @@ pub enum Command {
     Profiles,
     /// Watch mailvalve tame a simulated provider, on loopback, in under a minute.
     Demo(demo::DemoArgs),
+    /// Explain a provider reply: what it means and what mailvalve does about it.
+    Explain {
+        /// The reply, e.g. "421 4.7.0 Too many connections" (multi-line: one per line).
+        reply: String,
+        /// The phase it answered: greeting, ehlo, starttls, auth, mail, rcpt, data,
+        /// data-end. Default: rcpt (data for 354, auth for 334).
+        #[arg(long)]
+        phase: Option<String>,
+        /// Apply this provider profile's reply rules (see `mailvalve profiles`).
+        #[arg(long)]
+        profile: Option<String>,
+        /// Language of the explanation: en or de.
+        #[arg(long, default_value = "en")]
+        lang: String,
+    },
     /// Manage the suppression list (addresses the provider rejected for good).
     Suppress {
         #[command(flatten)]
@@ -89,6 +105,12 @@ pub fn dispatch(cli: Cli) -> ExitCode {
         Command::Run(args) => run_command(args.config.as_deref()),
         Command::Profiles => report(profiles::run()),
         Command::Demo(args) => report(demo::main(&args)),
+        Command::Explain {
+            reply,
+            phase,
+            profile,
+            lang,
+        } => explain_command(&reply, phase.as_deref(), profile.as_deref(), &lang),
         Command::Suppress { config, cmd } => match load(config.config.as_deref()) {
             Ok(cfg) => report(suppress::run(cmd, &cfg)),
             Err(code) => code,
@@ -105,6 +127,35 @@ fn load(path: Option<&Path>) -> Result<crate::config::Config, ExitCode> {
             eprintln!("{e}");
             ExitCode::from(EXIT_CONFIG)
         })
+}
+
+fn explain_command(
+    reply: &str,
+    phase: Option<&str>,
+    profile: Option<&str>,
+    lang: &str,
+) -> ExitCode {
+    let Some(lang) = crate::smtp::codes::Lang::from_tag(lang) else {
+        eprintln!("mailvalve explain: --lang {lang:?}: expected en or de");
+        return ExitCode::from(EXIT_USAGE);
+    };
+    let phase = match phase.map(explain::parse_phase).transpose() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("mailvalve explain: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    match explain::explain(reply, phase, profile, lang) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mailvalve explain: {e}");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
 }
 
 fn report(r: anyhow::Result<()>) -> ExitCode {
