@@ -29,21 +29,18 @@
 //! - By default loopback clients are exempt from anvil (`smtpd_client_event_limit_
 //!   exceptions = $mynetworks`); it must be set empty.
 
-use std::fs::{self, File};
+mod support;
+
+use support::harness::*;
+
+use std::fs;
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
-
-/// The binary under test (or `MAILVALVE_BIN`, as in `tests/interop.rs`).
-fn mailvalve() -> PathBuf {
-    std::env::var_os("MAILVALVE_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_mailvalve")))
-}
 
 /// How long the relay, smtp-sink or Postfix may take to start listening.
 const STARTUP: Duration = Duration::from_secs(20);
@@ -59,57 +56,12 @@ const DRAIN: Duration = Duration::from_secs(120);
 // Tools (copied from tests/interop.rs)
 // ------------------------------------------------------------------------------------
 
-/// Finds an executable in PATH, then in /usr/sbin and /sbin.
-fn tool(name: &str) -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    dirs.extend(["/usr/sbin", "/usr/bin", "/sbin"].map(PathBuf::from));
-    dirs.into_iter().map(|d| d.join(name)).find(|p| {
-        fs::metadata(p)
-            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-            .unwrap_or(false)
-    })
-}
-
-fn tools_required() -> bool {
-    std::env::var_os("MAILVALVE_REQUIRE_TOOLS").is_some_and(|v| !v.is_empty() && v != "0")
-}
-
 /// Panics under `MAILVALVE_REQUIRE_TOOLS`, else says SKIPPED.
 fn skip(test: &str, why: &str) {
     if tools_required() {
         panic!("{test}: {why} and MAILVALVE_REQUIRE_TOOLS is set");
     }
     eprintln!("SKIPPED: {test}: {why}");
-}
-
-/// `tool(name)`, or: panic under `MAILVALVE_REQUIRE_TOOLS`, else say SKIPPED and `None`.
-fn need(test: &str, name: &str) -> Option<PathBuf> {
-    let found = tool(name);
-    if found.is_none() {
-        skip(
-            test,
-            &format!("required tool `{name}` not installed (apt-get install postfix)"),
-        );
-    }
-    found
-}
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().unwrap().port()
-}
-
-fn is_root() -> bool {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
-        })
-        .unwrap_or(false)
 }
 
 fn connect(port: u16) -> std::io::Result<TcpStream> {
@@ -123,116 +75,6 @@ fn connect(port: u16) -> std::io::Result<TcpStream> {
 // ------------------------------------------------------------------------------------
 // Processes (copied from tests/interop.rs)
 // ------------------------------------------------------------------------------------
-
-/// A child process with stdout+stderr going to a log file; killed when dropped.
-struct Proc {
-    name: String,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(name: &str, cmd: &mut Command, log: PathBuf) -> Proc {
-        let out = File::create(&log).expect("create log file");
-        let err = out.try_clone().expect("clone log file");
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-        Proc {
-            name: name.into(),
-            child,
-            log,
-        }
-    }
-
-    fn output(&self) -> String {
-        String::from_utf8_lossy(&fs::read(&self.log).unwrap_or_default()).into_owned()
-    }
-
-    fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().expect("try_wait")
-    }
-
-    fn wait_for(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(st) = self.exited() {
-                return Some(st);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn finish(&mut self, limit: Duration) -> ExitStatus {
-        match self.wait_for(limit) {
-            Some(st) => st,
-            None => panic!(
-                "{} still running after {limit:?}; output so far:\n{}",
-                self.name,
-                self.output()
-            ),
-        }
-    }
-
-    /// Waits until something accepts on `port`, panicking if this process exits first.
-    fn wait_listening(&mut self, port: u16, limit: Duration) {
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(st) = self.exited() {
-                panic!(
-                    "{} exited ({st}) before listening on {port}; output:\n{}",
-                    self.name,
-                    self.output()
-                );
-            }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return;
-            }
-            if Instant::now() >= deadline {
-                panic!(
-                    "{} not listening on {port} after {limit:?}; output:\n{}",
-                    self.name,
-                    self.output()
-                );
-            }
-            sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-    }
-}
-
-/// Runs a command to completion (bounded), returning its status and combined output.
-fn run(name: &str, cmd: &mut Command, dir: &Path, limit: Duration) -> (ExitStatus, String) {
-    let log = dir.join(format!("{name}.{}.log", free_port()));
-    let mut p = Proc::spawn(name, cmd, log);
-    let st = p.finish(limit);
-    (st, p.output())
-}
-
-fn tempdir() -> tempfile::TempDir {
-    let d = tempfile::Builder::new()
-        .prefix("mailvalve-postfix-")
-        .tempdir()
-        .unwrap();
-    // smtp-sink (as `nobody`) and Postfix's daemons (as `postfix`) must get inside.
-    fs::set_permissions(d.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    d
-}
 
 // ------------------------------------------------------------------------------------
 // smtp-sink: the provider's provider, counting what arrives
