@@ -18,6 +18,7 @@
 //! Modules, and the one direction their imports point:
 //! - [`smtp`]: protocol vocabulary without I/O or policy — replies, commands, line and
 //!   DATA framing (the part that makes SMTP smuggling impossible). Imports nothing of ours.
+//! - [`net`]: the plain-or-TLS byte stream both sides use. Imports nothing of ours.
 //! - [`policy`]: the rate-control loop, pure (no sockets). Imports `smtp` only.
 //! - [`config`]: the TOML schema, loading with `MAILVALVE__*` overrides, validation.
 //! - [`server`]: the inbound ESMTP listener and session state machine.
@@ -26,6 +27,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod net;
 pub mod policy;
 pub mod queue;
 pub mod server;
