@@ -51,8 +51,6 @@ use std::time::{Duration, Instant};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 
-/// How long the relay may take to start listening.
-const STARTUP: Duration = Duration::from_secs(20);
 /// Bound for one swaks / check / short client run.
 const SHORT_RUN: Duration = Duration::from_secs(60);
 /// Bound for the 2000-message run (debug build, 2 cores in CI).
@@ -203,45 +201,6 @@ fn read_dump(path: &Path) -> Dump {
 // ------------------------------------------------------------------------------------
 // mailvalve
 // ------------------------------------------------------------------------------------
-
-struct Relay {
-    proc: Proc,
-    port: u16,
-}
-
-/// Writes `config` (with `{LISTEN}` replaced by a free loopback address) and runs
-/// `mailvalve run -c FILE` until it accepts connections.
-fn start_mailvalve(dir: &Path, config: &str, env: &[(&str, &str)]) -> Relay {
-    let port = free_port();
-    let path = dir.join("mailvalve.toml");
-    fs::write(
-        &path,
-        config.replace("{LISTEN}", &format!("127.0.0.1:{port}")),
-    )
-    .unwrap();
-    let mut cmd = Command::new(mailvalve());
-    // The suppression list's relative default path lands in the test's own directory.
-    cmd.current_dir(dir);
-    cmd.arg("run").arg("-c").arg(&path);
-    cmd.env("NO_COLOR", "1");
-    if std::env::var_os("RUST_LOG").is_none() {
-        cmd.env("RUST_LOG", "info");
-    }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut proc = Proc::spawn("mailvalve", &mut cmd, dir.join("mailvalve.log"));
-    proc.wait_listening(port, STARTUP);
-    Relay { proc, port }
-}
-
-impl Relay {
-    fn assert_alive(&mut self) {
-        if let Some(st) = self.proc.exited() {
-            panic!("mailvalve exited ({st}); output:\n{}", self.proc.output());
-        }
-    }
-}
 
 /// A passthrough config: mailvalve on `{LISTEN}`, upstream = smtp-sink without TLS.
 /// `server_extra` / `upstream_extra` are TOML lines added to those tables; `tail` holds

@@ -42,8 +42,6 @@ use std::process::{Command, ExitStatus};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-/// How long the relay, smtp-sink or Postfix may take to start listening.
-const STARTUP: Duration = Duration::from_secs(20);
 /// Bound for one `postfix` command.
 const SHORT_RUN: Duration = Duration::from_secs(60);
 /// Bound for the 2000-message run (debug build, 2 cores in CI).
@@ -369,32 +367,6 @@ fn three_raw_greetings(port: u16) -> Vec<String> {
 // ------------------------------------------------------------------------------------
 // mailvalve
 // ------------------------------------------------------------------------------------
-
-struct Relay {
-    proc: Proc,
-    port: u16,
-}
-
-fn start_mailvalve(dir: &Path, config: &str, env: &[(&str, &str)]) -> Relay {
-    let port = free_port();
-    let path = dir.join("mailvalve.toml");
-    fs::write(
-        &path,
-        config.replace("{LISTEN}", &format!("127.0.0.1:{port}")),
-    )
-    .unwrap();
-    let mut cmd = Command::new(mailvalve());
-    // The suppression list's relative default path lands in the test's own directory.
-    cmd.current_dir(dir);
-    cmd.arg("run").arg("-c").arg(&path);
-    cmd.env("NO_COLOR", "1");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut proc = Proc::spawn("mailvalve", &mut cmd, dir.join("mailvalve.log"));
-    proc.wait_listening(port, STARTUP);
-    Relay { proc, port }
-}
 
 /// Passthrough to the Postfix smtpd, starting above its limit of 2 (4 connections,
 /// at most 20), so that mailvalve has to learn the limit from Postfix's replies.

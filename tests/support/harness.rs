@@ -208,3 +208,46 @@ pub fn tempdir() -> tempfile::TempDir {
     fs::set_permissions(d.path(), fs::Permissions::from_mode(0o755)).unwrap();
     d
 }
+
+/// How long the relay may take to start listening.
+pub const STARTUP: Duration = Duration::from_secs(20);
+
+/// A running `mailvalve run`, killed when dropped.
+pub struct Relay {
+    pub proc: Proc,
+    pub port: u16,
+}
+
+/// Writes `config` (with `{LISTEN}` replaced by a free loopback address) and runs
+/// `mailvalve run -c FILE` until it accepts connections.
+pub fn start_mailvalve(dir: &Path, config: &str, env: &[(&str, &str)]) -> Relay {
+    let port = free_port();
+    let path = dir.join("mailvalve.toml");
+    fs::write(
+        &path,
+        config.replace("{LISTEN}", &format!("127.0.0.1:{port}")),
+    )
+    .unwrap();
+    let mut cmd = Command::new(mailvalve());
+    // The suppression list's relative default path lands in the test's own directory.
+    cmd.current_dir(dir);
+    cmd.arg("run").arg("-c").arg(&path);
+    cmd.env("NO_COLOR", "1");
+    if std::env::var_os("RUST_LOG").is_none() {
+        cmd.env("RUST_LOG", "info");
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut proc = Proc::spawn("mailvalve", &mut cmd, dir.join("mailvalve.log"));
+    proc.wait_listening(port, STARTUP);
+    Relay { proc, port }
+}
+
+impl Relay {
+    pub fn assert_alive(&mut self) {
+        if let Some(st) = self.proc.exited() {
+            panic!("mailvalve exited ({st}); output:\n{}", self.proc.output());
+        }
+    }
+}
