@@ -10,6 +10,7 @@
 //! - [`id`]: short, sortable, file-name-safe queue ids.
 //! - [`record`]: what is stored per message and per recipient.
 
+pub mod dsn;
 pub mod error;
 pub mod id;
 mod index;
