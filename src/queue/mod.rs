@@ -10,6 +10,7 @@
 //! - [`id`]: short, sortable, file-name-safe queue ids.
 //! - [`record`]: what is stored per message and per recipient.
 
+pub mod delivery_log;
 pub mod dsn;
 pub mod error;
 pub mod id;
