@@ -17,6 +17,7 @@ pub mod id;
 mod index;
 pub mod record;
 pub mod spool;
+pub mod webhook;
 mod writer;
 
 pub use error::SpoolError;
