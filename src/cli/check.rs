@@ -109,6 +109,7 @@ fn render(loaded: &Loaded) -> CheckOutput {
 fn mode_name(c: &config::Config) -> &'static str {
     match c.mode {
         config::Mode::Passthrough => "passthrough",
+        config::Mode::Queue => "queue",
     }
 }
 

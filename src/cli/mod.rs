@@ -16,6 +16,8 @@ pub mod explain;
 pub mod logging;
 pub mod passthrough;
 pub mod profiles;
+pub mod queue_relay;
+pub mod queue_transport;
 pub mod run;
 pub mod suppress;
 pub mod wiring;

@@ -2,18 +2,27 @@
 //! until SIGTERM or Ctrl-C, then shut down gracefully (open sessions get `421 4.3.2`).
 //!
 //! This is where the pieces are wired: the inbound server, the suppression list, the
-//! passthrough relay over the upstream admission stack, and the policy (classifier →
+//! passthrough relay over the upstream admission stack (or, in queue mode, the spool,
+//! the queue relay and the delivery engine over that same stack), and the policy (classifier →
 //! controller → pause gate, adaptive rate and concurrency) fed by every upstream reply.
 //! SIGHUP resumes a paused account. It must never log the
 //! configuration unredacted (`Secret` prints `***`).
 
 use super::passthrough::Passthrough;
+use super::queue_relay::QueueRelay;
+use super::queue_transport::AdmissionTransport;
 use super::wiring;
 use crate::config::profile::{self, Profile};
 use crate::config::Config;
+use crate::config::Mode;
+use crate::policy::classify::Classifier;
 use crate::policy::clock::SystemClock;
 use crate::policy::controller::{Controller, ControllerParams};
 use crate::policy::suppression::{Recorder, Suppressions};
+use crate::queue::deliver::{Delivery, DeliveryParams, SuppressedFn};
+use crate::queue::delivery_log::DeliveryLog;
+use crate::queue::webhook::Webhook;
+use crate::queue::Spool;
 use crate::server::suppress::SuppressingRelay;
 use crate::store::suppression::RedbStore;
 use crate::upstream::observer::PolicyObserver;
@@ -46,10 +55,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         ),
     };
     let policy = Policy::build(&config, &profile)?;
-    let relay = Arc::new(SuppressingRelay::new(
-        Passthrough::new(policy.admission.clone()),
-        policy.suppressions.clone(),
-    ));
 
     let listener = TcpListener::bind(config.server.listen)
         .await
@@ -70,14 +75,127 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(on_signal(shutdown.clone()));
     tokio::spawn(resume_on_hangup(policy.controller.clone()));
-    crate::server::serve(listener, Arc::new(config.server), relay, shutdown).await?;
+    match config.mode {
+        Mode::Passthrough => {
+            let relay = Arc::new(SuppressingRelay::new(
+                Passthrough::new(policy.admission.clone()),
+                policy.suppressions.clone(),
+            ));
+            crate::server::serve(listener, Arc::new(config.server), relay, shutdown).await?;
+        }
+        Mode::Queue => {
+            let queue = QueueMode::start(&config, &profile, &policy, shutdown.clone()).await?;
+            let relay = Arc::new(SuppressingRelay::new(
+                queue.relay.clone(),
+                policy.suppressions.clone(),
+            ));
+            let served =
+                crate::server::serve(listener, Arc::new(config.server.clone()), relay, shutdown)
+                    .await;
+            queue.stop().await;
+            served?;
+        }
+    }
     tracing::info!("mailvalve stopped");
     Ok(())
+}
+
+/// Queue mode's running parts: the spool, the relay that fills it and the delivery
+/// engine that empties it.
+pub struct QueueMode {
+    pub relay: QueueRelay,
+    pub delivery: Arc<Delivery<AdmissionTransport, Controller>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl QueueMode {
+    /// Opens (and recovers) the spool and starts delivering. `shutdown` stops delivery;
+    /// transactions in flight get `server.shutdown_grace` to finish.
+    pub async fn start(
+        config: &Config,
+        profile: &Profile,
+        policy: &Policy,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let qc = &config.queue;
+        let dir = qc.dir.clone();
+        let (spool, recovered) = tokio::task::spawn_blocking(move || Spool::open(&dir))
+            .await
+            .context("spool open task failed")?
+            .with_context(|| {
+                format!(
+                    "config key queue.dir: cannot open the spool {}",
+                    qc.dir.display()
+                )
+            })?;
+        tracing::info!(
+            dir = %qc.dir.display(),
+            messages = recovered.messages,
+            pending_recipients = recovered.pending_recipients,
+            removed_partial = recovered.removed_partial,
+            removed_orphans = recovered.removed_orphan_bodies + recovered.removed_orphan_records.len(),
+            "spool opened"
+        );
+        let spool = Arc::new(spool);
+        let limits = wiring::limits(config, profile);
+        let params = DeliveryParams {
+            workers: policy.controller.params().max_connections,
+            rcpts_per_message: limits.recipients_per_message.unwrap_or(100).max(1),
+            max_age: qc.max_age,
+            bounces: qc.bounces,
+            bounce_from: qc.bounce_from.clone(),
+            hostname: config.server.hostname.clone(),
+            ..DeliveryParams::default()
+        };
+        let log = match qc.delivery_log_path() {
+            Some(p) => DeliveryLog::open(&p).with_context(|| {
+                format!("config key queue.delivery_log: cannot open {}", p.display())
+            })?,
+            None => DeliveryLog::disabled(),
+        };
+        let webhook = match &qc.webhook {
+            Some(w) => Some(
+                Webhook::new(w.clone())
+                    .map_err(|e| anyhow::anyhow!("config key queue.webhook.url: {e}"))?,
+            ),
+            None => None,
+        };
+        let list = policy.suppressions.clone();
+        let suppressed: Arc<SuppressedFn> =
+            Arc::new(move |addr: &str| list.lookup(addr).map(|e| e.rcpt_reply()));
+        let delivery = Arc::new(
+            Delivery::new(
+                spool.clone(),
+                Arc::new(AdmissionTransport::new(policy.admission.clone())),
+                policy.controller.clone(),
+                policy.classifier.clone(),
+                params,
+            )
+            .with_suppression(suppressed)
+            .with_log(log)
+            .with_webhook(webhook),
+        );
+        let relay = QueueRelay::new(spool, delivery.waker());
+        let task = tokio::spawn(delivery.clone().run(shutdown, config.server.shutdown_grace));
+        Ok(Self {
+            relay,
+            delivery,
+            task,
+        })
+    }
+
+    /// Waits for the delivery engine to stop (after the shutdown token was cancelled).
+    pub async fn stop(self) {
+        if let Err(e) = self.task.await {
+            tracing::error!("delivery engine ended abnormally: {e}");
+        }
+    }
 }
 
 /// Everything the policy consists of at run time, built from config + profile.
 pub struct Policy {
     pub controller: Arc<Controller>,
+    pub classifier: Arc<Classifier>,
     pub admission: Admission,
     pub suppressions: Arc<Suppressions<RedbStore>>,
 }
@@ -109,7 +227,7 @@ impl Policy {
         let mut upstream = config.upstream.clone();
         upstream.rate = wiring::fixed_rates(config, profile);
         let observer = Arc::new(PolicyObserver::new(
-            classifier,
+            classifier.clone(),
             controller.clone(),
             Some(suppressions.clone() as Arc<dyn Recorder>),
             limit.clone(),
@@ -120,6 +238,7 @@ impl Policy {
         let admission = Admission::with_policy(settings, controller.clone(), limit);
         Ok(Self {
             controller,
+            classifier,
             admission,
             suppressions,
         })

@@ -563,7 +563,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = write(&dir, "");
         let c = load_with_env(&path, env(&[])).unwrap();
-        assert_eq!(c.mode, Mode::Passthrough);
+        assert_eq!(c.mode, Mode::Queue);
         assert_eq!(c.server.listen, "127.0.0.1:2525".parse().unwrap());
         assert_eq!(c.upstream.port, 587);
     }
@@ -677,8 +677,9 @@ data_end = "10m 30s"
         let (_, err) = load_err("[server]\nlisten = \"localhost\"\n", &[]);
         assert_eq!(err.key(), Some("server.listen"), "{err}");
 
-        let (_, err) = load_err("mode = \"queue\"\n", &[]);
+        let (_, err) = load_err("mode = \"stash\"\n", &[]);
         assert_eq!(err.key(), Some("mode"), "{err}");
+        assert!(err.to_string().contains("queue"), "{err}");
     }
 
     #[test]

@@ -36,7 +36,7 @@ mod shipped_file_tests {
     fn shipped_file_loads_and_validates() {
         let loaded = load_validated(Some(&shipped_path()), Vec::new()).unwrap();
         let c = loaded.config;
-        assert_eq!(c.mode, Mode::Passthrough);
+        assert_eq!(c.mode, Mode::Queue);
         assert_eq!(c.server.listen, "127.0.0.1:2525".parse().unwrap());
         assert_eq!(c.upstream.host, "127.0.0.1");
         assert_eq!(c.upstream.port, 2526);

@@ -14,11 +14,14 @@ use std::time::Duration;
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// How mail flows: `passthrough` relays each transaction live.
+    /// How mail flows: `queue` (store-and-forward, the default) or `passthrough`
+    /// (each transaction relayed live).
     pub mode: Mode,
     pub server: ServerConfig,
     pub upstream: UpstreamConfig,
     pub suppression: SuppressionConfig,
+    /// Queue mode: the spool, retries, bounce reports, delivery log.
+    pub queue: crate::queue::QueueConfig,
     pub log: LogConfig,
     /// Your own reply rules, tried before the provider profile's and the built-in ones.
     pub rules: Vec<crate::policy::rules::RuleSpec>,
@@ -27,10 +30,11 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            mode: Mode::Passthrough,
+            mode: Mode::Queue,
             server: ServerConfig::default(),
             upstream: UpstreamConfig::default(),
             suppression: SuppressionConfig::default(),
+            queue: crate::queue::QueueConfig::default(),
             log: LogConfig::default(),
             rules: Vec::new(),
         }
@@ -40,6 +44,9 @@ impl Default for Config {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
+    /// The mailer gets 250 once the message is durable in the spool; delivery workers
+    /// pace it out to the provider later and retry what was deferred.
+    Queue,
     /// Each transaction is relayed live over a leased upstream connection.
     Passthrough,
 }

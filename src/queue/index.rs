@@ -151,6 +151,7 @@ mod tests {
                 Some(t) => RcptState::Pending {
                     attempts: 1,
                     next_attempt: *t,
+                    last_reply: None,
                 },
                 None => RcptState::Failed {
                     reply: super::super::record::StoredReply {

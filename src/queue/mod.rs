@@ -3,20 +3,27 @@
 //!
 //! This module must never acknowledge a message before it is durable, never deliver a
 //! half-written one, and never hold message bodies in memory. It imports `smtp` (and
-//! later `policy`), never `server`, `upstream` or `cli`.
+//! `policy`), never `server`, `upstream` or `cli`.
 //!
 //! - [`spool`]: durable storage of bodies, envelopes and per-recipient states, with
 //!   crash recovery and group commit. No SMTP, no network.
 //! - [`id`]: short, sortable, file-name-safe queue ids.
 //! - [`record`]: what is stored per message and per recipient.
+//! - [`schedule`]: what an attempt's verdict does to a recipient (pure).
+//! - [`transport`]: what delivery needs from the upstream side (implemented in `cli`).
+//! - [`deliver`]: the engine — due messages out through the transport, outcomes back
+//!   into the spool, bounce reports ([`dsn`]), the [`delivery_log`] and the [`webhook`].
 
+pub mod deliver;
 pub mod delivery_log;
 pub mod dsn;
 pub mod error;
 pub mod id;
 mod index;
 pub mod record;
+pub mod schedule;
 pub mod spool;
+pub mod transport;
 pub mod webhook;
 mod writer;
 
@@ -30,7 +37,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// `[queue]`: where the spool lives and how long a message may stay in it.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueueConfig {
     /// The spool directory (relative paths are relative to the working directory).
@@ -38,13 +45,38 @@ pub struct QueueConfig {
     /// A recipient still undelivered after this long fails with a bounce report.
     #[serde(with = "humantime_serde")]
     pub max_age: Duration,
+    /// Send a bounce report (RFC 3464 DSN) to the envelope sender for every recipient
+    /// that fails for good.
+    pub bounces: bool,
+    /// Envelope sender of bounce reports; empty = the null sender `<>` (RFC 3464).
+    pub bounce_from: String,
+    /// The JSON-lines delivery log; relative to the working directory. Absent =
+    /// `<dir>/delivery.log`; `""` = no log.
+    pub delivery_log: Option<PathBuf>,
+    /// An HTTP POST per failed recipient, in the shape listmonk's bounce webhook takes.
+    pub webhook: Option<webhook::WebhookConfig>,
+}
+
+impl QueueConfig {
+    /// The delivery log's path, if there is one.
+    pub fn delivery_log_path(&self) -> Option<PathBuf> {
+        match &self.delivery_log {
+            None => Some(self.dir.join("delivery.log")),
+            Some(p) if p.as_os_str().is_empty() => None,
+            Some(p) => Some(p.clone()),
+        }
+    }
 }
 
 impl Default for QueueConfig {
     fn default() -> Self {
         Self {
-            dir: PathBuf::from("spool"),
+            dir: PathBuf::from("mailvalve-spool"),
             max_age: Duration::from_secs(4 * 24 * 3600),
+            bounces: true,
+            bounce_from: String::new(),
+            delivery_log: None,
+            webhook: None,
         }
     }
 }
@@ -56,7 +88,12 @@ mod tests {
     #[test]
     fn config_defaults_and_humantime() {
         let c: QueueConfig = toml::from_str("").unwrap();
-        assert_eq!(c, QueueConfig::default());
+        assert_eq!(c.dir, QueueConfig::default().dir);
+        assert!(c.bounces);
+        assert_eq!(
+            c.delivery_log_path(),
+            Some(PathBuf::from("mailvalve-spool/delivery.log"))
+        );
         assert_eq!(c.max_age, Duration::from_secs(345_600));
         let c: QueueConfig =
             toml::from_str("dir = \"/var/spool/mv\"\nmax_age = \"2days 12h\"").unwrap();

@@ -30,8 +30,14 @@ impl From<&Reply> for StoredReply {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "lowercase")]
 pub enum RcptState {
-    /// Still to be delivered: not before `next_attempt` (unix ms); `attempts` made so far.
-    Pending { attempts: u32, next_attempt: u64 },
+    /// Still to be delivered: not before `next_attempt` (unix ms); `attempts` made so far
+    /// (throttles and pauses are not counted); the provider's last reply, if any.
+    Pending {
+        attempts: u32,
+        next_attempt: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        last_reply: Option<StoredReply>,
+    },
     /// The provider accepted it (final).
     Delivered { reply: StoredReply },
     /// Given up: a permanent failure or expired (final).
@@ -44,6 +50,7 @@ impl RcptState {
         Self::Pending {
             attempts: 0,
             next_attempt: 0,
+            last_reply: None,
         }
     }
     pub fn is_final(&self) -> bool {

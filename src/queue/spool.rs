@@ -608,6 +608,7 @@ mod tests {
                             RcptState::Pending {
                                 attempts: 1,
                                 next_attempt: later,
+                                last_reply: None,
                             },
                         ),
                     ],

@@ -1,0 +1,732 @@
+//! The delivery engine of queue mode: takes due messages from the [`Spool`], sends them
+//! through a [`Transport`] (the same admission path and controller as passthrough),
+//! and records each recipient's outcome durably — delivered, failed with a bounce
+//! report, retried on the controller's backoff, or held while the account is paused.
+//!
+//! ```text
+//! dispatcher ── one slot per concurrent transaction ──▶ deliver(id, due recipients)
+//!    ▲  wakes on: new message, finished delivery, next due time, resume     │
+//!    └──────────────── spool.record / remove (durable) ◀────────────────────┘
+//! ```
+//!
+//! It must never lose a recipient (a state changes only by a durable spool commit, after
+//! the attempt), never count an attempt or push the schedule out while paused, never
+//! deliver the same message twice at once, never send a bounce for a bounce or to the
+//! null sender, and never spin: every wait is on a wake-up or a bounded timer.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use super::delivery_log::{Action, DeliveryLog, Outcome as LogOutcome};
+use super::dsn::{self, DsnInput, FailedRcpt};
+use super::record::{Message, RcptState, StoredReply};
+use super::schedule::{self, Decision, FailKind};
+use super::spool::now_ms;
+use super::transport::{LocalKind, Outcome, Transport};
+use super::webhook::Webhook;
+use super::{QueueId, Spool};
+use crate::policy::classify::Classifier;
+use crate::policy::clock::Clock;
+use crate::policy::controller::Controller;
+use crate::policy::pause::PauseState;
+use crate::smtp::{EnhancedCode, Envelope, Reply};
+
+/// What the engine needs of the controller: pause state and retry timing.
+pub trait Pacing: Send + Sync + 'static {
+    /// `Some(remaining)` while the account is paused (`None` inside: until resumed).
+    fn paused_for(&self) -> Option<Option<Duration>>;
+    /// Delay before counted retry number `attempt` (0-based), at least `hint`.
+    fn retry_delay(&self, attempt: u32, hint: Option<Duration>) -> Duration;
+}
+
+impl<C: Clock + 'static> Pacing for Controller<C> {
+    fn paused_for(&self) -> Option<Option<Duration>> {
+        match self.pause_state() {
+            PauseState::Paused { until, .. } => {
+                let now = self.clock().now();
+                Some(until.map(|u| u.saturating_sub(now)))
+            }
+            PauseState::Running => None,
+        }
+    }
+    fn retry_delay(&self, attempt: u32, hint: Option<Duration>) -> Duration {
+        Controller::retry_delay(self, attempt, hint)
+    }
+}
+
+/// Looks up whether an address is suppressed; `Some(reply)` is the local 550 for it.
+pub type SuppressedFn = dyn Fn(&str) -> Option<Reply> + Send + Sync;
+
+/// Settings of the engine (from `[queue]`, the profile and `[server]`).
+#[derive(Debug, Clone)]
+pub struct DeliveryParams {
+    /// Transactions at once (the profile's maximum connections; admission narrows it).
+    pub workers: usize,
+    /// Recipients per transaction; a message with more is split.
+    pub rcpts_per_message: usize,
+    /// A recipient still pending this long after arrival fails.
+    pub max_age: Duration,
+    /// Send bounce reports (DSNs) to the envelope sender.
+    pub bounces: bool,
+    /// Envelope sender of bounce reports; empty = the null sender `<>`.
+    pub bounce_from: String,
+    /// Our name in bounce reports (Reporting-MTA).
+    pub hostname: String,
+    /// How often messages are checked for `max_age`.
+    pub expiry_interval: Duration,
+}
+
+impl Default for DeliveryParams {
+    fn default() -> Self {
+        Self {
+            workers: 2,
+            rcpts_per_message: 100,
+            max_age: Duration::from_secs(4 * 24 * 3600),
+            bounces: true,
+            bounce_from: String::new(),
+            hostname: "mailvalve.localhost".into(),
+            expiry_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Counters since start, for status output and tests.
+#[derive(Debug, Default)]
+pub struct DeliveryStats {
+    pub delivered: AtomicU64,
+    pub deferred: AtomicU64,
+    pub failed: AtomicU64,
+    pub bounces: AtomicU64,
+    pub transactions: AtomicU64,
+}
+
+/// A snapshot of [`DeliveryStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub delivered: u64,
+    pub deferred: u64,
+    pub failed: u64,
+    pub bounces: u64,
+    pub transactions: u64,
+}
+
+impl DeliveryStats {
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        StatsSnapshot {
+            delivered: g(&self.delivered),
+            deferred: g(&self.deferred),
+            failed: g(&self.failed),
+            bounces: g(&self.bounces),
+            transactions: g(&self.transactions),
+        }
+    }
+}
+
+/// The engine. Build it, hand clones of [`Delivery::waker`] to whoever adds messages,
+/// then `run` it.
+pub struct Delivery<T: Transport, P: Pacing> {
+    spool: Arc<Spool>,
+    transport: Arc<T>,
+    pacing: Arc<P>,
+    classifier: Arc<Classifier>,
+    suppressed: Option<Arc<SuppressedFn>>,
+    params: DeliveryParams,
+    wake: Arc<Notify>,
+    held: Arc<AtomicBool>,
+    in_flight: Mutex<HashSet<QueueId>>,
+    stats: DeliveryStats,
+    log: DeliveryLog,
+    webhook: Option<Arc<Webhook>>,
+}
+
+/// One recipient that failed for good in this round, for the bounce report.
+struct Failure {
+    address: String,
+    reply: StoredReply,
+    kind: FailKind,
+    attempts: u32,
+}
+
+impl<T: Transport, P: Pacing> Delivery<T, P> {
+    pub fn new(
+        spool: Arc<Spool>,
+        transport: Arc<T>,
+        pacing: Arc<P>,
+        classifier: Arc<Classifier>,
+        params: DeliveryParams,
+    ) -> Self {
+        Self {
+            spool,
+            transport,
+            pacing,
+            classifier,
+            suppressed: None,
+            params,
+            wake: Arc::new(Notify::new()),
+            held: Arc::new(AtomicBool::new(false)),
+            in_flight: Mutex::new(HashSet::new()),
+            stats: DeliveryStats::default(),
+            log: DeliveryLog::disabled(),
+            webhook: None,
+        }
+    }
+
+    /// Recipients suppressed after they were queued fail at delivery time instead of
+    /// reaching the provider.
+    pub fn with_suppression(mut self, f: Arc<SuppressedFn>) -> Self {
+        self.suppressed = Some(f);
+        self
+    }
+
+    pub fn with_log(mut self, log: DeliveryLog) -> Self {
+        self.log = log;
+        self
+    }
+
+    pub fn with_webhook(mut self, webhook: Option<Webhook>) -> Self {
+        self.webhook = webhook.map(Arc::new);
+        self
+    }
+
+    /// Notify it when a message was added or an operator changed something.
+    pub fn waker(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+
+    /// The operator's pause flag (`mailvalve queue pause`): while set, nothing is sent.
+    pub fn hold_flag(&self) -> Arc<AtomicBool> {
+        self.held.clone()
+    }
+
+    pub fn stats(&self) -> StatsSnapshot {
+        self.stats.snapshot()
+    }
+
+    pub fn spool(&self) -> &Arc<Spool> {
+        &self.spool
+    }
+
+    fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, HashSet<QueueId>> {
+        // Whole-value inserts and removes only: a poisoned lock holds a consistent set.
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs until `shutdown`, then lets the transactions in flight finish (at most
+    /// `grace`) and returns.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken, grace: Duration) {
+        let workers = self.params.workers.max(1);
+        let slots = Arc::new(Semaphore::new(workers));
+        let mut next_expiry = 0u64;
+        loop {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let now = now_ms();
+            if now >= next_expiry {
+                self.expire(now).await;
+                next_expiry = schedule::next_attempt(now, self.params.expiry_interval);
+            }
+            if self.held.load(Ordering::Acquire) {
+                self.sleep(Duration::from_secs(1), &shutdown).await;
+                continue;
+            }
+            if let Some(remaining) = self.pacing.paused_for() {
+                let nap = remaining.unwrap_or(Duration::from_secs(1));
+                self.sleep(
+                    nap.clamp(Duration::from_millis(10), Duration::from_secs(1)),
+                    &shutdown,
+                )
+                .await;
+                continue;
+            }
+            let permit = tokio::select! {
+                p = slots.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+                _ = shutdown.cancelled() => break,
+            };
+            let Some((id, idxs)) = self.next_job(now_ms()) else {
+                drop(permit);
+                let nap = match self.spool.next_due() {
+                    Some(t) if t > now_ms() => Duration::from_millis(t - now_ms()),
+                    // Due but in flight, or nothing queued: a finished delivery or a new
+                    // message wakes us earlier.
+                    _ => Duration::from_secs(1),
+                };
+                self.sleep(nap.min(Duration::from_secs(1)), &shutdown).await;
+                continue;
+            };
+            let me = Arc::clone(&self);
+            tokio::spawn(async move {
+                me.deliver(id, idxs).await;
+                me.lock_in_flight().remove(&id);
+                drop(permit);
+                me.wake.notify_one();
+            });
+        }
+        // Let transactions in flight finish so their outcomes are recorded.
+        let all = u32::try_from(workers).unwrap_or(u32::MAX);
+        if tokio::time::timeout(grace, slots.acquire_many(all))
+            .await
+            .is_err()
+        {
+            tracing::warn!("queue: deliveries still in flight at shutdown; they will be retried");
+        }
+    }
+
+    async fn sleep(&self, d: Duration, shutdown: &CancellationToken) {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => {}
+            _ = self.wake.notified() => {}
+            _ = shutdown.cancelled() => {}
+        }
+    }
+
+    /// The earliest due message not already being delivered; marks it in flight.
+    fn next_job(&self, now: u64) -> Option<(QueueId, Vec<usize>)> {
+        let mut busy = self.lock_in_flight();
+        let job = self
+            .spool
+            .due(now, busy.len() + 1)
+            .into_iter()
+            .find(|(id, _)| !busy.contains(id))?;
+        busy.insert(job.0);
+        Some(job)
+    }
+
+    /// Fails the pending recipients of messages older than `max_age` (those not being
+    /// delivered right now; those are failed by `deliver` itself if they defer again).
+    async fn expire(&self, now: u64) {
+        let age = u64::try_from(self.params.max_age.as_millis()).unwrap_or(u64::MAX);
+        let cutoff = now.saturating_sub(age);
+        for id in self.spool.received_before(cutoff) {
+            if !self.lock_in_flight().insert(id) {
+                continue;
+            }
+            match self.spool.get(id) {
+                Ok(Some(msg)) => {
+                    let mut failures = Vec::new();
+                    let mut updates = Vec::new();
+                    for (i, r) in msg.rcpts.iter().enumerate() {
+                        if let RcptState::Pending {
+                            attempts,
+                            last_reply,
+                            ..
+                        } = &r.state
+                        {
+                            let reply = expired_reply(last_reply.as_ref());
+                            self.log_outcome(
+                                &msg,
+                                &r.address,
+                                Action::Expired,
+                                &reply,
+                                "expired",
+                                *attempts,
+                                None,
+                            );
+                            failures.push(Failure {
+                                address: r.address.clone(),
+                                reply: reply.clone(),
+                                kind: FailKind::Expired,
+                                attempts: *attempts,
+                            });
+                            updates.push((i, RcptState::Failed { reply }));
+                        }
+                    }
+                    self.finish(&msg, updates, failures).await;
+                }
+                Ok(None) => {}
+                Err(e) => tracing::error!(%id, "queue: cannot read message to expire: {e}"),
+            }
+            self.lock_in_flight().remove(&id);
+        }
+    }
+
+    /// One delivery round for message `id`, recipients `idxs` (all due).
+    async fn deliver(&self, id: QueueId, idxs: Vec<usize>) {
+        let msg = match self.spool.get(id) {
+            Ok(Some(m)) => m,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(%id, "queue: cannot read message record: {e}");
+                return;
+            }
+        };
+        let body = match self.spool.read_body(id).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(%id, "queue: cannot read message body: {e}");
+                return;
+            }
+        };
+        let mut updates: Vec<(usize, RcptState)> = Vec::new();
+        let mut failures: Vec<Failure> = Vec::new();
+        let mut todo = Vec::with_capacity(idxs.len());
+        for i in idxs {
+            let Some(r) = msg.rcpts.get(i) else { continue };
+            let RcptState::Pending { attempts, .. } = r.state else {
+                continue;
+            };
+            match self.suppressed.as_ref().and_then(|f| f(&r.address)) {
+                Some(reply) => {
+                    let reply = StoredReply::from(&reply);
+                    self.log_outcome(
+                        &msg,
+                        &r.address,
+                        Action::Suppressed,
+                        &reply,
+                        "suppressed",
+                        attempts,
+                        None,
+                    );
+                    failures.push(Failure {
+                        address: r.address.clone(),
+                        reply: reply.clone(),
+                        kind: FailKind::Address,
+                        attempts,
+                    });
+                    updates.push((i, RcptState::Failed { reply }));
+                }
+                None => todo.push(i),
+            }
+        }
+        let per_tx = self.params.rcpts_per_message.max(1);
+        let age = Duration::from_millis(now_ms().saturating_sub(msg.received));
+        for chunk in todo.chunks(per_tx) {
+            let addrs: Vec<String> = chunk
+                .iter()
+                .map(|&i| msg.rcpts[i].address.clone())
+                .collect();
+            self.stats.transactions.fetch_add(1, Ordering::Relaxed);
+            let outcomes = self.transport.deliver(&msg.envelope, &addrs, &body).await;
+            let now = now_ms();
+            let mut held = false;
+            for (k, &i) in chunk.iter().enumerate() {
+                let rcpt = &msg.rcpts[i];
+                let attempts = match rcpt.state {
+                    RcptState::Pending { attempts, .. } => attempts,
+                    _ => continue,
+                };
+                let Some(out) = outcomes.get(k) else {
+                    tracing::error!(%id, "queue: transport returned too few outcomes");
+                    continue;
+                };
+                let (decision, verdict) = self.decide(out, attempts);
+                let reply = StoredReply::from(out.reply());
+                match decision {
+                    Decision::Delivered => {
+                        self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+                        self.log_outcome(
+                            &msg,
+                            &rcpt.address,
+                            Action::Delivered,
+                            &reply,
+                            &verdict,
+                            attempts + 1,
+                            None,
+                        );
+                        updates.push((i, RcptState::Delivered { reply }));
+                    }
+                    Decision::Failed(kind) => {
+                        self.fail(
+                            &msg,
+                            i,
+                            reply,
+                            kind,
+                            attempts + 1,
+                            &verdict,
+                            &mut updates,
+                            &mut failures,
+                        );
+                    }
+                    Decision::Retry { counts, hint } if age >= self.params.max_age => {
+                        let _ = (counts, hint);
+                        self.fail(
+                            &msg,
+                            i,
+                            reply,
+                            FailKind::Expired,
+                            attempts + 1,
+                            &verdict,
+                            &mut updates,
+                            &mut failures,
+                        );
+                    }
+                    Decision::Retry { counts, hint } => {
+                        let delay = self
+                            .pacing
+                            .retry_delay(if counts { attempts } else { 0 }, hint);
+                        let next = schedule::next_attempt(now, delay);
+                        let attempts = attempts + u32::from(counts);
+                        self.stats.deferred.fetch_add(1, Ordering::Relaxed);
+                        self.log_outcome(
+                            &msg,
+                            &rcpt.address,
+                            Action::Deferred,
+                            &reply,
+                            &verdict,
+                            attempts,
+                            Some(next),
+                        );
+                        updates.push((
+                            i,
+                            RcptState::Pending {
+                                attempts,
+                                next_attempt: next,
+                                last_reply: Some(reply),
+                            },
+                        ));
+                    }
+                    Decision::Hold => {
+                        held = true;
+                        if !matches!(
+                            out,
+                            Outcome::Local {
+                                kind: LocalKind::Busy,
+                                ..
+                            }
+                        ) {
+                            self.log_outcome(
+                                &msg,
+                                &rcpt.address,
+                                Action::Held,
+                                &reply,
+                                &verdict,
+                                attempts,
+                                None,
+                            );
+                        }
+                    }
+                }
+            }
+            if held {
+                // The account is paused (or no slot was free): the rest of this
+                // message waits too, untouched.
+                break;
+            }
+        }
+        self.finish(&msg, updates, failures).await;
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn fail(
+        &self,
+        msg: &Message,
+        i: usize,
+        reply: StoredReply,
+        kind: FailKind,
+        attempts: u32,
+        verdict: &str,
+        updates: &mut Vec<(usize, RcptState)>,
+        failures: &mut Vec<Failure>,
+    ) {
+        let address = msg.rcpts[i].address.clone();
+        self.stats.failed.fetch_add(1, Ordering::Relaxed);
+        let action = if kind == FailKind::Expired {
+            Action::Expired
+        } else {
+            Action::Failed
+        };
+        self.log_outcome(msg, &address, action, &reply, verdict, attempts, None);
+        failures.push(Failure {
+            address,
+            reply: reply.clone(),
+            kind,
+            attempts,
+        });
+        updates.push((i, RcptState::Failed { reply }));
+    }
+
+    /// The decision for one outcome, and the verdict's name for the log.
+    fn decide(&self, out: &Outcome, attempts: u32) -> (Decision, String) {
+        match out {
+            Outcome::Reply { phase, reply } => {
+                let v = self.classifier.classify(*phase, reply).verdict;
+                (
+                    schedule::decide(&v, reply.class(), attempts),
+                    verdict_name(&v),
+                )
+            }
+            Outcome::Local { kind, .. } => match kind {
+                LocalKind::Paused => (Decision::Hold, "paused".into()),
+                // No update at all: the recipient stays due and is picked up again as
+                // soon as a slot is free.
+                LocalKind::Busy => (Decision::Hold, "busy".into()),
+                LocalKind::Unreachable => (
+                    Decision::Retry {
+                        counts: false,
+                        hint: None,
+                    },
+                    "unreachable".into(),
+                ),
+                LocalKind::BadAddress => {
+                    (Decision::Failed(FailKind::Address), "bad-address".into())
+                }
+            },
+        }
+    }
+
+    /// Bounce report first (so a crash between the two sends it twice rather than never),
+    /// then the durable state change, then removal of a finished message.
+    async fn finish(
+        &self,
+        msg: &Message,
+        updates: Vec<(usize, RcptState)>,
+        failures: Vec<Failure>,
+    ) {
+        if updates.is_empty() {
+            return;
+        }
+        if !failures.is_empty() {
+            self.report(msg, &failures).await;
+        }
+        if let Err(e) = self.spool.record(msg.id, updates).await {
+            // Not recorded: the recipients stay as they were and are retried (a
+            // delivered one may be sent again; never lost).
+            tracing::error!(id = %msg.id, "queue: cannot record delivery outcome: {e}");
+            return;
+        }
+        match self.spool.remove(msg.id).await {
+            Ok(_) => {}
+            Err(e) => tracing::error!(id = %msg.id, "queue: cannot remove finished message: {e}"),
+        }
+    }
+
+    /// The bounce report to the sender (unless the message is itself a bounce) and the
+    /// webhook calls, for recipients that failed for good.
+    async fn report(&self, msg: &Message, failures: &[Failure]) {
+        if let Some(hook) = &self.webhook {
+            for f in failures {
+                let meta = serde_json::json!({
+                    "queue_id": msg.id.to_string(),
+                    "reply": format_reply(&f.reply),
+                    "kind": format!("{:?}", f.kind).to_lowercase(),
+                });
+                let body = super::webhook::payload(&f.address, f.kind.is_hard(), &meta);
+                let hook = Arc::clone(hook);
+                tokio::spawn(async move {
+                    if let Err(e) = hook.post(&body).await {
+                        tracing::warn!("bounce webhook failed: {e}");
+                    }
+                });
+            }
+        }
+        if !self.params.bounces {
+            return;
+        }
+        let body = match self.spool.read_body(msg.id).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(id = %msg.id, "queue: no bounce report, cannot read message: {e}");
+                return;
+            }
+        };
+        if dsn::is_bounce(&msg.envelope.from, &body) {
+            return;
+        }
+        let now = now_ms();
+        let rcpts: Vec<FailedRcpt> = failures
+            .iter()
+            .map(|f| FailedRcpt {
+                address: &f.address,
+                reply: &f.reply,
+                attempts: f.attempts,
+                last_attempt_ms: now,
+                expired: f.kind == FailKind::Expired,
+            })
+            .collect();
+        let report = dsn::build(&DsnInput {
+            reporting_mta: &self.params.hostname,
+            queue_id: msg.id,
+            envelope_from: &msg.envelope.from,
+            arrival_ms: msg.received,
+            now_ms: now,
+            original: &body,
+            failed: &rcpts,
+        });
+        let env = Envelope {
+            from: self.params.bounce_from.clone(),
+            ..Envelope::default()
+        };
+        match self
+            .spool
+            .put(&env, std::slice::from_ref(&msg.envelope.from), &report)
+            .await
+        {
+            Ok(bid) => {
+                self.stats.bounces.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(id = %msg.id, bounce = %bid, to = %msg.envelope.from, "bounce report queued");
+                self.wake.notify_one();
+            }
+            Err(e) => tracing::error!(id = %msg.id, "queue: cannot queue bounce report: {e}"),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn log_outcome(
+        &self,
+        msg: &Message,
+        rcpt: &str,
+        action: Action,
+        reply: &StoredReply,
+        verdict: &str,
+        attempts: u32,
+        next: Option<u64>,
+    ) {
+        self.log.write(&LogOutcome {
+            ts_ms: now_ms(),
+            queue_id: msg.id,
+            from: &msg.envelope.from,
+            rcpt,
+            action,
+            reply: Some(reply),
+            verdict,
+            attempts,
+            next_attempt_ms: next,
+        });
+    }
+}
+
+/// The reply a recipient fails with when `max_age` passes: the provider's last one, or
+/// a local 4.4.7 (RFC 3463: delivery time expired).
+fn expired_reply(last: Option<&StoredReply>) -> StoredReply {
+    match last {
+        Some(r) => r.clone(),
+        None => StoredReply::from(&Reply::new(
+            451,
+            EnhancedCode::new(4, 4, 7),
+            "Delivery time expired",
+        )),
+    }
+}
+
+fn format_reply(r: &StoredReply) -> String {
+    match &r.enhanced {
+        Some(e) => format!("{} {} {}", r.code, e, r.text),
+        None => format!("{} {}", r.code, r.text),
+    }
+}
+
+/// Short kebab-case verdict name for the delivery log.
+pub fn verdict_name(v: &crate::policy::verdict::Verdict) -> String {
+    use crate::policy::verdict::{ThrottleKind, Verdict as V};
+    match v {
+        V::Accept => "accept".into(),
+        V::Throttle(ThrottleKind::Connections) => "throttle-connections".into(),
+        V::Throttle(ThrottleKind::Rate) => "throttle-rate".into(),
+        V::Defer { .. } => "defer".into(),
+        V::Suppress => "suppress".into(),
+        V::SoftBounce => "soft-bounce".into(),
+        V::RejectMessage => "reject-message".into(),
+        V::PolicyBlock => "policy-block".into(),
+        V::Pause { scope, .. } => format!("pause-{scope:?}").to_lowercase(),
+        V::ProtocolError => "protocol-error".into(),
+    }
+}

@@ -1,0 +1,198 @@
+//! What happens to one queued recipient after a delivery attempt: delivered, failed for
+//! good, retried (and whether the attempt counts), or held while the account is paused.
+//! Pure: a verdict and a few numbers in, a decision out; no clock, no I/O.
+//!
+//! It must never fail a recipient because of our own pacing (throttles, admission waits,
+//! unreachable provider), never count an attempt while the account is paused, and never
+//! suppress: suppression is the policy feedback path's job.
+
+use std::time::Duration;
+
+use crate::policy::verdict::Verdict;
+
+/// How a recipient failed for good (the bounce report and the webhook's "hard"/"soft").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailKind {
+    /// The address is bad (5.1.x, 5.2.1, "user unknown").
+    Address,
+    /// The mailbox is full (5.2.2).
+    Mailbox,
+    /// This message was refused (size, content, policy); the address is fine.
+    Message,
+    /// Still deferred after `max_age`.
+    Expired,
+}
+
+impl FailKind {
+    /// listmonk's bounce types: "hard" for a bad address, "soft" otherwise.
+    pub fn is_hard(self) -> bool {
+        matches!(self, Self::Address)
+    }
+}
+
+/// What a delivery attempt did to a recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Delivered,
+    Failed(FailKind),
+    /// Try again later. `counts`: the attempt is the message's (deferral), not our pacing
+    /// (throttle, connection trouble), so it advances the backoff.
+    Retry {
+        counts: bool,
+        hint: Option<Duration>,
+    },
+    /// The account is paused: keep the recipient exactly as it was.
+    Hold,
+}
+
+/// A permanent 5.7.x policy block of one message is retried this many times (it may be
+/// a transient blocklisting) before the recipient fails with a bounce report.
+pub const POLICY_BLOCK_ATTEMPTS: u32 = 3;
+
+/// The decision for a provider reply of class `class` (2..=5) classified as `verdict`,
+/// for a recipient that has had `attempts` counted attempts before this one.
+pub fn decide(verdict: &Verdict, class: u16, attempts: u32) -> Decision {
+    match verdict {
+        // A 2xx at DATA-end; an accepted RCPT alone never reaches here.
+        Verdict::Accept => Decision::Delivered,
+        Verdict::Throttle(_) => Decision::Retry {
+            counts: false,
+            hint: None,
+        },
+        Verdict::Defer { hint } => Decision::Retry {
+            counts: true,
+            hint: *hint,
+        },
+        Verdict::ProtocolError => Decision::Retry {
+            counts: true,
+            hint: None,
+        },
+        Verdict::Suppress => Decision::Failed(FailKind::Address),
+        Verdict::SoftBounce if class >= 5 => Decision::Failed(FailKind::Mailbox),
+        Verdict::SoftBounce => Decision::Retry {
+            counts: true,
+            hint: None,
+        },
+        Verdict::RejectMessage if class >= 5 => Decision::Failed(FailKind::Message),
+        Verdict::RejectMessage => Decision::Retry {
+            counts: true,
+            hint: None,
+        },
+        Verdict::PolicyBlock if class >= 5 && attempts + 1 >= POLICY_BLOCK_ATTEMPTS => {
+            Decision::Failed(FailKind::Message)
+        }
+        Verdict::PolicyBlock => Decision::Retry {
+            counts: true,
+            hint: None,
+        },
+        Verdict::Pause { .. } => Decision::Hold,
+    }
+}
+
+/// When a retried recipient is due again: `now_ms` plus the delay, saturating.
+pub fn next_attempt(now_ms: u64, delay: Duration) -> u64 {
+    now_ms.saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::classify::Classifier;
+    use crate::policy::verdict::Phase;
+    use crate::smtp::Reply;
+
+    fn decide_reply(phase: Phase, text: &str, attempts: u32) -> Decision {
+        let c = Classifier::builtin().unwrap();
+        let r = Reply::parse_lenient(text).unwrap();
+        decide(&c.classify(phase, &r).verdict, r.class(), attempts)
+    }
+
+    #[test]
+    fn each_kind_of_reply() {
+        use Decision::*;
+        assert_eq!(decide_reply(Phase::DataEnd, "250 2.0.0 Ok", 0), Delivered);
+        assert_eq!(
+            decide_reply(Phase::Rcpt, "550 5.1.1 No such user", 0),
+            Failed(FailKind::Address)
+        );
+        assert_eq!(
+            decide_reply(Phase::Rcpt, "552 5.2.2 Mailbox full", 0),
+            Failed(FailKind::Mailbox)
+        );
+        assert_eq!(
+            decide_reply(Phase::DataEnd, "552 5.3.4 Message too big", 0),
+            Failed(FailKind::Message)
+        );
+        assert_eq!(
+            decide_reply(Phase::Mail, "421 4.7.0 Too many connections", 0),
+            Retry {
+                counts: false,
+                hint: None
+            }
+        );
+        assert_eq!(
+            decide_reply(Phase::Rcpt, "450 4.7.1 Rate limit exceeded", 5),
+            Retry {
+                counts: false,
+                hint: None
+            }
+        );
+        assert_eq!(
+            decide_reply(
+                Phase::Rcpt,
+                "451 4.7.1 Greylisted, try again in 5 minutes",
+                0
+            ),
+            Retry {
+                counts: true,
+                hint: Some(Duration::from_secs(300))
+            }
+        );
+        assert_eq!(
+            decide_reply(Phase::Auth, "535 5.7.8 Bad credentials", 0),
+            Hold
+        );
+        assert_eq!(
+            decide_reply(
+                Phase::Mail,
+                "550 5.4.5 Daily user sending quota exceeded",
+                0
+            ),
+            Hold
+        );
+    }
+
+    #[test]
+    fn quota_and_policy_never_fail_an_address() {
+        for text in [
+            "554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException",
+            "550 Send quota exceeded",
+            "452 4.5.3 Too many recipients",
+        ] {
+            let d = decide_reply(Phase::Rcpt, text, 0);
+            assert!(
+                !matches!(d, Decision::Failed(FailKind::Address)),
+                "{text}: {d:?}"
+            );
+        }
+        // A 5.7.x block is retried a few times, then fails the message (not the address).
+        let block = "554 5.7.1 Message rejected as spam";
+        assert!(matches!(
+            decide_reply(Phase::DataEnd, block, 0),
+            Decision::Retry { counts: true, .. } | Decision::Hold
+        ));
+        assert!(matches!(
+            decide_reply(Phase::DataEnd, block, POLICY_BLOCK_ATTEMPTS - 1),
+            Decision::Failed(FailKind::Message) | Decision::Hold
+        ));
+    }
+
+    #[test]
+    fn next_attempt_saturates() {
+        assert_eq!(next_attempt(1000, Duration::from_millis(500)), 1500);
+        assert_eq!(
+            next_attempt(u64::MAX - 1, Duration::from_secs(10)),
+            u64::MAX
+        );
+    }
+}

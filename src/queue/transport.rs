@@ -1,0 +1,55 @@
+//! What the delivery workers need from whatever carries a message to the provider: one
+//! transaction (MAIL, RCPTs, DATA) and one outcome per recipient. `cli` implements it
+//! over the upstream admission stack (the same path passthrough uses, so one policy
+//! governs both modes); tests use scripted transports.
+//!
+//! Contract: an implementation must return exactly one [`Outcome`] per recipient given,
+//! in order, must never report a recipient delivered unless the provider accepted the
+//! message for it, and must turn every local failure into [`Outcome::Local`] — never
+//! hang past its own admission and protocol timeouts, never panic.
+
+use crate::policy::verdict::Phase;
+use crate::smtp::{Envelope, Reply};
+use std::future::Future;
+
+/// Why no provider reply decides a recipient's fate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalKind {
+    /// The account is paused (admission refused): hold, count nothing.
+    Paused,
+    /// No connection or rate slot free in time: our pacing; try again soon.
+    Busy,
+    /// The provider could not be reached, timed out, or the connection broke. Not the
+    /// message's fault; retried with backoff without using up an attempt.
+    Unreachable,
+    /// The address cannot be sent at all (it would break the command line).
+    BadAddress,
+}
+
+/// The result of one attempt for one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The provider's reply that decides this recipient, and the phase it came in
+    /// (`Mail` when MAIL was refused, `Rcpt`, `Data`, `DataEnd`, `Greeting`, `Auth`, ...).
+    Reply { phase: Phase, reply: Reply },
+    /// No provider reply decides: `reply` is the local 4xx that says why.
+    Local { kind: LocalKind, reply: Reply },
+}
+
+impl Outcome {
+    pub fn reply(&self) -> &Reply {
+        match self {
+            Self::Reply { reply, .. } | Self::Local { reply, .. } => reply,
+        }
+    }
+}
+
+pub trait Transport: Send + Sync + 'static {
+    /// Delivers `message` (unstuffed, CRLF line ends) to `rcpts` in one transaction.
+    fn deliver(
+        &self,
+        env: &Envelope,
+        rcpts: &[String],
+        message: &[u8],
+    ) -> impl Future<Output = Vec<Outcome>> + Send;
+}

@@ -1,0 +1,395 @@
+//! Queue mode end to end over real loopback TCP: a raw mailer → mailvalve's server →
+//! the queue relay (durable spool) → the delivery engine → the upstream admission stack
+//! → the scripted provider (`support::provider`). Checks what the mailer is told, what
+//! arrives, what stays queued, what is bounced and what is logged. Every wait is bounded.
+
+mod support;
+
+use mailvalve::cli::run::{Policy, QueueMode};
+use mailvalve::config::profile;
+use mailvalve::config::{Config, Mode, ServerConfig, UpstreamConfig};
+use mailvalve::queue::{RcptState, Spool};
+use mailvalve::server::suppress::SuppressingRelay;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use support::provider::Provider;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{sleep, timeout, Instant};
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+struct Mv {
+    addr: SocketAddr,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    spool: Arc<Spool>,
+}
+
+fn config(dir: &Path, up: UpstreamConfig) -> Config {
+    let mut c = Config {
+        mode: Mode::Queue,
+        upstream: UpstreamConfig {
+            profile: "local".into(),
+            ..up
+        },
+        ..Config::default()
+    };
+    c.queue.dir = dir.join("spool");
+    c.suppression.path = dir.join("suppression.redb");
+    c
+}
+
+async fn start(cfg: Config) -> Mv {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let prof = profile::builtin("local").unwrap().unwrap();
+    let policy = Policy::build(&cfg, &prof).unwrap();
+    let stop = CancellationToken::new();
+    let q = QueueMode::start(&cfg, &prof, &policy, stop.clone())
+        .await
+        .unwrap();
+    let spool = q.delivery.spool().clone();
+    let relay = Arc::new(SuppressingRelay::new(
+        q.relay.clone(),
+        policy.suppressions.clone(),
+    ));
+    let server = Arc::new(ServerConfig {
+        listen: addr,
+        shutdown_grace: Duration::from_millis(500),
+        ..ServerConfig::default()
+    });
+    let s = stop.clone();
+    let task = tokio::spawn(async move {
+        mailvalve::server::serve(listener, server, relay, s)
+            .await
+            .unwrap();
+        q.stop().await;
+    });
+    Mv {
+        addr,
+        stop,
+        task,
+        spool,
+    }
+}
+
+impl Mv {
+    async fn stop(self) {
+        self.stop.cancel();
+        timeout(WAIT, self.task).await.unwrap().unwrap();
+    }
+}
+
+/// Sends one message in one session; returns every reply line (last lines of replies).
+async fn send(addr: SocketAddr, from: &str, rcpts: &[&str], body: &str) -> Vec<String> {
+    let mut s = timeout(WAIT, TcpStream::connect(addr))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut script = format!("EHLO mailer.test\r\nMAIL FROM:<{from}>\r\n");
+    for r in rcpts {
+        script.push_str(&format!("RCPT TO:<{r}>\r\n"));
+    }
+    script.push_str("DATA\r\n");
+    let mut buf = Vec::new();
+    let mut replies = Vec::new();
+    let expect_before_data = 2 + 1 + rcpts.len() + 1; // greeting, EHLO, MAIL, RCPTs, 354
+    s.write_all(script.as_bytes()).await.unwrap();
+    read_replies(&mut s, &mut buf, &mut replies, expect_before_data).await;
+    s.write_all(format!("{body}\r\n.\r\nQUIT\r\n").as_bytes())
+        .await
+        .unwrap();
+    read_replies(&mut s, &mut buf, &mut replies, expect_before_data + 2).await;
+    replies
+}
+
+async fn read_replies(s: &mut TcpStream, buf: &mut Vec<u8>, out: &mut Vec<String>, n: usize) {
+    let deadline = Instant::now() + WAIT;
+    while out.len() < n {
+        while let Some(pos) = buf.windows(2).position(|w| w == b"\r\n") {
+            let line = String::from_utf8_lossy(&buf[..pos]).to_string();
+            buf.drain(..pos + 2);
+            if line.as_bytes().get(3) != Some(&b'-') {
+                out.push(line);
+            }
+        }
+        if out.len() >= n {
+            break;
+        }
+        let mut chunk = [0u8; 4096];
+        let k = timeout(deadline - Instant::now(), s.read(&mut chunk))
+            .await
+            .expect("reply in time")
+            .unwrap();
+        assert!(k > 0, "connection closed; replies so far {out:?}");
+        buf.extend_from_slice(&chunk[..k]);
+    }
+}
+
+/// Polls `cond` every 20 ms for at most `WAIT`.
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn newsletter(n: usize) -> String {
+    format!(
+        "Message-ID: <campaign-7.{n}@news.example>\r\nX-Campaign: spring-7\r\nFrom: news@news.example\r\nSubject: Spring news {n}\r\n\r\nHello reader {n}.\r\n..a line that starts with a dot"
+    )
+}
+
+#[tokio::test]
+async fn queued_then_delivered_with_per_recipient_outcomes_and_a_bounce() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Provider::builder()
+        .rcpt_reply(
+            "gone@example.org",
+            "550 5.1.1 <gone@example.org>: user unknown",
+        )
+        .rcpt_reply(
+            "busy@example.org",
+            "450 4.2.1 Mailbox busy, try again in 1 hour",
+        )
+        .start()
+        .await;
+    let mv = start(config(dir.path(), p.upstream_config())).await;
+
+    let replies = send(
+        mv.addr,
+        "news@news.example",
+        &["ok@example.org", "gone@example.org", "busy@example.org"],
+        &newsletter(1),
+    )
+    .await;
+    // The mailer is told "queued" for every recipient: the provider is not consulted.
+    assert!(replies[2].starts_with("250"), "{replies:?}");
+    assert!(
+        replies[3..6].iter().all(|r| r.starts_with("250")),
+        "{replies:?}"
+    );
+    let queued = &replies[7];
+    assert!(
+        queued.starts_with("250 2.0.0 Ok: queued as "),
+        "{replies:?}"
+    );
+
+    // The message and a bounce report for gone@ arrive at the provider.
+    eventually("message and bounce report delivered", || {
+        p.messages().len() >= 2
+    })
+    .await;
+    let msgs = p.messages();
+    let original = String::from_utf8_lossy(&msgs[0]).to_string();
+    assert!(original.contains("Message-ID: <campaign-7.1@news.example>"));
+    assert!(
+        original.contains("\r\n.a line that starts with a dot")
+            && !original.contains("\r\n..a line"),
+        "unstuffed once on the way in, re-stuffed on the way out: {original}"
+    );
+    let dsn = String::from_utf8_lossy(&msgs[1]).to_string();
+    assert!(dsn.contains("report-type=delivery-status"), "{dsn}");
+    assert!(
+        dsn.contains("Final-Recipient: rfc822; gone@example.org"),
+        "{dsn}"
+    );
+    assert!(
+        dsn.contains("Message-ID: <campaign-7.1@news.example>"),
+        "{dsn}"
+    );
+    assert!(dsn.contains("X-Campaign: spring-7"), "{dsn}");
+    assert!(
+        !dsn.contains("busy@example.org"),
+        "deferred is not failed: {dsn}"
+    );
+
+    // The bounce goes to the envelope sender from the null sender.
+    let lines = p.lines();
+    assert!(lines.iter().any(|l| l == "MAIL FROM:<>"), "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l == "RCPT TO:<news@news.example>"),
+        "{lines:?}"
+    );
+
+    // busy@ stays queued: one counted attempt, the provider's reply kept, not due for
+    // at least the hinted hour.
+    eventually("bounce removed, message with busy@ left", || {
+        mv.spool.len() == 1
+    })
+    .await;
+    let left = mv.spool.list().unwrap();
+    let m = &left[0];
+    assert!(
+        matches!(m.rcpts[0].state, RcptState::Delivered { .. }),
+        "{m:?}"
+    );
+    assert!(
+        matches!(m.rcpts[1].state, RcptState::Failed { .. }),
+        "{m:?}"
+    );
+    match &m.rcpts[2].state {
+        RcptState::Pending {
+            attempts,
+            next_attempt,
+            last_reply,
+        } => {
+            assert_eq!(*attempts, 1);
+            assert!(*next_attempt >= m.received + 3_600_000, "{m:?}");
+            assert_eq!(last_reply.as_ref().map(|r| r.code), Some(450));
+        }
+        s => panic!("busy@ should be pending: {s:?}"),
+    }
+
+    // The delivery log has one line per outcome; the next campaign's RCPT to gone@ is
+    // answered locally.
+    let log = std::fs::read_to_string(dir.path().join("spool/delivery.log")).unwrap();
+    let actions: Vec<String> = log
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            format!(
+                "{} {}",
+                v["rcpt"].as_str().unwrap(),
+                v["action"].as_str().unwrap()
+            )
+        })
+        .collect();
+    for want in [
+        "ok@example.org delivered",
+        "gone@example.org failed",
+        "busy@example.org deferred",
+        "news@news.example delivered",
+    ] {
+        assert!(
+            actions.iter().any(|a| a == want),
+            "{want} not in {actions:?}"
+        );
+    }
+    let before = p.lines().len();
+    let replies = send(
+        mv.addr,
+        "news@news.example",
+        &["gone@example.org", "ok@example.org"],
+        &newsletter(2),
+    )
+    .await;
+    assert!(replies[3].starts_with("550 5.1.1"), "{replies:?}");
+    eventually("second message delivered", || p.messages().len() >= 3).await;
+    assert!(
+        !p.lines()[before..].iter().any(|l| l.contains("gone@")),
+        "a suppressed address never reaches the provider"
+    );
+    mv.stop().await;
+}
+
+#[tokio::test]
+async fn recipients_beyond_the_per_message_limit_are_split() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Provider::builder().start().await;
+    let mut cfg = config(dir.path(), p.upstream_config());
+    cfg.upstream.limits.recipients_per_message = Some(2);
+    let mv = start(cfg).await;
+    let rcpts = [
+        "a@x.example",
+        "b@x.example",
+        "c@x.example",
+        "d@x.example",
+        "e@x.example",
+    ];
+    let replies = send(mv.addr, "news@news.example", &rcpts, &newsletter(1)).await;
+    assert!(replies.last().unwrap().starts_with("221"), "{replies:?}");
+    eventually("three transactions", || p.messages().len() >= 3).await;
+    eventually("spool empty", || mv.spool.is_empty()).await;
+    let rcpt_lines = p.lines().iter().filter(|l| l.starts_with("RCPT")).count();
+    assert_eq!(rcpt_lines, 5);
+    assert_eq!(p.messages().len(), 3, "2 + 2 + 1 recipients");
+    mv.stop().await;
+}
+
+#[tokio::test]
+async fn a_spent_quota_holds_the_queue_without_using_an_attempt_or_bouncing() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Provider::builder()
+        .mail_reply("550 5.4.5 Daily user sending quota exceeded")
+        .start()
+        .await;
+    let mv = start(config(dir.path(), p.upstream_config())).await;
+    let replies = send(
+        mv.addr,
+        "news@news.example",
+        &["ok@example.org"],
+        &newsletter(1),
+    )
+    .await;
+    assert!(
+        replies[5].starts_with("250 2.0.0 Ok: queued"),
+        "{replies:?}"
+    );
+    eventually("provider asked once", || {
+        p.lines().iter().any(|l| l.starts_with("MAIL FROM"))
+    })
+    .await;
+    // Give the engine time to (wrongly) retry or bounce.
+    sleep(Duration::from_millis(500)).await;
+    let mails = p
+        .lines()
+        .iter()
+        .filter(|l| l.starts_with("MAIL FROM"))
+        .count();
+    assert_eq!(mails, 1, "paused: no second attempt");
+    let left = mv.spool.list().unwrap();
+    assert_eq!(left.len(), 1, "nothing lost, no bounce queued");
+    assert_eq!(
+        left[0].rcpts[0].state,
+        RcptState::Pending {
+            attempts: 0,
+            next_attempt: 0,
+            last_reply: None
+        },
+        "a pause uses up no attempt and does not push the schedule out"
+    );
+    mv.stop().await;
+}
+
+#[tokio::test]
+async fn queued_mail_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    // First run: the provider is down (nothing listens on its port).
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let p = Provider::builder().start().await;
+    let mut down = p.upstream_config();
+    down.port = port;
+    let mv = start(config(dir.path(), down)).await;
+    for n in 0..5 {
+        let r = send(
+            mv.addr,
+            "news@news.example",
+            &["ok@example.org"],
+            &newsletter(n),
+        )
+        .await;
+        assert!(r[5].starts_with("250 2.0.0 Ok: queued"), "{r:?}");
+    }
+    assert_eq!(mv.spool.len(), 5);
+    mv.stop().await;
+    // Second run, provider up: everything recovered and delivered, once.
+    let mv = start(config(dir.path(), p.upstream_config())).await;
+    // Connection failures backed the messages off (up to 30 s): make them due now, as
+    // `mailvalve queue retry --all` does.
+    mv.spool
+        .retry_now(mailvalve::queue::Which::All)
+        .await
+        .unwrap();
+    eventually("all five delivered", || p.messages().len() >= 5).await;
+    eventually("spool empty", || mv.spool.is_empty()).await;
+    assert_eq!(p.messages().len(), 5);
+    mv.stop().await;
+}
