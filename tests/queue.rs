@@ -393,3 +393,144 @@ async fn queued_mail_survives_a_restart() {
     assert_eq!(p.messages().len(), 5);
     mv.stop().await;
 }
+
+#[tokio::test]
+async fn a_daily_quota_is_not_reset_by_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Provider::builder().start().await;
+    let mut cfg = config(dir.path(), p.upstream_config());
+    cfg.upstream.limits.messages_per_day = Some(3);
+    cfg.upstream.admission_wait = Duration::from_millis(300);
+    let mv = start(cfg.clone()).await;
+    for n in 0..3 {
+        send(
+            mv.addr,
+            "news@news.example",
+            &["ok@example.org"],
+            &newsletter(n),
+        )
+        .await;
+    }
+    eventually("the day's three delivered", || p.messages().len() == 3).await;
+    mv.stop().await; // saves the quota ledger
+    let mv = start(cfg).await;
+    let r = send(
+        mv.addr,
+        "news@news.example",
+        &["ok@example.org"],
+        &newsletter(9),
+    )
+    .await;
+    assert!(r[5].starts_with("250 2.0.0 Ok: queued"), "{r:?}");
+    // Several admission waits pass: the quota is spent, the fourth stays queued.
+    sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        p.messages().len(),
+        3,
+        "a restart must not hand out the spent quota"
+    );
+    assert_eq!(mv.spool.len(), 1);
+    mv.stop().await;
+}
+
+#[tokio::test]
+async fn operator_commands_offline_and_against_the_running_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let p = Provider::builder().start().await;
+    let mut down = p.upstream_config();
+    down.port = port;
+    let cfg = config(dir.path(), down);
+    let file = dir.path().join("mailvalve.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[queue]\ndir = {:?}\n[suppression]\npath = {:?}\n",
+            cfg.queue.dir, cfg.suppression.path
+        ),
+    )
+    .unwrap();
+    let cli = move |args: &[&str]| {
+        let out = std::process::Command::new(support::harness::mailvalve())
+            .arg("queue")
+            .arg("-c")
+            .arg(&file)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let mv = start(cfg.clone()).await;
+    let r = send(
+        mv.addr,
+        "news@news.example",
+        &["ok@example.org"],
+        &newsletter(1),
+    )
+    .await;
+    let id = r[5].rsplit(' ').next().unwrap().to_string();
+    // The running instance answers over its control socket (blocking CLI calls run on
+    // a blocking thread so the instance keeps serving).
+    let (ok, out) = tokio::task::spawn_blocking({
+        let cli = cli.clone();
+        move || cli(&["list"])
+    })
+    .await
+    .unwrap();
+    assert!(
+        ok && out.contains(&id) && out.contains("1 message(s)"),
+        "{out}"
+    );
+    let (ok, out) = tokio::task::spawn_blocking({
+        let cli = cli.clone();
+        move || cli(&["status"])
+    })
+    .await
+    .unwrap();
+    assert!(ok && out.contains("instance: running"), "{out}");
+    let (ok, out) = tokio::task::spawn_blocking({
+        let cli = cli.clone();
+        move || cli(&["pause"])
+    })
+    .await
+    .unwrap();
+    assert!(ok && out.contains("paused"), "{out}");
+    mv.stop().await;
+
+    // Offline: the spool is opened directly; the pause survived.
+    let (ok, out) = cli(&["show", &id]);
+    assert!(ok && out.contains("ok@example.org  pending"), "{out}");
+    let (ok, out) = cli(&["status"]);
+    assert!(
+        ok && out.contains("operator pause: on") && out.contains("not running"),
+        "{out}"
+    );
+    let (ok, out) = cli(&["show", "0000000000000"]);
+    assert!(!ok && out.contains("no message"), "{out}");
+    let (ok, out) = cli(&["retry"]);
+    assert!(!ok && out.contains("--all"), "{out}");
+
+    // Restarted with the provider up, still paused: nothing goes out until resume.
+    let mv = start(config(dir.path(), p.upstream_config())).await;
+    mv.spool
+        .retry_now(mailvalve::queue::Which::All)
+        .await
+        .unwrap();
+    sleep(Duration::from_millis(700)).await;
+    assert!(p.messages().is_empty(), "operator pause survives a restart");
+    let (ok, out) = tokio::task::spawn_blocking({
+        let cli = cli.clone();
+        move || cli(&["resume"])
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{out}");
+    eventually("delivered after resume", || p.messages().len() == 1).await;
+    mv.stop().await;
+}

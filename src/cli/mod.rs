@@ -16,6 +16,7 @@ pub mod explain;
 pub mod logging;
 pub mod passthrough;
 pub mod profiles;
+pub mod queue;
 pub mod queue_relay;
 pub mod queue_transport;
 pub mod run;
@@ -65,6 +66,14 @@ pub enum Command {
         #[arg(long, default_value = "en")]
         lang: String,
     },
+    /// Look at and steer the queue (queue mode): list, show, retry, delete, pause,
+    /// resume, status. Works against the running instance or, if none, its spool.
+    Queue {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(subcommand)]
+        cmd: queue::QueueCmd,
+    },
     /// Manage the suppression list (addresses the provider rejected for good).
     Suppress {
         #[command(flatten)]
@@ -113,6 +122,10 @@ pub fn dispatch(cli: Cli) -> ExitCode {
             profile,
             lang,
         } => explain_command(&reply, phase.as_deref(), profile.as_deref(), &lang),
+        Command::Queue { config, cmd } => match load(config.config.as_deref()) {
+            Ok(cfg) => report(queue::run(cmd, &cfg)),
+            Err(code) => code,
+        },
         Command::Suppress { config, cmd } => match load(config.config.as_deref()) {
             Ok(cfg) => report(suppress::run(cmd, &cfg)),
             Err(code) => code,

@@ -21,13 +21,15 @@ use crate::policy::controller::{Controller, ControllerParams};
 use crate::policy::suppression::{Recorder, Suppressions};
 use crate::queue::deliver::{Delivery, DeliveryParams, SuppressedFn};
 use crate::queue::delivery_log::DeliveryLog;
+use crate::queue::quota::Ledger;
 use crate::queue::webhook::Webhook;
-use crate::queue::Spool;
+use crate::queue::{control, Spool};
 use crate::server::suppress::SuppressingRelay;
 use crate::store::suppression::RedbStore;
 use crate::upstream::observer::PolicyObserver;
 use crate::upstream::{Admission, ConcurrencyLimit, Settings};
 use anyhow::Context;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -175,6 +177,46 @@ impl QueueMode {
             .with_log(log)
             .with_webhook(webhook),
         );
+        let paused = control::pause_flag(&qc.dir).exists();
+        if paused {
+            tracing::warn!("queue: delivery paused by operator (mailvalve queue resume)");
+        }
+        delivery.hold_flag().store(paused, Ordering::Release);
+        #[cfg(unix)]
+        {
+            let hooks = Arc::new(LiveHooks {
+                delivery: delivery.clone(),
+                controller: policy.controller.clone(),
+            });
+            let (spool, dir, stop) = (spool.clone(), qc.dir.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                if let Err(e) = control::serve(spool, dir, hooks, stop).await {
+                    tracing::warn!(
+                        "queue: no control socket, `mailvalve queue` cannot reach this instance: {e}"
+                    );
+                }
+            });
+        }
+        // Before the first delivery: messages sent before a restart count against the
+        // hourly and daily quotas.
+        let ledger = Ledger::load(&qc.dir);
+        let rates = policy.admission.rates().clone();
+        let now = crate::queue::spool::now_ms();
+        let (hour, day) = (ledger.last_hour(now), ledger.last_day(now));
+        if hour > 0 || day > 0 {
+            tracing::info!(
+                last_hour = hour,
+                last_day = day,
+                "quota: counting messages sent before the restart"
+            );
+        }
+        rates.preload(hour, day);
+        tokio::spawn(keep_quota_ledger(
+            ledger,
+            qc.dir.clone(),
+            rates,
+            shutdown.clone(),
+        ));
         let relay = QueueRelay::new(spool, delivery.waker());
         let task = tokio::spawn(delivery.clone().run(shutdown, config.server.shutdown_grace));
         Ok(Self {
@@ -242,6 +284,75 @@ impl Policy {
             admission,
             suppressions,
         })
+    }
+}
+
+/// Saves what was sent every 5 s (and at shutdown) into the quota ledger.
+async fn keep_quota_ledger(
+    mut ledger: Ledger,
+    dir: std::path::PathBuf,
+    rates: Arc<crate::upstream::rate_limit::RateLimits>,
+    shutdown: CancellationToken,
+) {
+    let mut seen = rates.taken();
+    loop {
+        let stop = tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => false,
+            _ = shutdown.cancelled() => true,
+        };
+        let taken = rates.taken();
+        let n = u32::try_from(taken.saturating_sub(seen)).unwrap_or(u32::MAX);
+        seen = taken;
+        if n > 0 {
+            ledger.add(crate::queue::spool::now_ms(), n);
+            let (l, d) = (ledger.clone(), dir.clone());
+            match tokio::task::spawn_blocking(move || l.save(&d)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!("quota ledger not saved: {e}"),
+                Err(e) => tracing::warn!("quota ledger not saved: {e}"),
+            }
+        }
+        if stop {
+            break;
+        }
+    }
+}
+
+/// `mailvalve queue pause | resume | status` against the running instance.
+struct LiveHooks {
+    delivery: Arc<Delivery<AdmissionTransport, Controller>>,
+    controller: Arc<Controller>,
+}
+
+impl control::Hooks for LiveHooks {
+    fn set_paused(&self, paused: bool) {
+        self.delivery.hold_flag().store(paused, Ordering::Release);
+        if !paused {
+            // Resume also ends an account pause (refused credentials fixed).
+            self.controller.resume();
+        }
+        self.delivery.waker().notify_one();
+    }
+
+    fn status(&self) -> String {
+        let d = self.delivery.stats();
+        let c = self.controller.stats();
+        let pause = match self.controller.pause_state() {
+            crate::policy::pause::PauseState::Running => "off".to_string(),
+            crate::policy::pause::PauseState::Paused { scope, .. } => format!("{scope:?}"),
+        };
+        format!(
+            "instance: running\nsince start: {} delivered, {} deferred, {} failed, {} bounce report(s), {} transaction(s)\nconnections: limit {} (ceiling {})\nrate: {}\naccount pause: {}\n",
+            d.delivered,
+            d.deferred,
+            d.failed,
+            d.bounces,
+            d.transactions,
+            c.concurrency_limit,
+            c.concurrency_ceiling.map_or("none".into(), |n| n.to_string()),
+            c.rate.map_or("unlimited".into(), |r| format!("{:.2} msg/s", r)),
+            pause
+        )
     }
 }
 

@@ -9,17 +9,21 @@
 //!   crash recovery and group commit. No SMTP, no network.
 //! - [`id`]: short, sortable, file-name-safe queue ids.
 //! - [`record`]: what is stored per message and per recipient.
+//! - [`quota`]: the per-minute ledger that keeps hourly/daily quotas across restarts.
 //! - [`schedule`]: what an attempt's verdict does to a recipient (pure).
 //! - [`transport`]: what delivery needs from the upstream side (implemented in `cli`).
+//! - [`control`]: operator commands, over a socket to the running instance or offline.
 //! - [`deliver`]: the engine — due messages out through the transport, outcomes back
 //!   into the spool, bounce reports ([`dsn`]), the [`delivery_log`] and the [`webhook`].
 
+pub mod control;
 pub mod deliver;
 pub mod delivery_log;
 pub mod dsn;
 pub mod error;
 pub mod id;
 mod index;
+pub mod quota;
 pub mod record;
 pub mod schedule;
 pub mod spool;

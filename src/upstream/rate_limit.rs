@@ -13,6 +13,7 @@ use crate::config::RateConfig;
 use futures::future::BoxFuture;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -21,7 +22,10 @@ use tower::{Layer, Service, ServiceExt};
 /// All configured limits.
 #[derive(Debug, Default)]
 pub struct RateLimits {
-    limiters: Vec<DefaultDirectRateLimiter>,
+    /// Each limiter with its window (1 s, 60 s, 3600 s, 86 400 s).
+    limiters: Vec<(Duration, DefaultDirectRateLimiter)>,
+    /// Slots handed out since start (for the queue's persistent quota ledger).
+    taken: AtomicU64,
 }
 
 impl RateLimits {
@@ -37,10 +41,39 @@ impl RateLimits {
             .filter_map(|(n, window)| {
                 let n = NonZeroU32::new(n?)?;
                 let quota = Quota::with_period(window / n.get())?.allow_burst(n);
-                Some(RateLimiter::direct(quota))
+                Some((window, RateLimiter::direct(quota)))
             })
             .collect();
-        Arc::new(Self { limiters })
+        Arc::new(Self {
+            limiters,
+            taken: AtomicU64::new(0),
+        })
+    }
+
+    /// Counts messages already sent before a restart against the hourly and daily
+    /// quotas (`last_hour`, `last_day`: how many in the past hour / day), so a restart
+    /// does not hand out a spent quota again. Conservative: the slots count as taken
+    /// now, so they come back a little later than they really would.
+    pub fn preload(&self, last_hour: u32, last_day: u32) {
+        for (window, l) in &self.limiters {
+            let n = match window.as_secs() {
+                3600 => last_hour,
+                86_400 => last_day,
+                _ => continue,
+            };
+            // Take what the quota still has, at most `n` (check_n refuses more than
+            // the burst, so take one by one until the limiter says no).
+            for _ in 0..n {
+                if l.check().is_err() {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Slots handed out since start.
+    pub fn taken(&self) -> u64 {
+        self.taken.load(Ordering::Relaxed)
     }
 
     /// No limit configured.
@@ -50,9 +83,10 @@ impl RateLimits {
 
     /// Waits until every limit allows one more message.
     pub async fn until_ready(&self) {
-        for l in &self.limiters {
+        for (_, l) in &self.limiters {
             l.until_ready().await;
         }
+        self.taken.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -131,6 +165,31 @@ mod tests {
             assert!(limits.until_ready().now_or_never().is_some());
         }
         assert!(limits.until_ready().now_or_never().is_none());
+    }
+
+    #[test]
+    fn preload_spends_quota_sent_before_a_restart() {
+        let limits = RateLimits::new(&RateConfig {
+            per_day: Some(10),
+            per_minute: Some(100),
+            ..RateConfig::default()
+        });
+        limits.preload(3, 7);
+        for _ in 0..3 {
+            assert!(limits.until_ready().now_or_never().is_some());
+        }
+        assert!(
+            limits.until_ready().now_or_never().is_none(),
+            "7 + 3 = the day's 10"
+        );
+        assert_eq!(limits.taken(), 3);
+        // More than the quota: just spent, no panic.
+        let l = RateLimits::new(&RateConfig {
+            per_hour: Some(2),
+            ..RateConfig::default()
+        });
+        l.preload(50, 50);
+        assert!(l.until_ready().now_or_never().is_none());
     }
 
     #[test]
