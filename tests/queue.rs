@@ -534,3 +534,112 @@ async fn operator_commands_offline_and_against_the_running_instance() {
     eventually("delivered after resume", || p.messages().len() == 1).await;
     mv.stop().await;
 }
+
+#[tokio::test]
+async fn a_failed_recipient_is_posted_to_the_bounce_webhook() {
+    let dir = tempfile::tempdir().unwrap();
+    // A one-request HTTP server that records the request and answers 200.
+    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/webhooks/bounce", http.local_addr().unwrap());
+    let got = tokio::spawn(async move {
+        let (mut s, _) = http.accept().await.unwrap();
+        let mut req = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = s.read(&mut chunk).await.unwrap();
+            req.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&req).to_string();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap())
+                    })
+                    .unwrap_or(0);
+                if body.len() >= len || n == 0 {
+                    s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                        .await
+                        .unwrap();
+                    return text;
+                }
+            }
+            assert!(n > 0, "client closed early");
+        }
+    });
+    let p = Provider::builder()
+        .rcpt_reply("gone@example.org", "550 5.1.1 user unknown")
+        .start()
+        .await;
+    let mut cfg = config(dir.path(), p.upstream_config());
+    cfg.queue.webhook = Some(mailvalve::queue::webhook::WebhookConfig {
+        url,
+        username: Some("listmonk".into()),
+        password: Some(mailvalve::config::Secret::new("api-token")),
+        ..Default::default()
+    });
+    let mv = start(cfg).await;
+    let body = format!(
+        "X-Listmonk-Campaign: 5f1c2f8e-7c4a-4e8b-9a55-0d6e3b1f2a90\r\n{}",
+        newsletter(1)
+    );
+    send(mv.addr, "news@news.example", &["gone@example.org"], &body).await;
+    let req = timeout(WAIT, got).await.expect("webhook called").unwrap();
+    assert!(req.starts_with("POST /webhooks/bounce HTTP/1.1"), "{req}");
+    assert!(req.contains("Authorization: Basic "), "{req}");
+    let json: serde_json::Value =
+        serde_json::from_str(req.split_once("\r\n\r\n").unwrap().1).unwrap();
+    assert_eq!(json["email"], "gone@example.org");
+    assert_eq!(json["type"], "hard");
+    assert_eq!(
+        json["campaign_uuid"],
+        "5f1c2f8e-7c4a-4e8b-9a55-0d6e3b1f2a90"
+    );
+    assert!(
+        json["meta"]["reply"].as_str().unwrap().contains("5.1.1"),
+        "{json}"
+    );
+    mv.stop().await;
+}
+
+#[tokio::test]
+async fn a_bounce_that_fails_is_not_bounced_again() {
+    let dir = tempfile::tempdir().unwrap();
+    // The provider rejects both the recipient and the sender's own address (where the
+    // bounce report would go).
+    let p = Provider::builder()
+        .rcpt_reply("gone@example.org", "550 5.1.1 user unknown")
+        .rcpt_reply("news@news.example", "550 5.1.1 user unknown")
+        .start()
+        .await;
+    let mv = start(config(dir.path(), p.upstream_config())).await;
+    send(
+        mv.addr,
+        "news@news.example",
+        &["gone@example.org"],
+        &newsletter(1),
+    )
+    .await;
+    eventually("message and its bounce attempted, spool empty", || {
+        p.lines()
+            .iter()
+            .filter(|l| l.starts_with("MAIL FROM"))
+            .count()
+            >= 2
+            && mv.spool.is_empty()
+    })
+    .await;
+    sleep(Duration::from_millis(300)).await;
+    let mails = p
+        .lines()
+        .iter()
+        .filter(|l| l.starts_with("MAIL FROM"))
+        .count();
+    assert_eq!(
+        mails, 2,
+        "the original and one bounce report, no bounce of the bounce"
+    );
+    assert!(mv.spool.is_empty());
+    mv.stop().await;
+}

@@ -165,6 +165,30 @@ mod tests {
     }
 
     #[test]
+    fn queue_settings_are_printed_and_the_webhook_password_is_not() {
+        let (_d, path) = file(&format!(
+            "mode = \"queue\"\n[queue]\ndir = \"/var/spool/mv\"\nmax_age = \"2days\"\n\
+             [queue.webhook]\nurl = \"http://127.0.0.1:9000/webhooks/bounce\"\nusername = \"lm\"\npassword = \"{PASSWORD}\"\n"
+        ));
+        let out = check(Some(&path), env(&[]));
+        assert!(out.ok, "{}", out.stderr);
+        let text = all(&out);
+        assert!(!text.contains(PASSWORD), "{text}");
+        assert!(text.contains("[queue]"), "{text}");
+        assert!(text.contains("dir = \"/var/spool/mv\""), "{text}");
+        assert!(
+            text.contains("mode: queue") || text.contains("queue"),
+            "{text}"
+        );
+        let (_d2, again) = file(&out.stdout);
+        assert!(
+            config::load_with_env(&again, env(&[])).is_ok(),
+            "{}",
+            out.stdout
+        );
+    }
+
+    #[test]
     fn printed_settings_load_again() {
         let (_d, path) =
             file("[upstream]\nhost = \"smtp.example.org\"\n[upstream.rate]\nper_minute = 30\n");

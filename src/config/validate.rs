@@ -44,6 +44,7 @@ pub fn validate(config: &Config) -> Result<(), Vec<ValidationError>> {
     let mut p = Problems::default();
     server(config, &mut p);
     upstream(config, &mut p);
+    queue(config, &mut p);
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&config.log.level) {
         p.push(
             "log.level",
@@ -54,6 +55,27 @@ pub fn validate(config: &Config) -> Result<(), Vec<ValidationError>> {
         Ok(())
     } else {
         Err(p.0)
+    }
+}
+
+fn queue(c: &Config, p: &mut Problems) {
+    let q = &c.queue;
+    if q.dir.as_os_str().is_empty() {
+        p.push("queue.dir", "must name a directory for the spool");
+    }
+    if q.max_age.is_zero() {
+        p.push("queue.max_age", "must be longer than 0s (e.g. \"4days\")");
+    }
+    if !q.bounce_from.is_empty() && !q.bounce_from.contains('@') {
+        p.push(
+            "queue.bounce_from",
+            "must be an address (user@domain) or empty for the null sender",
+        );
+    }
+    if let Some(w) = &q.webhook {
+        if let Err(e) = crate::queue::webhook::Webhook::new(w.clone()) {
+            p.push("queue.webhook.url", e);
+        }
     }
 }
 
@@ -348,6 +370,27 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         assert_eq!(validate(&Config::default()), Ok(()));
+    }
+
+    #[test]
+    fn queue_keys_are_checked() {
+        let mut c = Config::default();
+        c.queue.dir = std::path::PathBuf::new();
+        c.queue.max_age = Duration::ZERO;
+        c.queue.bounce_from = "postmaster".into();
+        c.queue.webhook = Some(crate::queue::webhook::WebhookConfig {
+            url: "ftp://example.org/hook".into(),
+            ..Default::default()
+        });
+        assert_eq!(
+            keys(&c),
+            vec![
+                "queue.dir",
+                "queue.max_age",
+                "queue.bounce_from",
+                "queue.webhook.url"
+            ]
+        );
     }
 
     #[test]

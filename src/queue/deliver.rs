@@ -28,7 +28,7 @@ use super::record::{Message, RcptState, StoredReply};
 use super::schedule::{self, Decision, FailKind};
 use super::spool::now_ms;
 use super::transport::{LocalKind, Outcome, Transport};
-use super::webhook::Webhook;
+use super::webhook::{self, Webhook};
 use super::{QueueId, Spool};
 use crate::policy::classify::Classifier;
 use crate::policy::clock::Clock;
@@ -602,23 +602,7 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
     /// The bounce report to the sender (unless the message is itself a bounce) and the
     /// webhook calls, for recipients that failed for good.
     async fn report(&self, msg: &Message, failures: &[Failure]) {
-        if let Some(hook) = &self.webhook {
-            for f in failures {
-                let meta = serde_json::json!({
-                    "queue_id": msg.id.to_string(),
-                    "reply": format_reply(&f.reply),
-                    "kind": format!("{:?}", f.kind).to_lowercase(),
-                });
-                let body = super::webhook::payload(&f.address, f.kind.is_hard(), &meta);
-                let hook = Arc::clone(hook);
-                tokio::spawn(async move {
-                    if let Err(e) = hook.post(&body).await {
-                        tracing::warn!("bounce webhook failed: {e}");
-                    }
-                });
-            }
-        }
-        if !self.params.bounces {
+        if self.webhook.is_none() && !self.params.bounces {
             return;
         }
         let body = match self.spool.read_body(msg.id).await {
@@ -628,7 +612,30 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
                 return;
             }
         };
+        // A bounce that cannot be delivered is dropped: no report, no webhook (the
+        // "failed" address would be the original sender's).
         if dsn::is_bounce(&msg.envelope.from, &body) {
+            return;
+        }
+        if let Some(hook) = &self.webhook {
+            let campaign = webhook::campaign_uuid(dsn::header_block(&body)).unwrap_or_default();
+            for f in failures {
+                let meta = serde_json::json!({
+                    "queue_id": msg.id.to_string(),
+                    "reply": format_reply(&f.reply),
+                    "kind": format!("{:?}", f.kind).to_lowercase(),
+                });
+                let payload =
+                    webhook::payload_for_campaign(&f.address, &campaign, f.kind.is_hard(), &meta);
+                let hook = Arc::clone(hook);
+                tokio::spawn(async move {
+                    if let Err(e) = hook.post(&payload).await {
+                        tracing::warn!("bounce webhook failed: {e}");
+                    }
+                });
+            }
+        }
+        if !self.params.bounces {
             return;
         }
         let now = now_ms();
@@ -653,6 +660,7 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
         });
         let env = Envelope {
             from: self.params.bounce_from.clone(),
+            eight_bit: dsn::needs_8bitmime(&report),
             ..Envelope::default()
         };
         match self
