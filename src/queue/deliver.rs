@@ -322,6 +322,7 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
                         } = &r.state
                         {
                             let reply = expired_reply(last_reply.as_ref());
+                            self.stats.failed.fetch_add(1, Ordering::Relaxed);
                             self.log_outcome(
                                 &msg,
                                 &r.address,
@@ -736,5 +737,202 @@ pub fn verdict_name(v: &crate::policy::verdict::Verdict) -> String {
         V::PolicyBlock => "policy-block".into(),
         V::Pause { scope, .. } => format!("pause-{scope:?}").to_lowercase(),
         V::ProtocolError => "protocol-error".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::verdict::Phase;
+    use std::sync::atomic::AtomicU32;
+    use std::time::Instant;
+
+    /// A transport that answers from a script: `pause_first` transactions get a quota
+    /// reply at MAIL, the rest per recipient (`defer@` 451, everything else 250).
+    struct Scripted {
+        calls: AtomicU32,
+        pause_first: u32,
+        log: Mutex<Vec<Vec<String>>>,
+        /// Like the controller after a quota reply: paused for 400 ms from then.
+        pause: Arc<Mutex<Option<Instant>>>,
+    }
+
+    impl Transport for Scripted {
+        async fn deliver(&self, _env: &Envelope, rcpts: &[String], _m: &[u8]) -> Vec<Outcome> {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst);
+            self.log.lock().unwrap().push(rcpts.to_vec());
+            if n < self.pause_first {
+                *self.pause.lock().unwrap() = Some(Instant::now() + Duration::from_millis(400));
+            }
+            rcpts
+                .iter()
+                .map(|r| {
+                    let (phase, text) = if n < self.pause_first {
+                        (Phase::Mail, "550 5.4.5 Daily sending quota exceeded")
+                    } else if r.starts_with("defer@") {
+                        (Phase::Rcpt, "451 4.3.0 Temporary local problem")
+                    } else {
+                        (Phase::DataEnd, "250 2.0.0 Ok")
+                    };
+                    Outcome::Reply {
+                        phase,
+                        reply: Reply::parse_lenient(text).unwrap(),
+                    }
+                })
+                .collect()
+        }
+    }
+
+    /// Paused until `until` (set by the test), backoff of 50 ms × 2^attempt.
+    struct FakePacing {
+        until: Arc<Mutex<Option<Instant>>>,
+    }
+
+    impl Pacing for FakePacing {
+        fn paused_for(&self) -> Option<Option<Duration>> {
+            let u = (*self.until.lock().unwrap())?;
+            let now = Instant::now();
+            (now < u).then(|| Some(u - now))
+        }
+        fn retry_delay(&self, attempt: u32, hint: Option<Duration>) -> Duration {
+            hint.unwrap_or(Duration::from_millis(50 << attempt.min(10)))
+        }
+    }
+
+    struct Rig {
+        engine: Arc<Delivery<Scripted, FakePacing>>,
+        stop: CancellationToken,
+        task: tokio::task::JoinHandle<()>,
+        _dir: tempfile::TempDir,
+    }
+
+    async fn rig(pause_first: u32, params: DeliveryParams) -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(&dir.path().join("spool")).unwrap();
+        let pause = Arc::new(Mutex::new(None));
+        let engine = Arc::new(Delivery::new(
+            Arc::new(spool),
+            Arc::new(Scripted {
+                calls: AtomicU32::new(0),
+                pause_first,
+                log: Mutex::new(Vec::new()),
+                pause: pause.clone(),
+            }),
+            Arc::new(FakePacing { until: pause }),
+            Arc::new(Classifier::builtin().unwrap()),
+            params,
+        ));
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(engine.clone().run(stop.clone(), Duration::from_secs(2)));
+        Rig {
+            engine,
+            stop,
+            task,
+            _dir: dir,
+        }
+    }
+
+    async fn put(r: &Rig, rcpts: &[&str]) -> QueueId {
+        let env = Envelope {
+            from: "news@example.org".into(),
+            ..Envelope::default()
+        };
+        let rcpts: Vec<String> = rcpts.iter().map(|s| s.to_string()).collect();
+        let id = r
+            .engine
+            .spool()
+            .put(&env, &rcpts, b"Subject: hi\r\n\r\nbody\r\n")
+            .await
+            .unwrap();
+        r.engine.waker().notify_one();
+        id
+    }
+
+    async fn until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+        let end = Instant::now() + limit;
+        while !f() {
+            assert!(Instant::now() < end, "timed out: {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pause_holds_without_an_attempt_and_resumes_when_it_ends() {
+        let r = rig(1, DeliveryParams::default()).await;
+        // The first transaction hits the quota; like the controller, the fake pacing
+        // then pauses for 400 ms.
+        let id = put(&r, &["a@example.org"]).await;
+        until("first attempt", Duration::from_secs(5), || {
+            r.engine.transport.calls.load(Ordering::SeqCst) >= 1
+        })
+        .await;
+        let pause_end = r.engine.pacing.until.lock().unwrap().unwrap();
+        assert_eq!(
+            r.engine.transport.calls.load(Ordering::SeqCst),
+            1,
+            "no retry while paused"
+        );
+        let m = r.engine.spool().get(id).unwrap().unwrap();
+        assert_eq!(
+            m.rcpts[0].state,
+            RcptState::new_pending(),
+            "no attempt used, not rescheduled"
+        );
+        until("delivered after the pause", Duration::from_secs(5), || {
+            r.engine.spool().is_empty()
+        })
+        .await;
+        let done = Instant::now();
+        assert!(done >= pause_end, "delivered during the pause");
+        println!(
+            "pause of 400 ms: delivered {:?} after it ended",
+            done - pause_end
+        );
+        // Liveness, not speed: the schedule was not pushed out (the engine re-checks a
+        // pause at least every second; a backoff would have meant 30 s and more).
+        assert!(
+            done - pause_end < Duration::from_secs(10),
+            "resumed far too late"
+        );
+        assert_eq!(r.engine.stats().failed, 0);
+        assert_eq!(r.engine.stats().bounces, 0);
+        r.stop.cancel();
+        r.task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn deferred_recipients_back_off_and_expire_into_a_bounce() {
+        let params = DeliveryParams {
+            max_age: Duration::from_millis(600),
+            expiry_interval: Duration::from_millis(100),
+            rcpts_per_message: 1,
+            ..DeliveryParams::default()
+        };
+        let r = rig(0, params).await;
+        put(&r, &["ok@example.org", "defer@example.org"]).await;
+        // ok@ delivered in its own transaction; defer@ retried on backoff, then expired
+        // and bounced; the bounce (to news@) delivered.
+        until("everything final", Duration::from_secs(5), || {
+            r.engine.spool().is_empty()
+        })
+        .await;
+        let s = r.engine.stats();
+        let calls = r.engine.transport.log.lock().unwrap().clone();
+        println!("transactions {calls:?}, stats {s:?}");
+        assert!(
+            calls.iter().all(|c| c.len() == 1),
+            "split into single-recipient transactions"
+        );
+        let defer_tries = calls.iter().filter(|c| c[0] == "defer@example.org").count();
+        // Backoff 50, 100, 200, 400 ms: a handful of tries in 600 ms, not dozens.
+        assert!((2..=6).contains(&defer_tries), "{defer_tries} tries");
+        assert_eq!(s.failed, 1);
+        assert_eq!(s.bounces, 1);
+        assert!(
+            calls.iter().any(|c| c[0] == "news@example.org"),
+            "bounce delivered"
+        );
+        r.stop.cancel();
+        r.task.await.unwrap();
     }
 }
