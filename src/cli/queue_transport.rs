@@ -38,8 +38,17 @@ fn outcome(e: &UpstreamError) -> Outcome {
                 UpstreamError::Paused { .. } => LocalKind::Paused,
                 UpstreamError::Busy(_) => LocalKind::Busy,
                 UpstreamError::BadAddress(_) => LocalKind::BadAddress,
-                // Backoff included: it must delay the message, not loop on admission.
-                _ => LocalKind::Unreachable,
+                // Connection setup failed, or the upstream backs off after failures: the
+                // delivery engine waits for the upstream, not per message.
+                UpstreamError::Connect(_)
+                | UpstreamError::Tls(_)
+                | UpstreamError::Backoff(_)
+                | UpstreamError::StartTls(None)
+                | UpstreamError::NoAuthMechanism => LocalKind::Unreachable,
+                UpstreamError::Timeout {
+                    phase: Phase::Greeting | Phase::Ehlo | Phase::StartTls | Phase::Auth,
+                } => LocalKind::Unreachable,
+                _ => LocalKind::Broken,
             };
             Outcome::Local {
                 kind,

@@ -42,6 +42,10 @@ pub trait Pacing: Send + Sync + 'static {
     fn paused_for(&self) -> Option<Option<Duration>>;
     /// Delay before counted retry number `attempt` (0-based), at least `hint`.
     fn retry_delay(&self, attempt: u32, hint: Option<Duration>) -> Duration;
+    /// While the upstream backs off after connection failures: how much longer.
+    fn connect_wait(&self) -> Option<Duration> {
+        None
+    }
 }
 
 impl<C: Clock + 'static> Pacing for Controller<C> {
@@ -56,6 +60,9 @@ impl<C: Clock + 'static> Pacing for Controller<C> {
     }
     fn retry_delay(&self, attempt: u32, hint: Option<Duration>) -> Duration {
         Controller::retry_delay(self, attempt, hint)
+    }
+    fn connect_wait(&self) -> Option<Duration> {
+        Controller::connect_wait(self)
     }
 }
 
@@ -236,7 +243,13 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
                 self.sleep(Duration::from_secs(1), &shutdown).await;
                 continue;
             }
-            if let Some(remaining) = self.pacing.paused_for() {
+            // The account is paused, or the provider unreachable (the upstream-wide
+            // connect backoff): nothing is taken from the spool, nothing changes.
+            let wait = self
+                .pacing
+                .paused_for()
+                .or_else(|| self.pacing.connect_wait().map(Some));
+            if let Some(remaining) = wait {
                 let nap = remaining.unwrap_or(Duration::from_secs(1));
                 self.sleep(
                     nap.clamp(Duration::from_millis(10), Duration::from_secs(1)),
@@ -558,14 +571,21 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
             Outcome::Local { kind, .. } => match kind {
                 LocalKind::Paused => (Decision::Hold, "paused".into()),
                 // No update at all: the recipient stays due and is picked up again as
-                // soon as a slot is free.
+                // soon as a slot is free, or (unreachable) when the upstream's connect
+                // backoff has passed.
                 LocalKind::Busy => (Decision::Hold, "busy".into()),
-                LocalKind::Unreachable => (
+                // Without an upstream backoff in force (a failure the controller does
+                // not count as a connect failure), delay the message instead, so a
+                // broken upstream is never retried in a tight loop.
+                LocalKind::Unreachable if self.pacing.connect_wait().is_some() => {
+                    (Decision::Hold, "unreachable".into())
+                }
+                LocalKind::Unreachable | LocalKind::Broken => (
                     Decision::Retry {
                         counts: false,
                         hint: None,
                     },
-                    "unreachable".into(),
+                    "connection-lost".into(),
                 ),
                 LocalKind::BadAddress => {
                     (Decision::Failed(FailKind::Address), "bad-address".into())

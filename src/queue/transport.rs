@@ -19,9 +19,13 @@ pub enum LocalKind {
     Paused,
     /// No connection or rate slot free in time: our pacing; try again soon.
     Busy,
-    /// The provider could not be reached, timed out, or the connection broke. Not the
-    /// message's fault; retried with backoff without using up an attempt.
+    /// No connection could be set up (refused, TLS failure, no greeting, the upstream
+    /// backing off after such failures). Not the message's fault: nothing about the
+    /// recipient changes; the whole upstream backs off instead.
     Unreachable,
+    /// The connection broke or timed out during the transaction. Retried after a
+    /// backoff without using up an attempt.
+    Broken,
     /// The address cannot be sent at all (it would break the command line).
     BadAddress,
 }
