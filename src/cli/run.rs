@@ -136,6 +136,7 @@ impl QueueMode {
             pending_recipients = recovered.pending_recipients,
             removed_partial = recovered.removed_partial,
             removed_orphans = recovered.removed_orphan_bodies + recovered.removed_orphan_records.len(),
+            removed_finished = recovered.removed_finished,
             "spool opened"
         );
         let spool = Arc::new(spool);

@@ -67,6 +67,9 @@ pub struct Recovered {
     pub removed_orphan_bodies: usize,
     /// Records without a body deleted.
     pub removed_orphan_records: Vec<QueueId>,
+    /// Messages whose recipients were all final — a crash between recording the last
+    /// outcome and removing the message — removed (record, then body).
+    pub removed_finished: usize,
     /// Records that could not be decoded: left in place (with their bodies), not
     /// queued, for an operator to look at.
     pub unreadable: Vec<QueueId>,
@@ -166,6 +169,7 @@ impl Spool {
         let mut index = Index::default();
         let mut known = std::collections::HashSet::new();
         let mut orphans = Vec::new();
+        let mut finished = Vec::new();
         {
             let txn = db
                 .begin_write()
@@ -181,6 +185,7 @@ impl Spool {
                     let body_exists = msg.join(id.to_string()).is_file();
                     match serde_json::from_slice::<Record>(v.value()) {
                         _ if !body_exists => orphans.push(id),
+                        Ok(r) if r.rcpts.iter().all(|r| r.state.is_final()) => finished.push(id),
                         Ok(r) => {
                             known.insert(id);
                             index.set(id, &r);
@@ -193,7 +198,7 @@ impl Spool {
                     }
                 }
             }
-            if !orphans.is_empty() {
+            if !orphans.is_empty() || !finished.is_empty() {
                 let mut table = txn
                     .open_table(TABLE)
                     .map_err(|e| SpoolError::db("recovery", e))?;
@@ -203,9 +208,20 @@ impl Spool {
                         .remove(id.as_u64())
                         .map_err(|e| SpoolError::db("recovery", e))?;
                 }
+                for id in &finished {
+                    tracing::info!(%id, "finished message left by a crash removed");
+                    table
+                        .remove(id.as_u64())
+                        .map_err(|e| SpoolError::db("recovery", e))?;
+                }
             }
             txn.commit().map_err(|e| SpoolError::db("recovery", e))?;
         }
+        // Record gone (committed) first, then the body: the same order as `remove`.
+        for id in &finished {
+            remove_file(&msg.join(id.to_string()))?;
+        }
+        rec.removed_finished = finished.len();
         rec.removed_orphan_records = orphans;
 
         // 3. Bodies whose put never committed.
@@ -586,6 +602,24 @@ mod tests {
             spool.put(&env(), &[], body).await,
             Err(SpoolError::Invalid(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn a_finished_message_left_by_a_crash_is_removed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (done, open_one);
+        {
+            let (spool, _) = Spool::open(dir.path()).unwrap();
+            done = spool.put(&env(), &rcpts(1), b"done").await.unwrap();
+            open_one = spool.put(&env(), &rcpts(1), b"open").await.unwrap();
+            // The outcome is recorded, then the process dies before `remove`.
+            spool.record(done, vec![(0, delivered())]).await.unwrap();
+        }
+        let (spool, rec) = Spool::open(dir.path()).unwrap();
+        assert_eq!(rec.removed_finished, 1);
+        assert_eq!(rec.messages, 1);
+        assert!(spool.get(done).unwrap().is_none());
+        assert_eq!(files(&dir.path().join("msg")), vec![open_one.to_string()]);
     }
 
     #[tokio::test]
