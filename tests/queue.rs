@@ -643,3 +643,66 @@ async fn a_bounce_that_fails_is_not_bounced_again() {
     assert!(mv.spool.is_empty());
     mv.stop().await;
 }
+
+#[tokio::test]
+async fn a_failed_message_from_the_null_sender_gets_no_bounce_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Provider::builder()
+        .rcpt_reply(
+            "gone@example.org",
+            "550 5.1.1 <gone@example.org>: user unknown",
+        )
+        .start()
+        .await;
+    let mv = start(config(dir.path(), p.upstream_config())).await;
+    // A bounce (or any other message) from the null sender, to an address the provider
+    // rejects for good.
+    let replies = send(mv.addr, "", &["gone@example.org"], &newsletter(1)).await;
+    assert!(replies[2].starts_with("250"), "MAIL FROM:<> {replies:?}");
+    assert!(
+        replies[5].starts_with("250 2.0.0 Ok: queued as "),
+        "{replies:?}"
+    );
+    eventually("the recipient failed and the message is gone", || {
+        mv.spool.is_empty() && p.lines().iter().any(|l| l.starts_with("RCPT TO:<gone@"))
+    })
+    .await;
+    // Give the engine time to (wrongly) send a bounce report.
+    sleep(Duration::from_millis(1000)).await;
+    let lines = p.lines();
+    let mails: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.starts_with("MAIL FROM"))
+        .collect();
+    println!(
+        "null sender: {} MAIL at the provider, {} messages, spool {} messages",
+        mails.len(),
+        p.messages().len(),
+        mv.spool.len()
+    );
+    assert_eq!(
+        mails.len(),
+        1,
+        "exactly the one attempt, no bounce: {lines:?}"
+    );
+    assert!(mails[0].starts_with("MAIL FROM:<>"), "{mails:?}");
+    assert!(p.messages().is_empty(), "no DATA: {lines:?}");
+    assert!(mv.spool.is_empty(), "no bounce report queued");
+    let log = std::fs::read_to_string(dir.path().join("spool/delivery.log")).unwrap();
+    let actions: Vec<(String, String)> = log
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["rcpt"].as_str().unwrap().to_string(),
+                v["action"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        [("gone@example.org".to_string(), "failed".to_string())],
+        "one outcome, no bounce delivered"
+    );
+    mv.stop().await;
+}
