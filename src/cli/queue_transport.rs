@@ -97,7 +97,20 @@ impl Transport for AdmissionTransport {
             return out;
         }
         let data = match lease.data(message).await {
-            // The transaction still open means DATA itself was refused (no 354).
+            // The transaction still open means DATA got no 354. A positive reply there
+            // would mean "delivered" without the message ever being sent: a broken
+            // provider, treated as a lost connection, never as delivered.
+            Ok(r) if lease.in_transaction() && r.class() <= 3 => {
+                tracing::warn!(reply = %r, "provider answered DATA without 354; message not sent");
+                Outcome::Local {
+                    kind: LocalKind::Broken,
+                    reply: Reply::new(
+                        451,
+                        crate::smtp::EnhancedCode::new(4, 5, 0),
+                        format!("Provider answered DATA with {} instead of 354", r.code),
+                    ),
+                }
+            }
             Ok(r) if lease.in_transaction() => Outcome::Reply {
                 phase: Phase::Data,
                 reply: r,

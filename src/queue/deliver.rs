@@ -14,7 +14,7 @@
 //! deliver the same message twice at once, never send a bounce for a bounce or to the
 //! null sender, and never spin: every wait is on a wake-up or a bounded timer.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,10 +30,11 @@ use super::spool::now_ms;
 use super::transport::{LocalKind, Outcome, Transport};
 use super::webhook::{self, Webhook};
 use super::{QueueId, Spool};
-use crate::policy::classify::Classifier;
+use crate::policy::classify::{retry_hint, Classifier};
 use crate::policy::clock::Clock;
 use crate::policy::controller::Controller;
 use crate::policy::pause::PauseState;
+use crate::policy::verdict::{Phase, Verdict};
 use crate::smtp::{EnhancedCode, Envelope, Reply};
 
 /// What the engine needs of the controller: pause state and retry timing.
@@ -147,10 +148,33 @@ pub struct Delivery<T: Transport, P: Pacing> {
     wake: Arc<Notify>,
     held: Arc<AtomicBool>,
     in_flight: Mutex<HashSet<QueueId>>,
+    /// Messages whose last round hit a storage error (record not written, body not
+    /// readable): not before (unix ms), and how many times in a row. Keeps a broken
+    /// message from being re-sent in a loop.
+    delayed: Mutex<HashMap<QueueId, (u64, u32)>>,
+    /// No slot or rate cell was free (admission gave up): dispatch nothing before this
+    /// (unix ms), so a long rate wait is not turned into a loop of futile attempts.
+    busy_until: AtomicU64,
+    /// Time spent paused since start (ms); it does not count towards `max_age`.
+    paused_ms: AtomicU64,
     stats: DeliveryStats,
     log: DeliveryLog,
     webhook: Option<Arc<Webhook>>,
 }
+
+/// How a delivery round ended, for the dispatcher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Round {
+    /// Outcomes recorded (or nothing to record).
+    Done,
+    /// Admission gave up (no slot or rate cell in time): the upstream is busy.
+    Busy,
+    /// The spool could not be read or written: back this message off.
+    StorageError,
+}
+
+/// How long the dispatcher rests after admission gave up.
+const BUSY_NAP_MS: u64 = 1000;
 
 /// One recipient that failed for good in this round, for the bounce report.
 struct Failure {
@@ -178,6 +202,9 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
             wake: Arc::new(Notify::new()),
             held: Arc::new(AtomicBool::new(false)),
             in_flight: Mutex::new(HashSet::new()),
+            delayed: Mutex::new(HashMap::new()),
+            busy_until: AtomicU64::new(0),
+            paused_ms: AtomicU64::new(0),
             stats: DeliveryStats::default(),
             log: DeliveryLog::disabled(),
             webhook: None,
@@ -235,27 +262,38 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
                 break;
             }
             let now = now_ms();
+            // Paused by the operator or the account: nothing is taken from the spool,
+            // nothing changes, and the time does not count towards `max_age` (a
+            // weekend with refused credentials must not expire the whole queue).
+            let paused = if self.held.load(Ordering::Acquire) {
+                Some(None)
+            } else {
+                self.pacing.paused_for()
+            };
+            if let Some(remaining) = paused {
+                let nap = remaining
+                    .unwrap_or(Duration::from_secs(1))
+                    .clamp(Duration::from_millis(10), Duration::from_secs(1));
+                let started = std::time::Instant::now();
+                self.sleep(nap, &shutdown).await;
+                let slept = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                self.paused_ms.fetch_add(slept, Ordering::AcqRel);
+                continue;
+            }
             if now >= next_expiry {
                 self.expire(now).await;
                 next_expiry = schedule::next_attempt(now, self.params.expiry_interval);
             }
-            if self.held.load(Ordering::Acquire) {
-                self.sleep(Duration::from_secs(1), &shutdown).await;
-                continue;
-            }
-            // The account is paused, or the provider unreachable (the upstream-wide
-            // connect backoff): nothing is taken from the spool, nothing changes.
+            // The provider unreachable (the upstream-wide connect backoff), or admission
+            // just gave up: wait, without touching the spool.
+            let busy = self.busy_until.load(Ordering::Acquire);
             let wait = self
                 .pacing
-                .paused_for()
-                .or_else(|| self.pacing.connect_wait().map(Some));
+                .connect_wait()
+                .or_else(|| (busy > now).then(|| Duration::from_millis(busy - now)));
             if let Some(remaining) = wait {
-                let nap = remaining.unwrap_or(Duration::from_secs(1));
-                self.sleep(
-                    nap.clamp(Duration::from_millis(10), Duration::from_secs(1)),
-                    &shutdown,
-                )
-                .await;
+                let nap = remaining.clamp(Duration::from_millis(10), Duration::from_secs(1));
+                self.sleep(nap, &shutdown).await;
                 continue;
             }
             let permit = tokio::select! {
@@ -267,8 +305,9 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
             };
             let Some((id, idxs)) = self.next_job(now_ms()) else {
                 drop(permit);
+                let now = now_ms();
                 let nap = match self.spool.next_due() {
-                    Some(t) if t > now_ms() => Duration::from_millis(t - now_ms()),
+                    Some(t) if t > now => Duration::from_millis(t - now),
                     // Due but in flight, or nothing queued: a finished delivery or a new
                     // message wakes us earlier.
                     _ => Duration::from_secs(1),
@@ -278,7 +317,8 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
             };
             let me = Arc::clone(&self);
             tokio::spawn(async move {
-                me.deliver(id, idxs).await;
+                let round = me.deliver(id, idxs).await;
+                me.after_round(id, round);
                 me.lock_in_flight().remove(&id);
                 drop(permit);
                 me.wake.notify_one();
@@ -302,14 +342,43 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
         }
     }
 
-    /// The earliest due message not already being delivered; marks it in flight.
+    fn lock_delayed(&self) -> std::sync::MutexGuard<'_, HashMap<QueueId, (u64, u32)>> {
+        // Whole-value inserts and removes only.
+        self.delayed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Bookkeeping after a round: a storage error backs the message off exponentially
+    /// (1 s, 2 s, ... at most 5 min); a busy upstream rests the dispatcher.
+    fn after_round(&self, id: QueueId, round: Round) {
+        let now = now_ms();
+        match round {
+            Round::Done => {
+                self.lock_delayed().remove(&id);
+            }
+            Round::Busy => {
+                self.busy_until
+                    .fetch_max(now + BUSY_NAP_MS, Ordering::AcqRel);
+            }
+            Round::StorageError => {
+                let mut d = self.lock_delayed();
+                let n = d.get(&id).map_or(0, |e| e.1).saturating_add(1);
+                let wait = 1000u64.saturating_mul(1 << n.min(9)).min(300_000);
+                d.insert(id, (now + wait, n));
+            }
+        }
+    }
+
+    /// The earliest due message not already being delivered nor backed off; marks it
+    /// in flight.
     fn next_job(&self, now: u64) -> Option<(QueueId, Vec<usize>)> {
         let mut busy = self.lock_in_flight();
+        let mut delayed = self.lock_delayed();
+        delayed.retain(|_, (until, _)| *until > now);
         let job = self
             .spool
-            .due(now, busy.len() + 1)
+            .due(now, busy.len() + delayed.len() + 1)
             .into_iter()
-            .find(|(id, _)| !busy.contains(id))?;
+            .find(|(id, _)| !busy.contains(id) && !delayed.contains_key(id))?;
         busy.insert(job.0);
         Some(job)
     }
@@ -318,7 +387,9 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
     /// delivered right now; those are failed by `deliver` itself if they defer again).
     async fn expire(&self, now: u64) {
         let age = u64::try_from(self.params.max_age.as_millis()).unwrap_or(u64::MAX);
-        let cutoff = now.saturating_sub(age);
+        let cutoff = now
+            .saturating_sub(age)
+            .saturating_sub(self.paused_ms.load(Ordering::Acquire));
         for id in self.spool.received_before(cutoff) {
             if !self.lock_in_flight().insert(id) {
                 continue;
@@ -364,22 +435,23 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
     }
 
     /// One delivery round for message `id`, recipients `idxs` (all due).
-    async fn deliver(&self, id: QueueId, idxs: Vec<usize>) {
+    async fn deliver(&self, id: QueueId, idxs: Vec<usize>) -> Round {
         let msg = match self.spool.get(id) {
             Ok(Some(m)) => m,
-            Ok(None) => return,
+            Ok(None) => return Round::Done,
             Err(e) => {
                 tracing::error!(%id, "queue: cannot read message record: {e}");
-                return;
+                return Round::StorageError;
             }
         };
         let body = match self.spool.read_body(id).await {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(%id, "queue: cannot read message body: {e}");
-                return;
+                return Round::StorageError;
             }
         };
+        let mut busy = false;
         let mut updates: Vec<(usize, RcptState)> = Vec::new();
         let mut failures: Vec<Failure> = Vec::new();
         let mut todo = Vec::with_capacity(idxs.len());
@@ -412,7 +484,12 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
             }
         }
         let per_tx = self.params.rcpts_per_message.max(1);
-        let age = Duration::from_millis(now_ms().saturating_sub(msg.received));
+        // Time spent paused does not count (see `run`).
+        let age = Duration::from_millis(
+            now_ms()
+                .saturating_sub(msg.received)
+                .saturating_sub(self.paused_ms.load(Ordering::Acquire)),
+        );
         for chunk in todo.chunks(per_tx) {
             let addrs: Vec<String> = chunk
                 .iter()
@@ -500,6 +577,13 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
                     }
                     Decision::Hold => {
                         held = true;
+                        busy |= matches!(
+                            out,
+                            Outcome::Local {
+                                kind: LocalKind::Busy,
+                                ..
+                            }
+                        );
                         if !matches!(
                             out,
                             Outcome::Local {
@@ -526,7 +610,12 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
                 break;
             }
         }
-        self.finish(&msg, updates, failures).await;
+        let round = self.finish(&msg, updates, failures).await;
+        if busy && round == Round::Done {
+            Round::Busy
+        } else {
+            round
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -563,10 +652,26 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
         match out {
             Outcome::Reply { phase, reply } => {
                 let v = self.classifier.classify(*phase, reply).verdict;
-                (
-                    schedule::decide(&v, reply.class(), attempts),
-                    verdict_name(&v),
-                )
+                let d = match (&v, phase) {
+                    // Before any recipient was named (greeting, EHLO, AUTH, MAIL) a
+                    // policy block is about the sender's account or IP, not this
+                    // message: retried without counting, never bounced.
+                    (Verdict::PolicyBlock, p)
+                        if !matches!(p, Phase::Rcpt | Phase::Data | Phase::DataEnd) =>
+                    {
+                        Decision::Retry {
+                            counts: false,
+                            hint: retry_hint(&reply.text()),
+                        }
+                    }
+                    // A throttle's own "try again in ..." is honoured too.
+                    (Verdict::Throttle(_), _) => Decision::Retry {
+                        counts: false,
+                        hint: retry_hint(&reply.text()),
+                    },
+                    _ => schedule::decide(&v, reply.class(), attempts),
+                };
+                (d, verdict_name(&v))
             }
             Outcome::Local { kind, .. } => match kind {
                 LocalKind::Paused => (Decision::Hold, "paused".into()),
@@ -580,9 +685,19 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
                 LocalKind::Unreachable if self.pacing.connect_wait().is_some() => {
                     (Decision::Hold, "unreachable".into())
                 }
-                LocalKind::Unreachable | LocalKind::Broken => (
+                LocalKind::Unreachable => (
                     Decision::Retry {
                         counts: false,
+                        hint: None,
+                    },
+                    "unreachable".into(),
+                ),
+                // Counted, so that a message that breaks the connection every time
+                // backs off further and further instead of being re-sent every few
+                // seconds for days (attempts only steer the backoff).
+                LocalKind::Broken => (
+                    Decision::Retry {
+                        counts: true,
                         hint: None,
                     },
                     "connection-lost".into(),
@@ -601,22 +716,25 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
         msg: &Message,
         updates: Vec<(usize, RcptState)>,
         failures: Vec<Failure>,
-    ) {
+    ) -> Round {
         if updates.is_empty() {
-            return;
+            return Round::Done;
         }
         if !failures.is_empty() {
             self.report(msg, &failures).await;
         }
         if let Err(e) = self.spool.record(msg.id, updates).await {
-            // Not recorded: the recipients stay as they were and are retried (a
-            // delivered one may be sent again; never lost).
+            // Not recorded: the recipients stay as they were and are retried after a
+            // backoff (a delivered one may be sent again; never lost).
             tracing::error!(id = %msg.id, "queue: cannot record delivery outcome: {e}");
-            return;
+            return Round::StorageError;
         }
         match self.spool.remove(msg.id).await {
-            Ok(_) => {}
-            Err(e) => tracing::error!(id = %msg.id, "queue: cannot remove finished message: {e}"),
+            Ok(_) => Round::Done,
+            Err(e) => {
+                tracing::error!(id = %msg.id, "queue: cannot remove finished message: {e}");
+                Round::StorageError
+            }
         }
     }
 
@@ -772,6 +890,8 @@ mod tests {
     struct Scripted {
         calls: AtomicU32,
         pause_first: u32,
+        /// Every attempt finds admission busy (no slot or rate cell in time).
+        always_busy: bool,
         log: Mutex<Vec<Vec<String>>>,
         /// Like the controller after a quota reply: paused for 400 ms from then.
         pause: Arc<Mutex<Option<Instant>>>,
@@ -781,6 +901,16 @@ mod tests {
         async fn deliver(&self, _env: &Envelope, rcpts: &[String], _m: &[u8]) -> Vec<Outcome> {
             let n = self.calls.fetch_add(1, Ordering::SeqCst);
             self.log.lock().unwrap().push(rcpts.to_vec());
+            if self.always_busy {
+                let reply = Reply::new(451, EnhancedCode::new(4, 7, 0), "Provider busy");
+                return vec![
+                    Outcome::Local {
+                        kind: LocalKind::Busy,
+                        reply
+                    };
+                    rcpts.len()
+                ];
+            }
             if n < self.pause_first {
                 *self.pause.lock().unwrap() = Some(Instant::now() + Duration::from_millis(400));
             }
@@ -827,6 +957,10 @@ mod tests {
     }
 
     async fn rig(pause_first: u32, params: DeliveryParams) -> Rig {
+        rig_with(pause_first, false, params).await
+    }
+
+    async fn rig_with(pause_first: u32, always_busy: bool, params: DeliveryParams) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let (spool, _) = Spool::open(&dir.path().join("spool")).unwrap();
         let pause = Arc::new(Mutex::new(None));
@@ -835,6 +969,7 @@ mod tests {
             Arc::new(Scripted {
                 calls: AtomicU32::new(0),
                 pause_first,
+                always_busy,
                 log: Mutex::new(Vec::new()),
                 pause: pause.clone(),
             }),
@@ -952,6 +1087,72 @@ mod tests {
             calls.iter().any(|c| c[0] == "news@example.org"),
             "bounce delivered"
         );
+        r.stop.cancel();
+        r.task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_busy_upstream_is_not_retried_in_a_loop() {
+        let r = rig_with(0, true, DeliveryParams::default()).await;
+        put(&r, &["a@example.org"]).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let calls = r.engine.transport.calls.load(Ordering::SeqCst);
+        println!("admission busy for 1.5 s: {calls} attempts");
+        // A loop would make thousands; the dispatcher rests 1 s after each "busy".
+        assert!((1..=4).contains(&calls), "{calls} attempts");
+        let m = r.engine.spool().list().unwrap();
+        assert_eq!(
+            m[0].rcpts[0].state,
+            RcptState::new_pending(),
+            "busy changes nothing"
+        );
+        r.stop.cancel();
+        r.task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_backs_the_message_off_instead_of_resending_it_at_once() {
+        let r = rig(0, DeliveryParams::default()).await;
+        // Queue the message while delivery is held, then make the next commit (the
+        // first delivery's outcome) fail.
+        r.engine.hold_flag().store(true, Ordering::SeqCst);
+        put(&r, &["a@example.org"]).await;
+        r.engine.spool().fail_next_commit();
+        r.engine.hold_flag().store(false, Ordering::SeqCst);
+        r.engine.waker().notify_one();
+        let before = 0;
+        until(
+            "delivered after the backoff",
+            Duration::from_secs(10),
+            || r.engine.spool().is_empty(),
+        )
+        .await;
+        let calls = r.engine.transport.calls.load(Ordering::SeqCst) - before;
+        println!("record failed once: {calls} attempt(s) until delivered");
+        assert_eq!(
+            calls, 2,
+            "the failed round, then one more after the backoff"
+        );
+        r.stop.cancel();
+        r.task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn nothing_expires_while_the_account_is_paused() {
+        let params = DeliveryParams {
+            max_age: Duration::from_millis(200),
+            expiry_interval: Duration::from_millis(20),
+            ..DeliveryParams::default()
+        };
+        let r = rig(1, params).await;
+        put(&r, &["a@example.org"]).await;
+        // First attempt: quota reply, paused 400 ms — longer than max_age.
+        until("delivered after the pause", Duration::from_secs(5), || {
+            r.engine.spool().is_empty()
+        })
+        .await;
+        let s = r.engine.stats();
+        assert_eq!((s.failed, s.bounces, s.delivered), (0, 0, 1), "{s:?}");
         r.stop.cancel();
         r.task.await.unwrap();
     }

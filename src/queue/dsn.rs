@@ -148,10 +148,12 @@ pub fn header_block(message: &[u8]) -> &[u8] {
     message
 }
 
-/// True when a message is itself a bounce or an automatic message, which must never get a
+/// True when a message is itself a bounce or an automatic reply, which must never get a
 /// report of its own: a null envelope sender (`""` or `"<>"`), a `Content-Type` of
-/// `multipart/report` with `report-type=delivery-status`, or an `Auto-Submitted` header
-/// with any value but `no`.
+/// `multipart/report` with `report-type=delivery-status`, or `Auto-Submitted:
+/// auto-replied` (RFC 3834: a response such as a vacation notice or a report). An
+/// `auto-generated` message — newsletters may say so — still gets its bounce report:
+/// RFC 3464 exempts only the null sender, and the newsletter tool needs the bounce.
 pub fn is_bounce(envelope_from: &str, message: &[u8]) -> bool {
     let from = envelope_from.trim();
     if from.is_empty() || from == "<>" {
@@ -164,7 +166,7 @@ pub fn is_bounce(envelope_from: &str, message: &[u8]) -> bool {
         if name.eq_ignore_ascii_case("auto-submitted") {
             let v = strip_comments(&value);
             let v = v.trim().to_ascii_lowercase();
-            if !v.is_empty() && v != "no" {
+            if v.starts_with("auto-replied") {
                 return true;
             }
         }
@@ -1028,8 +1030,13 @@ mod tests {
         let dsn = build(&input(&failed, news));
         assert!(is_bounce("someone@example.org", &dsn), "our own report");
 
-        let auto = "From: a@b\r\nAuto-Submitted: auto-generated (vacation)\r\n\r\nx\r\n";
+        let auto = "From: a@b\r\nAuto-Submitted: auto-replied (vacation)\r\n\r\nx\r\n";
         assert!(is_bounce("a@b", auto.as_bytes()));
+        let generated = "From: a@b\r\nAuto-Submitted: auto-generated\r\n\r\nx\r\n";
+        assert!(
+            !is_bounce("a@b", generated.as_bytes()),
+            "a newsletter marked auto-generated still gets its bounce report"
+        );
         let no = "From: a@b\r\nAuto-Submitted: No (a person wrote this)\r\n\r\nx\r\n";
         assert!(!is_bounce("a@b", no.as_bytes()));
         let folded = "From: a@b\r\nContent-Type: multipart/report;\r\n\treport-type=\"Delivery-Status\";\r\n boundary=x\r\n\r\n";

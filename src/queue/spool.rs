@@ -156,16 +156,19 @@ impl Spool {
         let mut rec = Recovered::default();
         let ids = IdGen::default();
 
-        // 1. Half-written bodies: never delivered, never acknowledged.
+        // 1. The database first: it is locked against a second process, so nothing
+        // below can touch the files of a spool another instance is using.
+        let db_path = dir.join(DB_FILE);
+        let db = Database::create(&db_path)
+            .map_err(|e| SpoolError::db(&format!("opening {}", db_path.display()), e))?;
+
+        // 2. Half-written bodies: never delivered, never acknowledged.
         for entry in read_dir(&tmp)? {
             remove_file(&entry)?;
             rec.removed_partial += 1;
         }
 
-        // 2. Records; the database is locked against a second process.
-        let db_path = dir.join(DB_FILE);
-        let db = Database::create(&db_path)
-            .map_err(|e| SpoolError::db(&format!("opening {}", db_path.display()), e))?;
+        // 3. Records.
         let mut index = Index::default();
         let mut known = std::collections::HashSet::new();
         let mut orphans = Vec::new();
@@ -224,7 +227,7 @@ impl Spool {
         rec.removed_finished = finished.len();
         rec.removed_orphan_records = orphans;
 
-        // 3. Bodies whose put never committed.
+        // 4. Bodies whose put never committed.
         for path in read_dir(&msg)? {
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
             match name.parse::<QueueId>() {
