@@ -36,13 +36,12 @@
 
 mod support;
 
+use support::client::Client;
 use support::harness::*;
+use support::sink::start_sink;
 
 use std::collections::HashSet;
 use std::fs;
-use std::io::{self, BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::thread::sleep;
@@ -59,73 +58,6 @@ const LOAD_RUN: Duration = Duration::from_secs(240);
 // ------------------------------------------------------------------------------------
 // smtp-sink
 // ------------------------------------------------------------------------------------
-
-struct Sink {
-    /// Kept for its `Drop`, which stops smtp-sink.
-    _proc: Proc,
-    port: u16,
-    dump: Option<PathBuf>,
-}
-
-/// Starts `smtp-sink` on a free loopback port. With `dump`, every transaction is written
-/// to its own file in `<dir>/<label>-dump/`.
-fn start_sink(bin: &Path, dir: &Path, label: &str, faults: &[&str], dump: bool) -> Sink {
-    let port = free_port();
-    let mut cmd = Command::new(bin);
-    if is_root() {
-        // smtp-sink refuses to run as root without dropping privileges.
-        cmd.args(["-u", "nobody"]);
-    }
-    let dump_dir = dump.then(|| {
-        let d = dir.join(format!("{label}-dump"));
-        fs::create_dir_all(&d).unwrap();
-        // Written by `nobody` after the privilege drop.
-        fs::set_permissions(&d, fs::Permissions::from_mode(0o777)).unwrap();
-        d
-    });
-    if let Some(d) = &dump_dir {
-        // strftime prefix + smtp-sink's random hex suffix: "023902.1fa7100e".
-        cmd.arg("-d").arg(format!("{}/%H%M%S.", d.display()));
-    }
-    cmd.args(faults);
-    cmd.arg(format!("127.0.0.1:{port}")).arg("256");
-    let mut proc = Proc::spawn(
-        &format!("smtp-sink[{label}]"),
-        &mut cmd,
-        dir.join(format!("{label}-sink.log")),
-    );
-    proc.wait_listening(port, Duration::from_secs(10));
-    Sink {
-        _proc: proc,
-        port,
-        dump: dump_dir,
-    }
-}
-
-impl Sink {
-    fn dump_files(&self) -> Vec<PathBuf> {
-        let dir = self.dump.as_ref().expect("sink started without dump");
-        let mut v: Vec<PathBuf> = fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.is_file())
-            .collect();
-        v.sort();
-        v
-    }
-
-    /// Waits (bounded) until at least `n` dump files exist, then returns all of them.
-    fn wait_dumps(&self, n: usize, limit: Duration) -> Vec<PathBuf> {
-        let deadline = Instant::now() + limit;
-        loop {
-            let files = self.dump_files();
-            if files.len() >= n || Instant::now() >= deadline {
-                return files;
-            }
-            sleep(Duration::from_millis(50));
-        }
-    }
-}
 
 /// One smtp-sink dump file, split into the sink's own header block and the message.
 #[derive(Debug)]
@@ -246,64 +178,6 @@ fn write_cert(dir: &Path) -> (PathBuf, PathBuf) {
 }
 
 // ------------------------------------------------------------------------------------
-// A raw SMTP client, for asserting exact reply codes
-// ------------------------------------------------------------------------------------
-
-struct Client {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-}
-
-impl Client {
-    fn connect(port: u16) -> io::Result<Client> {
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-        s.set_read_timeout(Some(Duration::from_secs(60)))?;
-        s.set_write_timeout(Some(Duration::from_secs(10)))?;
-        Ok(Client {
-            reader: BufReader::new(s.try_clone()?),
-            writer: s,
-        })
-    }
-
-    /// Reads one (possibly multi-line) reply: (code, full text).
-    fn reply(&mut self) -> io::Result<(u16, String)> {
-        let mut text = String::new();
-        for _ in 0..200 {
-            let mut line = String::new();
-            if self.reader.read_line(&mut line)? == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!("connection closed; got so far: {text:?}"),
-                ));
-            }
-            text.push_str(&line);
-            let code = line
-                .get(..3)
-                .and_then(|c| c.parse::<u16>().ok())
-                .ok_or_else(|| {
-                    io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("bad reply line {line:?}"),
-                    )
-                })?;
-            if line.as_bytes().get(3) != Some(&b'-') {
-                return Ok((code, text));
-            }
-        }
-        Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "reply with over 200 lines",
-        ))
-    }
-
-    fn cmd(&mut self, line: &str) -> io::Result<(u16, String)> {
-        self.writer.write_all(format!("{line}\r\n").as_bytes())?;
-        self.reply()
-    }
-}
-
-// ------------------------------------------------------------------------------------
 // Harness self-test: the tools and the dump format, without mailvalve
 // ------------------------------------------------------------------------------------
 
@@ -351,7 +225,7 @@ fn harness_sink_dump_matches_the_file_smtp_source_sent() {
     let dir = tempdir();
     let msg = dir.path().join("message.txt");
     fs::write(&msg, tricky_message()).unwrap();
-    let sink = start_sink(&sink_bin, dir.path(), "direct", &[], true);
+    let sink = start_sink(&sink_bin, dir.path(), "direct", &[], free_port(), true);
 
     let (st, out) = run(
         "smtp-source",
@@ -404,7 +278,7 @@ fn swaks_starttls_auth_through_mailvalve_reaches_smtp_sink() {
     };
     let dir = tempdir();
     let (cert, key) = write_cert(dir.path());
-    let sink = start_sink(&sink_bin, dir.path(), "provider", &[], true);
+    let sink = start_sink(&sink_bin, dir.path(), "provider", &[], free_port(), true);
     let config = passthrough_config(
         sink.port,
         "require_auth = true",
@@ -572,7 +446,7 @@ fn smtp_source_2000_messages_through_mailvalve_arrive_byte_identical() {
     };
 
     // The reference: smtp-source straight to smtp-sink.
-    let reference_sink = start_sink(&sink_bin, dir.path(), "reference", &[], true);
+    let reference_sink = start_sink(&sink_bin, dir.path(), "reference", &[], free_port(), true);
     let (st, out) = run(
         "smtp-source-reference",
         &mut source_args(reference_sink.port, "1", "1"),
@@ -594,7 +468,7 @@ fn smtp_source_2000_messages_through_mailvalve_arrive_byte_identical() {
     );
 
     // The same through mailvalve.
-    let sink = start_sink(&sink_bin, dir.path(), "provider", &[], true);
+    let sink = start_sink(&sink_bin, dir.path(), "provider", &[], free_port(), true);
     let config = passthrough_config(
         sink.port,
         "",
@@ -676,14 +550,14 @@ fn preformatted_message_arrives_byte_identical() {
         )
     };
 
-    let reference_sink = start_sink(&sink_bin, dir.path(), "reference", &[], true);
+    let reference_sink = start_sink(&sink_bin, dir.path(), "reference", &[], free_port(), true);
     let (st, out) = send(reference_sink.port, "1", "1", "smtp-source-reference");
     assert!(st.success(), "{out}");
     let refs = reference_sink.wait_dumps(1, Duration::from_secs(10));
     assert_eq!(refs.len(), 1);
     let reference = read_dump(&refs[0]).message;
 
-    let sink = start_sink(&sink_bin, dir.path(), "provider", &[], true);
+    let sink = start_sink(&sink_bin, dir.path(), "provider", &[], free_port(), true);
     let config = passthrough_config(sink.port, "", "max_connections = 5", "");
     let relay = start_mailvalve(dir.path(), &config, &[]);
     let (st, out) = send(
@@ -750,7 +624,14 @@ fn provider_rcpt_fault(test: &str, faults: &[&str], expect_code: Option<u16>) {
         return;
     };
     let dir = tempdir();
-    let sink = start_sink(&sink_bin, dir.path(), "provider", faults, false);
+    let sink = start_sink(
+        &sink_bin,
+        dir.path(),
+        "provider",
+        faults,
+        free_port(),
+        false,
+    );
     let config = passthrough_config(sink.port, "", "admission_wait = \"3s\"", "");
     let mut relay = start_mailvalve(dir.path(), &config, &[]);
 
@@ -896,7 +777,7 @@ fn passwords_never_appear_in_check_output_or_trace_logs() {
     let (cert, key) = write_cert(dir.path());
     // smtp-sink advertises AUTH PLAIN LOGIN, so mailvalve authenticates upstream (smtp-sink
     // answers 250 instead of 235; whatever mailvalve makes of that, the exchange happens).
-    let sink = start_sink(&sink_bin, dir.path(), "provider", &[], false);
+    let sink = start_sink(&sink_bin, dir.path(), "provider", &[], free_port(), false);
     let config = passthrough_config(
         sink.port,
         "",

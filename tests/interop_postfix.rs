@@ -31,10 +31,11 @@
 
 mod support;
 
+use support::client::Client;
 use support::harness::*;
+use support::sink::start_sink;
 
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -51,7 +52,7 @@ const LOAD_RUN: Duration = Duration::from_secs(240);
 const DRAIN: Duration = Duration::from_secs(120);
 
 // ------------------------------------------------------------------------------------
-// Tools (copied from tests/interop.rs)
+// Tools
 // ------------------------------------------------------------------------------------
 
 /// Panics under `MAILVALVE_REQUIRE_TOOLS`, else says SKIPPED.
@@ -60,61 +61,6 @@ fn skip(test: &str, why: &str) {
         panic!("{test}: {why} and MAILVALVE_REQUIRE_TOOLS is set");
     }
     eprintln!("SKIPPED: {test}: {why}");
-}
-
-fn connect(port: u16) -> std::io::Result<TcpStream> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    s.set_write_timeout(Some(Duration::from_secs(10)))?;
-    Ok(s)
-}
-
-// ------------------------------------------------------------------------------------
-// Processes (copied from tests/interop.rs)
-// ------------------------------------------------------------------------------------
-
-// ------------------------------------------------------------------------------------
-// smtp-sink: the provider's provider, counting what arrives
-// ------------------------------------------------------------------------------------
-
-struct Sink {
-    _proc: Proc,
-    port: u16,
-    dump: PathBuf,
-}
-
-/// `smtp-sink -u nobody -d DIR/%H%M%S. 127.0.0.1:PORT 256`: one file per transaction.
-fn start_sink(bin: &Path, dir: &Path) -> Sink {
-    let port = free_port();
-    let dump = dir.join("sink-dump");
-    fs::create_dir_all(&dump).unwrap();
-    fs::set_permissions(&dump, fs::Permissions::from_mode(0o777)).unwrap();
-    let mut cmd = Command::new(bin);
-    if is_root() {
-        cmd.args(["-u", "nobody"]);
-    }
-    cmd.arg("-d").arg(format!("{}/%H%M%S.", dump.display()));
-    cmd.arg(format!("127.0.0.1:{port}")).arg("256");
-    let mut proc = Proc::spawn("smtp-sink", &mut cmd, dir.join("sink.log"));
-    proc.wait_listening(port, STARTUP);
-    Sink {
-        _proc: proc,
-        port,
-        dump,
-    }
-}
-
-impl Sink {
-    fn count(&self) -> usize {
-        fs::read_dir(&self.dump)
-            .map(|d| {
-                d.filter_map(Result::ok)
-                    .filter(|e| e.path().is_file())
-                    .count()
-            })
-            .unwrap_or(0)
-    }
 }
 
 // ------------------------------------------------------------------------------------
@@ -350,16 +296,12 @@ fn three_raw_greetings(port: u16) -> Vec<String> {
     let mut conns = Vec::new();
     let mut greetings = Vec::new();
     for _ in 0..3 {
-        let s = connect(port).expect("connect to Postfix");
-        let mut line = String::new();
-        BufReader::new(s.try_clone().unwrap())
-            .read_line(&mut line)
-            .expect("Postfix greeting");
-        greetings.push(line.trim_end().to_string());
-        conns.push(s);
+        let mut c = Client::connect(port).expect("connect to Postfix");
+        greetings.push(c.reply().expect("Postfix greeting").1);
+        conns.push(c);
     }
-    for mut s in conns {
-        let _ = s.write_all(b"QUIT\r\n");
+    for mut c in conns {
+        let _ = c.write_line("QUIT");
     }
     greetings
 }
@@ -417,7 +359,7 @@ fn postfix_with_two_connections_2000_messages_at_most_3_refusals() {
         return;
     }
     let dir = tempdir();
-    let sink = start_sink(&sink_bin, dir.path());
+    let sink = start_sink(&sink_bin, dir.path(), "sink", &[], free_port(), true);
     let postfix = Postfix::start(postfix_bin, tool("script"), dir.path(), sink.port);
 
     // The provider really throttles: a third simultaneous client is refused by anvil.

@@ -30,13 +30,12 @@
 
 mod support;
 
+use support::client::{Client, Reply};
 use support::harness::*;
+use support::sink::start_sink;
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
-use std::io::{self, BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -47,41 +46,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use mailvalve::queue::{RcptState, Spool, Which};
 
 // ------------------------------------------------------------------------------------
-// smtp-sink on a port of our choosing (so a faulty sink can be swapped for another)
+// What arrived at smtp-sink (started on a port of our choosing, so that a faulty sink
+// can be swapped for another)
 // ------------------------------------------------------------------------------------
-
-struct Sink {
-    /// Kept for its `Drop`, which stops smtp-sink.
-    _proc: Proc,
-    port: u16,
-    dump: PathBuf,
-}
-
-/// Starts `smtp-sink FAULTS 127.0.0.1:PORT` dumping to `<dir>/<label>-dump/`.
-fn start_sink(bin: &Path, dir: &Path, label: &str, faults: &[&str], port: u16) -> Sink {
-    let dump = dir.join(format!("{label}-dump"));
-    fs::create_dir_all(&dump).unwrap();
-    // Written by `nobody` after smtp-sink's privilege drop.
-    fs::set_permissions(&dump, fs::Permissions::from_mode(0o777)).unwrap();
-    let mut cmd = Command::new(bin);
-    if is_root() {
-        cmd.args(["-u", "nobody"]);
-    }
-    cmd.arg("-d").arg(format!("{}/%H%M%S.", dump.display()));
-    cmd.args(faults);
-    cmd.arg(format!("127.0.0.1:{port}")).arg("256");
-    let mut proc = Proc::spawn(
-        &format!("smtp-sink[{label}]"),
-        &mut cmd,
-        dir.join(format!("{label}-sink.log")),
-    );
-    proc.wait_listening(port, Duration::from_secs(10));
-    Sink {
-        _proc: proc,
-        port,
-        dump,
-    }
-}
 
 /// What arrived at the provider, by Message-ID.
 #[derive(Debug, Default)]
@@ -238,85 +205,8 @@ fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 }
 
 // ------------------------------------------------------------------------------------
-// The mailer: a blocking SMTP client
+// The mailer (`support::client::Client`): messages and their queue ids
 // ------------------------------------------------------------------------------------
-
-struct Client {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-}
-
-/// A submission's result: the final reply (code, text) of the step that ended it.
-type Reply = (u16, String);
-
-impl Client {
-    fn connect(port: u16) -> io::Result<Client> {
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-        s.set_read_timeout(Some(Duration::from_secs(60)))?;
-        s.set_write_timeout(Some(Duration::from_secs(60)))?;
-        let mut c = Client {
-            reader: BufReader::new(s.try_clone()?),
-            writer: s,
-        };
-        let (code, text) = c.reply()?;
-        if code != 220 {
-            return Err(io::Error::other(format!("greeting {text}")));
-        }
-        let (code, text) = c.cmd("EHLO mailer.test")?;
-        if code != 250 {
-            return Err(io::Error::other(format!("EHLO {text}")));
-        }
-        Ok(c)
-    }
-
-    fn reply(&mut self) -> io::Result<Reply> {
-        let mut text = String::new();
-        for _ in 0..100 {
-            let mut line = String::new();
-            if self.reader.read_line(&mut line)? == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!("connection closed after {text:?}"),
-                ));
-            }
-            text.push_str(&line);
-            let code = line
-                .get(..3)
-                .and_then(|c| c.parse::<u16>().ok())
-                .ok_or_else(|| io::Error::other(format!("bad reply line {line:?}")))?;
-            if line.as_bytes().get(3) != Some(&b'-') {
-                return Ok((code, text.trim_end().to_string()));
-            }
-        }
-        Err(io::Error::other("reply of over 100 lines"))
-    }
-
-    fn cmd(&mut self, line: &str) -> io::Result<Reply> {
-        self.writer.write_all(format!("{line}\r\n").as_bytes())?;
-        self.reply()
-    }
-
-    /// One transaction. `Ok` holds the reply that ended it: the end-of-data reply, or
-    /// the refusal of MAIL / RCPT / DATA (then the transaction is reset).
-    fn send(&mut self, from: &str, to: &str, message: &str) -> io::Result<Reply> {
-        for line in [format!("MAIL FROM:<{from}>"), format!("RCPT TO:<{to}>")] {
-            let r = self.cmd(&line)?;
-            if r.0 != 250 {
-                self.cmd("RSET")?;
-                return Ok(r);
-            }
-        }
-        let r = self.cmd("DATA")?;
-        if r.0 != 354 {
-            self.cmd("RSET")?;
-            return Ok(r);
-        }
-        self.writer.write_all(message.as_bytes())?;
-        self.writer.write_all(b".\r\n")?;
-        self.reply()
-    }
-}
 
 /// The queue id from `250 2.0.0 Ok: queued as <id>`.
 fn queued_as(reply: &Reply) -> Option<String> {
@@ -422,7 +312,7 @@ fn crash_kill9_three_times_loses_no_acknowledged_message() {
     }
     let dir = keep(dir);
     let spool = dir.path().join("spool");
-    let sink = start_sink(&sink_bin, dir.path(), "provider", &[], free_port());
+    let sink = start_sink(&sink_bin, dir.path(), "provider", &[], free_port(), true);
     let port = free_port();
     let config = queue_config(
         port,
@@ -457,7 +347,7 @@ fn crash_kill9_three_times_loses_no_acknowledged_message() {
         println!(
             "{T}: kill -9 #{} at {acked} acknowledged, {} arrived so far, {} bodies in spool",
             k + 1,
-            Arrivals::scan(&[&sink.dump]).distinct(),
+            Arrivals::scan(&[sink.dump_dir()]).distinct(),
             spool_bodies(&spool).len()
         );
         sleep(Duration::from_millis(rng.range(0, 300) as u64));
@@ -486,7 +376,7 @@ fn crash_kill9_three_times_loses_no_acknowledged_message() {
     // spool's bodies changed for 2 s (bounded).
     let mut last = ((usize::MAX, usize::MAX), Instant::now());
     let drained = wait_until(Duration::from_secs(90), || {
-        let arrivals = Arrivals::scan(&[&sink.dump]);
+        let arrivals = Arrivals::scan(&[sink.dump_dir()]);
         let now = (arrivals.total(), spool_bodies(&spool).len());
         if now != last.0 {
             last = (now, Instant::now());
@@ -498,7 +388,7 @@ fn crash_kill9_three_times_loses_no_acknowledged_message() {
     let drain_time = started.elapsed();
     assert_running(&mut mv);
     mv.terminate(Duration::from_secs(10));
-    let arrivals = Arrivals::scan(&[&sink.dump]);
+    let arrivals = Arrivals::scan(&[sink.dump_dir()]);
     let missing: Vec<&String> = acked
         .keys()
         .filter(|id| !arrivals.count.contains_key(*id))
@@ -613,7 +503,7 @@ fn submit_worker(
         }
         let c = match client.as_mut() {
             Some(c) => c,
-            None => match Client::connect(port) {
+            None => match Client::session(port) {
                 Ok(c) => client.insert(c),
                 Err(_) => {
                     // mailvalve is being restarted.
@@ -762,9 +652,9 @@ fn provider_faults_are_deferred_logged_and_delivered_once() {
     let config = queue_config(port, up, &spool, "max_connections = 4");
 
     // Phase 1: 421 and disconnect at MAIL.
-    let sink = start_sink(&sink_bin, dir.path(), "q-mail", &["-Q", "MAIL"], up);
+    let sink = start_sink(&sink_bin, dir.path(), "q-mail", &["-Q", "MAIL"], up, true);
     let mut mv = start_mv(dir.path(), 0, &config, port);
-    let mut c = Client::connect(port).expect("connect to mailvalve");
+    let mut c = Client::session(port).expect("connect to mailvalve");
     let mut ids: HashMap<String, String> = HashMap::new(); // queue id → Message-ID
     for i in 0..MESSAGES {
         let mid = format!("fault-{i}@mailer.test");
@@ -796,11 +686,11 @@ fn provider_faults_are_deferred_logged_and_delivered_once() {
         started.elapsed()
     );
     assert!(ok, "not every message deferred with 421 within 20 s");
-    let phase1_arrivals = Arrivals::scan(&[&sink.dump]);
+    let phase1_arrivals = Arrivals::scan(&[sink.dump_dir()]);
     drop(sink);
 
     // Phase 2: 4xx at RCPT; mailvalve retries on its own backoff.
-    let sink = start_sink(&sink_bin, dir.path(), "r-rcpt", &["-r", "RCPT"], up);
+    let sink = start_sink(&sink_bin, dir.path(), "r-rcpt", &["-r", "RCPT"], up, true);
     let t2 = Instant::now();
     let ok = wait_until(Duration::from_secs(45), || {
         deferred_with(&log_lines(&spool), 450).is_superset(&all)
@@ -821,7 +711,7 @@ fn provider_faults_are_deferred_logged_and_delivered_once() {
         ok,
         "not every message retried into the RCPT fault within 45 s"
     );
-    let phase2_arrivals = Arrivals::scan(&[&sink.dump]);
+    let phase2_arrivals = Arrivals::scan(&[sink.dump_dir()]);
     drop(sink);
 
     // Every deferred line carries the attempt count and a future next attempt.
@@ -887,21 +777,21 @@ fn provider_faults_are_deferred_logged_and_delivered_once() {
             runtime().block_on(s.retry_now(Which::All)).unwrap(),
         )
     });
-    let sink = start_sink(&sink_bin, dir.path(), "healthy", &[], up);
+    let sink = start_sink(&sink_bin, dir.path(), "healthy", &[], up, true);
     let mut mv = start_mv(dir.path(), 1, &config, port);
     let t3 = Instant::now();
     let ok = wait_until(Duration::from_secs(30), || {
-        Arrivals::scan(&[&sink.dump]).distinct() >= MESSAGES && spool_bodies(&spool).is_empty()
+        Arrivals::scan(&[sink.dump_dir()]).distinct() >= MESSAGES && spool_bodies(&spool).is_empty()
     });
     // Late duplicates would show within this.
     sleep(Duration::from_millis(1500));
     assert_running(&mut mv);
     mv.terminate(Duration::from_secs(10));
-    let healthy = Arrivals::scan(&[&sink.dump]);
+    let healthy = Arrivals::scan(&[sink.dump_dir()]);
     let everything = Arrivals::scan(&[
         &dir.path().join("q-mail-dump"),
         &dir.path().join("r-rcpt-dump"),
-        &sink.dump,
+        sink.dump_dir(),
     ]);
     let lines = log_lines(&spool);
     let delivered: HashSet<String> = lines
@@ -1025,7 +915,7 @@ fn disk_full_answers_452_keeps_the_spool_and_recovers() {
     let config = queue_config(port, up, &spool, "max_connections = 2");
     let mut mv = start_mv(dir.path(), 0, &config, port);
 
-    let mut c = Client::connect(port).expect("connect to mailvalve");
+    let mut c = Client::session(port).expect("connect to mailvalve");
     let mut acked: Vec<(String, String)> = Vec::new(); // (Message-ID, queue id)
     let mut full: Option<Reply> = None;
     for i in 0..40 {
@@ -1061,7 +951,7 @@ fn disk_full_answers_452_keeps_the_spool_and_recovers() {
     assert_running(&mut mv);
     assert_eq!(c.cmd("RSET").expect("RSET after 452").0, 250);
     let _ = c.cmd("QUIT");
-    let mut c = Client::connect(port).expect("a new session after the 452");
+    let mut c = Client::session(port).expect("a new session after the 452");
     assert_eq!(c.cmd("NOOP").expect("NOOP").0, 250);
     let _ = c.cmd("QUIT");
     // Every acknowledged message is still in the spool, nothing else is.
@@ -1076,10 +966,10 @@ fn disk_full_answers_452_keeps_the_spool_and_recovers() {
     );
 
     // Free space: a provider appears, deliveries remove messages.
-    let sink = start_sink(&sink_bin, dir.path(), "provider", &[], up);
+    let sink = start_sink(&sink_bin, dir.path(), "provider", &[], up, true);
     let t_sink = Instant::now();
     let first = wait_until(Duration::from_secs(60), || {
-        Arrivals::scan(&[&sink.dump]).distinct() >= 1
+        Arrivals::scan(&[sink.dump_dir()]).distinct() >= 1
     });
     let first_after = t_sink.elapsed();
     assert!(
@@ -1092,7 +982,7 @@ fn disk_full_answers_452_keeps_the_spool_and_recovers() {
     let mut tries = 0;
     let ok = wait_until(Duration::from_secs(30), || {
         tries += 1;
-        let r = Client::connect(port)
+        let r = Client::session(port)
             .and_then(|mut c| {
                 c.send(
                     "news@news.example",
@@ -1118,12 +1008,12 @@ fn disk_full_answers_452_keeps_the_spool_and_recovers() {
 
     // Everything acknowledged arrives, once, and the spool ends empty.
     let done = wait_until(Duration::from_secs(60), || {
-        let a = Arrivals::scan(&[&sink.dump]);
+        let a = Arrivals::scan(&[sink.dump_dir()]);
         acked.iter().all(|(m, _)| a.count.contains_key(m)) && spool_bodies(&spool).is_empty()
     });
     assert_running(&mut mv);
     mv.terminate(Duration::from_secs(10));
-    let a = Arrivals::scan(&[&sink.dump]);
+    let a = Arrivals::scan(&[sink.dump_dir()]);
     println!(
         "{T}: acknowledged {}, arrived {} distinct ({} in all), bodies left {}, total {:?}",
         acked.len(),

@@ -433,6 +433,34 @@ async fn a_daily_quota_is_not_reset_by_a_restart() {
     mv.stop().await;
 }
 
+/// `mailvalve queue -c FILE ARGS...`: (exit status success, stdout + stderr).
+fn queue_cli(file: &Path, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(support::harness::mailvalve())
+        .arg("queue")
+        .arg("-c")
+        .arg(file)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// `queue_cli` on a blocking thread, so that an instance running on this test's runtime
+/// keeps serving while the CLI talks to it over the control socket.
+async fn queue_cli_off_thread(file: &Path, args: &[&str]) -> (bool, String) {
+    let file = file.to_path_buf();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        queue_cli(&file, &args)
+    })
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn operator_commands_offline_and_against_the_running_instance() {
     let dir = tempfile::tempdir().unwrap();
@@ -452,20 +480,7 @@ async fn operator_commands_offline_and_against_the_running_instance() {
         ),
     )
     .unwrap();
-    let cli = move |args: &[&str]| {
-        let out = std::process::Command::new(support::harness::mailvalve())
-            .arg("queue")
-            .arg("-c")
-            .arg(&file)
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).to_string()
-                + &String::from_utf8_lossy(&out.stderr),
-        )
-    };
+    let cli = |args: &[&str]| queue_cli(&file, args);
     let mv = start(cfg.clone()).await;
     let r = send(
         mv.addr,
@@ -475,31 +490,15 @@ async fn operator_commands_offline_and_against_the_running_instance() {
     )
     .await;
     let id = r[5].rsplit(' ').next().unwrap().to_string();
-    // The running instance answers over its control socket (blocking CLI calls run on
-    // a blocking thread so the instance keeps serving).
-    let (ok, out) = tokio::task::spawn_blocking({
-        let cli = cli.clone();
-        move || cli(&["list"])
-    })
-    .await
-    .unwrap();
+    // The running instance answers over its control socket.
+    let (ok, out) = queue_cli_off_thread(&file, &["list"]).await;
     assert!(
         ok && out.contains(&id) && out.contains("1 message(s)"),
         "{out}"
     );
-    let (ok, out) = tokio::task::spawn_blocking({
-        let cli = cli.clone();
-        move || cli(&["status"])
-    })
-    .await
-    .unwrap();
+    let (ok, out) = queue_cli_off_thread(&file, &["status"]).await;
     assert!(ok && out.contains("instance: running"), "{out}");
-    let (ok, out) = tokio::task::spawn_blocking({
-        let cli = cli.clone();
-        move || cli(&["pause"])
-    })
-    .await
-    .unwrap();
+    let (ok, out) = queue_cli_off_thread(&file, &["pause"]).await;
     assert!(ok && out.contains("paused"), "{out}");
     mv.stop().await;
 
@@ -524,12 +523,7 @@ async fn operator_commands_offline_and_against_the_running_instance() {
         .unwrap();
     sleep(Duration::from_millis(700)).await;
     assert!(p.messages().is_empty(), "operator pause survives a restart");
-    let (ok, out) = tokio::task::spawn_blocking({
-        let cli = cli.clone();
-        move || cli(&["resume"])
-    })
-    .await
-    .unwrap();
+    let (ok, out) = queue_cli_off_thread(&file, &["resume"]).await;
     assert!(ok, "{out}");
     eventually("delivered after resume", || p.messages().len() == 1).await;
     mv.stop().await;

@@ -1,5 +1,7 @@
 //! Shared helpers for integration tests. Each test binary uses only part of it.
 #![allow(dead_code)]
 
+pub mod client;
 pub mod harness;
 pub mod provider;
+pub mod sink;
