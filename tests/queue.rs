@@ -700,3 +700,62 @@ async fn a_failed_message_from_the_null_sender_gets_no_bounce_report() {
     );
     mv.stop().await;
 }
+
+#[tokio::test]
+async fn a_2xx_to_data_is_never_taken_as_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Provider::builder()
+        .data_reply("250 2.0.0 Ok whatever")
+        .start()
+        .await;
+    let mv = start(config(dir.path(), p.upstream_config())).await;
+    send(
+        mv.addr,
+        "news@news.example",
+        &["ok@example.org"],
+        &newsletter(1),
+    )
+    .await;
+    eventually("DATA tried", || p.lines().iter().any(|l| l == "DATA")).await;
+    eventually("outcome recorded", || {
+        mv.spool
+            .list()
+            .unwrap()
+            .first()
+            .is_some_and(|m| matches!(m.rcpts[0].state, RcptState::Pending { attempts: 1, .. }))
+    })
+    .await;
+    assert!(p.messages().is_empty(), "no message was ever sent");
+    assert_eq!(
+        mv.spool.len(),
+        1,
+        "kept for a retry, not recorded as delivered"
+    );
+    mv.stop().await;
+}
+
+#[tokio::test]
+async fn a_blocked_sender_ip_holds_the_queue_and_never_bounces() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Provider::builder()
+        .greeting("554 5.7.1 Service unavailable; client host blocked")
+        .start()
+        .await;
+    let mv = start(config(dir.path(), p.upstream_config())).await;
+    send(
+        mv.addr,
+        "news@news.example",
+        &["ok@example.org"],
+        &newsletter(1),
+    )
+    .await;
+    eventually("provider contacted", || p.connections_total() >= 1).await;
+    sleep(Duration::from_millis(500)).await;
+    let m = mv.spool.list().unwrap();
+    assert_eq!(m.len(), 1, "nothing bounced or lost: {m:?}");
+    match &m[0].rcpts[0].state {
+        RcptState::Pending { attempts, .. } => assert_eq!(*attempts, 0, "{m:?}"),
+        s => panic!("must stay pending: {s:?}"),
+    }
+    mv.stop().await;
+}
