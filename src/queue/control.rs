@@ -118,7 +118,7 @@ pub async fn execute(
     let now = now_ms();
     match cmd {
         Command::List => {
-            let msgs = spool.list().map_err(|e| e.to_string())?;
+            let msgs = off_runtime(|| spool.list()).map_err(|e| e.to_string())?;
             let mut out = String::new();
             let _ = writeln!(
                 out,
@@ -220,7 +220,7 @@ pub async fn execute(
             Ok("delivery resumed\n".into())
         }
         Command::Status => {
-            let msgs = spool.list().map_err(|e| e.to_string())?;
+            let msgs = off_runtime(|| spool.list()).map_err(|e| e.to_string())?;
             let pending: usize = msgs
                 .iter()
                 .map(|m| m.rcpts.iter().filter(|r| !r.state.is_final()).count())
@@ -238,6 +238,16 @@ pub async fn execute(
             out.push_str(&hooks.status());
             Ok(out)
         }
+    }
+}
+
+/// Runs a long synchronous read (decoding every record of a big spool) without stalling
+/// the SMTP sessions that share the runtime's worker threads.
+fn off_runtime<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }
 
@@ -319,6 +329,16 @@ pub async fn serve(
     shutdown: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
+    // The socket is chmod 0600 right after bind; until then only the directory guards
+    // it (the spool directory is created 0700).
+    if let Ok(meta) = std::fs::metadata(&dir) {
+        if meta.permissions().mode() & 0o077 != 0 {
+            tracing::warn!(
+                dir = %dir.display(),
+                "spool directory is accessible by other users; `chmod 700` it (messages and the control socket live there)"
+            );
+        }
+    }
     let path = socket_path(&dir);
     let _ = std::fs::remove_file(&path);
     let listener = tokio::net::UnixListener::bind(&path)?;

@@ -5,7 +5,8 @@
 //!
 //! Each lease is one message slot. This layer must never let a waiter wait past the
 //! request's deadline. Known simplification: with several limits, a slot taken from an
-//! earlier limit is not given back when a later one makes the request time out.
+//! earlier limit is not given back when a later one makes the request time out (the
+//! limits are waited on longest window first, so a spent quota burns nothing else).
 
 use super::admission::AdmissionRequest;
 use super::error::UpstreamError;
@@ -30,11 +31,14 @@ pub struct RateLimits {
 
 impl RateLimits {
     pub fn new(cfg: &RateConfig) -> Arc<Self> {
+        // Longest window first: a waiter blocks on a spent daily quota before it takes
+        // a cell of the shorter limits, so waiting out a spent quota (and timing out)
+        // does not burn the hourly or per-minute cells meanwhile.
         let windows = [
-            (cfg.per_second, Duration::from_secs(1)),
-            (cfg.per_minute, Duration::from_secs(60)),
-            (cfg.per_hour, Duration::from_secs(3600)),
             (cfg.per_day, Duration::from_secs(86_400)),
+            (cfg.per_hour, Duration::from_secs(3600)),
+            (cfg.per_minute, Duration::from_secs(60)),
+            (cfg.per_second, Duration::from_secs(1)),
         ];
         let limiters = windows
             .into_iter()
@@ -190,6 +194,26 @@ mod tests {
         });
         l.preload(50, 50);
         assert!(l.until_ready().now_or_never().is_none());
+    }
+
+    #[test]
+    fn a_spent_daily_quota_does_not_burn_the_hourly_one() {
+        let limits = RateLimits::new(&RateConfig {
+            per_day: Some(2),
+            per_hour: Some(3),
+            ..RateConfig::default()
+        });
+        for _ in 0..2 {
+            assert!(limits.until_ready().now_or_never().is_some());
+        }
+        // Ten waiters give up on the spent daily quota ...
+        for _ in 0..10 {
+            assert!(limits.until_ready().now_or_never().is_none());
+        }
+        // ... and the hourly limit still has its third cell.
+        let hour = &limits.limiters[1];
+        assert_eq!(hour.0, Duration::from_secs(3600));
+        assert!(hour.1.check().is_ok(), "hourly cell burnt by waiters");
     }
 
     #[test]
