@@ -9,11 +9,17 @@
 //! before any address rule, unknown permanent failures end in `RejectMessage`, and the
 //! compiler confines every `suppress` rule to 5xx at RCPT / end of DATA.
 //!
-//! Hot path: the table is compiled once (`Classifier::new`). Per reply, rules are
-//! pre-filtered by reply class, phase, code and enhanced code are integer compares, and
-//! the text patterns of all rules are one `RegexSet`, run at most once per reply and
-//! only when a rule with a text pattern is reached. No regex is compiled, no text is
-//! lower-cased (the set is case-insensitive), and a one-line reply is matched in place.
+//! Hot path: the table is compiled once (`Classifier::new`). Per reply, an index by
+//! code (0–999) gives the rules whose code patterns match, each with its phase mask at
+//! hand; the enhanced code is integer compares. That walk stops at the first rule
+//! without a text pattern — only text rules before it can still win. Their patterns
+//! alone are then looked for in one literal scan of the lower-cased text
+//! (`literals::LiteralFilter`), and a rule's regex runs only on a literal hit (not even
+//! then for a plain list of words). The first rule in table order that matches wins, as
+//! before. Non-ASCII or very long text takes the old path, one case-insensitive
+//! `RegexSet` over all patterns, where the literal scan would not be sound. No regex is
+//! compiled and nothing is allocated per reply (short texts are joined and lower-cased
+//! in stack buffers).
 //!
 //! Decisions on ambiguous replies (built-in defaults; a profile or user rule can
 //! override any of them):
@@ -46,8 +52,9 @@
 use std::fmt;
 use std::time::Duration;
 
-use regex::bytes::{RegexSet, RegexSetBuilder};
+use regex::bytes::{Regex, RegexSet, RegexSetBuilder};
 
+use super::literals::{Candidates, LiteralFilter};
 use super::rules::{self, Rule, RuleError, RuleParts, RuleSource, RuleSpec};
 use super::verdict::{Phase, Verdict};
 use crate::smtp::Reply;
@@ -56,12 +63,44 @@ use crate::smtp::Reply;
 #[derive(Debug, Clone)]
 pub struct Classifier {
     rules: Vec<Rule>,
-    /// Rule indices that can match a reply of class 2, 3, 4, 5 (in table order).
-    by_class: [Vec<u32>; 4],
-    /// Rule indices for codes outside 200–599 (only hand-built replies).
-    other: Vec<u32>,
+    /// The code index: `entries[starts[c]..starts[c + 1]]` are the rules whose class
+    /// and code patterns match code `c` (0–999), in table order. No code above 999
+    /// matches any rule.
+    entries: Vec<Entry>,
+    starts: Vec<u32>,
+    /// The enhanced-code alternatives of every rule, back to back (see `Entry`).
+    enhanced: Vec<rules::EnhPat>,
+    /// All text patterns, for non-ASCII text (where the literal filter is not sound).
     set: RegexSet,
+    /// The same patterns one by one, to confirm a pre-filter hit.
+    regexes: Vec<Regex>,
+    /// Which patterns can match an ASCII text.
+    filter: LiteralFilter,
 }
+
+/// A rule in the code index, with everything the walk checks at hand (phase mask,
+/// enhanced-code alternatives in `Classifier::enhanced`, text pattern), so that the
+/// rule itself is only touched when it decides.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    rule: u32,
+    phases: u16,
+    /// `enhanced[enh..enh + enh_len]`; empty = any.
+    enh_len: u16,
+    enh: u32,
+    /// The rule's text pattern, or `NO_TEXT`.
+    text: u32,
+}
+
+const NO_TEXT: u32 = u32::MAX;
+
+/// Highest code in the index; `matches_code` is false above it for every rule.
+const MAX_CODE: u16 = 999;
+/// Most text rules looked for at once, and the longest text lower-cased on the stack;
+/// beyond either, `classify` takes the `RegexSet` path.
+const PENDING: usize = 32;
+const LOWER: usize = 512;
+const SHORT: usize = 128;
 
 /// What `classify` decided and which rule decided it (for logs and `explain`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,7 +154,8 @@ impl Classifier {
                 &mut patterns,
             )?);
         }
-        let set = RegexSetBuilder::new(&patterns)
+        let (sources, regexes): (Vec<String>, Vec<Regex>) = patterns.into_iter().unzip();
+        let set = RegexSetBuilder::new(&sources)
             .case_insensitive(true)
             .build()
             .map_err(|e| RuleError {
@@ -124,24 +164,38 @@ impl Classifier {
                 field: "text",
                 message: format!("the text patterns together are too large: {e}"),
             })?;
-        let mut by_class: [Vec<u32>; 4] = Default::default();
-        let mut other = Vec::new();
-        for (i, r) in rules.iter().enumerate() {
-            let i = i as u32;
-            for (slot, class) in by_class.iter_mut().zip(2u16..=5) {
-                if r.may_match_class(class) {
-                    slot.push(i);
+        let filter = LiteralFilter::new(&sources);
+        let mut enhanced = Vec::new();
+        let mut enh_at = Vec::with_capacity(rules.len());
+        for r in &rules {
+            enh_at.push(enhanced.len() as u32);
+            enhanced.extend_from_slice(&r.enhanced);
+        }
+        let mut entries = Vec::new();
+        let mut starts = Vec::with_capacity(usize::from(MAX_CODE) + 2);
+        for code in 0..=MAX_CODE {
+            starts.push(entries.len() as u32);
+            for ((i, r), &enh) in rules.iter().enumerate().zip(&enh_at) {
+                if r.matches_code(code) {
+                    entries.push(Entry {
+                        rule: i as u32,
+                        phases: r.phases,
+                        enh_len: r.enhanced.len() as u16,
+                        enh,
+                        text: r.text.map_or(NO_TEXT, |t| t as u32),
+                    });
                 }
             }
-            if [0u16, 1, 6, 7, 8, 9].iter().any(|&c| r.may_match_class(c)) {
-                other.push(i);
-            }
         }
+        starts.push(entries.len() as u32);
         Ok(Classifier {
             rules,
-            by_class,
-            other,
+            entries,
+            starts,
+            enhanced,
             set,
+            regexes,
+            filter,
         })
     }
 
@@ -158,38 +212,156 @@ impl Classifier {
     }
 
     /// The verdict for `reply`, received in `phase`, and the rule that reached it.
+    ///
+    /// First the walk without the text: the rules whose code, phase and enhanced code
+    /// match, up to the first one without a text pattern (it wins unless a text rule
+    /// before it matches). Only the text patterns of the rules before it are then looked
+    /// for, in one literal scan (`first_text_match`).
     pub fn classify(&self, phase: Phase, reply: &Reply) -> Classification<'_> {
-        let class = reply.code / 100;
-        let candidates: &[u32] = match class {
-            2..=5 => &self.by_class[usize::from(class - 2)],
-            _ => &self.other,
-        };
-        let mut text_hits: Option<regex::bytes::SetMatches> = None;
-        for &i in candidates {
-            let Some(rule) = self.rules.get(i as usize) else {
+        let bit = rules::phase_bit(phase);
+        let mut pending = [0u32; PENDING];
+        let mut n = 0;
+        let mut needed = Candidates::default();
+        let mut winner = None;
+        for e in self.candidates(reply.code) {
+            if e.phases & bit == 0 || !self.enhanced_matches(e, reply.enhanced) {
+                continue;
+            }
+            match e.text {
+                NO_TEXT => {
+                    winner = self.rules.get(e.rule as usize);
+                    break;
+                }
+                t => {
+                    if n == PENDING || !needed.set(t as usize) {
+                        return self.classify_by_set(phase, reply);
+                    }
+                    if let Some(slot) = pending.get_mut(n) {
+                        *slot = e.rule;
+                    }
+                    n += 1;
+                }
+            }
+        }
+        if n > 0 {
+            let pending = pending.get(..n).unwrap_or_default();
+            match with_text(reply, |text| self.first_text_match(text, needed, pending)) {
+                Some(Some(rule)) => return self.decide(rule, reply),
+                Some(None) => {}
+                None => return self.classify_by_set(phase, reply),
+            }
+        }
+        match winner {
+            Some(rule) => self.decide(rule, reply),
+            None => self.no_rule(),
+        }
+    }
+
+    /// The first of the `pending` rules (in table order; their patterns are `needed`)
+    /// whose text pattern matches `text`; `None` when the literal scan does not apply
+    /// (non-ASCII or very long text), and the caller must use the `RegexSet`.
+    fn first_text_match(
+        &self,
+        text: &[u8],
+        needed: Candidates,
+        pending: &[u32],
+    ) -> Option<Option<&Rule>> {
+        if text.len() > LOWER || !text.is_ascii() {
+            return None;
+        }
+        // Two buffer sizes: zeroing 512 bytes for every short reply was measurable.
+        let hits = if text.len() <= SHORT {
+            self.scan_lowered::<SHORT>(text, needed)
+        } else {
+            self.scan_lowered::<LOWER>(text, needed)
+        }?;
+        if hits.is_empty() {
+            return Some(None);
+        }
+        for &i in pending {
+            let rule = self.rules.get(i as usize)?;
+            let t = rule.text?;
+            if hits.has(t) && (self.filter.hit_is_match(t) || self.regexes.get(t)?.is_match(text)) {
+                return Some(Some(rule));
+            }
+        }
+        Some(None)
+    }
+
+    #[inline]
+    fn enhanced_matches(&self, e: &Entry, enhanced: Option<crate::smtp::EnhancedCode>) -> bool {
+        e.enh_len == 0 || {
+            let (a, n) = (e.enh as usize, usize::from(e.enh_len));
+            rules::enhanced_matches(self.enhanced.get(a..a + n).unwrap_or_default(), enhanced)
+        }
+    }
+
+    /// `filter.scan` of `text` lower-cased in an `N`-byte stack buffer.
+    #[inline]
+    fn scan_lowered<const N: usize>(&self, text: &[u8], needed: Candidates) -> Option<Candidates> {
+        let mut buf = [0u8; N];
+        let lower = buf.get_mut(..text.len())?;
+        lower.copy_from_slice(text);
+        lower.make_ascii_lowercase();
+        Some(self.filter.scan(lower, needed))
+    }
+
+    /// The rules whose class and code match `code`, in table order.
+    #[inline]
+    fn candidates(&self, code: u16) -> &[Entry] {
+        if code > MAX_CODE {
+            return &[];
+        }
+        let c = usize::from(code);
+        match (self.starts.get(c), self.starts.get(c + 1)) {
+            (Some(&a), Some(&b)) => self.entries.get(a as usize..b as usize).unwrap_or_default(),
+            _ => &[],
+        }
+    }
+
+    /// `classify` with every text pattern through the `RegexSet` (run once, when the
+    /// first rule with a text pattern is reached): for text the literal scan cannot
+    /// take, and the semantics the fast path must reproduce.
+    fn classify_by_set(&self, phase: Phase, reply: &Reply) -> Classification<'_> {
+        let bit = rules::phase_bit(phase);
+        let mut hits: Option<regex::bytes::SetMatches> = None;
+        for e in self.candidates(reply.code) {
+            if e.phases & bit == 0 {
+                continue;
+            }
+            let Some(rule) = self.rules.get(e.rule as usize) else {
                 continue;
             };
-            if !rule.matches_head(phase, reply.code, reply.enhanced) {
+            if !rule.matches_enhanced(reply.enhanced) {
                 continue;
             }
             if let Some(t) = rule.text {
-                let hits = text_hits.get_or_insert_with(|| self.match_text(reply));
+                let hits = hits.get_or_insert_with(|| with_text(reply, |s| self.set.matches(s)));
                 if !hits.matched(t) {
                     continue;
                 }
             }
-            let time = if rule.kind.timed() {
-                reply_hint(reply).or(rule.default_time)
-            } else {
-                None
-            };
-            return Classification {
-                verdict: rule.kind.verdict(time),
-                origin: rule.origin,
-                index: rule.index,
-                description: &rule.description,
-            };
+            return self.decide(rule, reply);
         }
+        self.no_rule()
+    }
+
+    /// The classification by `rule`, with the reply's retry hint where it carries one.
+    fn decide<'c>(&'c self, rule: &'c Rule, reply: &Reply) -> Classification<'c> {
+        let time = if rule.kind.timed() {
+            reply_hint(reply).or(rule.default_time)
+        } else {
+            None
+        };
+        Classification {
+            verdict: rule.kind.verdict(time),
+            origin: rule.origin,
+            index: rule.index,
+            description: &rule.description,
+        }
+    }
+
+    fn no_rule(&self) -> Classification<'_> {
         Classification {
             verdict: Verdict::ProtocolError,
             origin: RuleSource::Builtin,
@@ -198,30 +370,46 @@ impl Classifier {
         }
     }
 
-    /// Runs the regex set over the reply text: the lines joined by one space, matched
-    /// in place for a one-line reply, in a stack buffer for short multi-line ones.
-    fn match_text(&self, reply: &Reply) -> regex::bytes::SetMatches {
-        const STACK: usize = 512;
-        match reply.lines.as_slice() {
-            [] => self.set.matches(b""),
-            [one] => self.set.matches(one.as_bytes()),
-            many => {
-                let total: usize = many.iter().map(|l| l.len() + 1).sum::<usize>() - 1;
-                if total <= STACK {
-                    let mut buf = [0u8; STACK];
-                    let mut n = 0;
-                    for (k, l) in many.iter().enumerate() {
-                        if k > 0 {
-                            buf[n] = b' ';
-                            n += 1;
-                        }
-                        buf[n..n + l.len()].copy_from_slice(l.as_bytes());
-                        n += l.len();
+    /// The reference semantics of `classify`: every rule in order, all matchers in one
+    /// test, every text pattern through the `RegexSet`.
+    #[cfg(test)]
+    fn classify_reference(&self, phase: Phase, reply: &Reply) -> Classification<'_> {
+        let text = reply.text();
+        let hits = self.set.matches(text.as_bytes());
+        for rule in &self.rules {
+            if rule.matches_head(phase, reply.code, reply.enhanced)
+                && rule.text.map_or(true, |t| hits.matched(t))
+            {
+                return self.decide(rule, reply);
+            }
+        }
+        self.no_rule()
+    }
+}
+
+/// Calls `f` with the reply text: the lines joined by one space, in place for a
+/// one-line reply, in a stack buffer for short multi-line ones.
+fn with_text<R>(reply: &Reply, f: impl FnOnce(&[u8]) -> R) -> R {
+    const STACK: usize = 512;
+    match reply.lines.as_slice() {
+        [] => f(b""),
+        [one] => f(one.as_bytes()),
+        many => {
+            let total: usize = many.iter().map(|l| l.len() + 1).sum::<usize>() - 1;
+            if total <= STACK {
+                let mut buf = [0u8; STACK];
+                let mut n = 0;
+                for (k, l) in many.iter().enumerate() {
+                    if k > 0 {
+                        buf[n] = b' ';
+                        n += 1;
                     }
-                    self.set.matches(&buf[..n])
-                } else {
-                    self.set.matches(reply.text().as_bytes())
+                    buf[n..n + l.len()].copy_from_slice(l.as_bytes());
+                    n += l.len();
                 }
+                f(&buf[..n])
+            } else {
+                f(reply.text().as_bytes())
             }
         }
     }
@@ -332,3 +520,137 @@ fn unit(t: &str) -> Option<u64> {
 #[cfg(test)]
 #[path = "classify_tests.rs"]
 mod tests;
+
+/// `classify` (code index, literal pre-filter, per-rule regexes) and its `RegexSet`
+/// fallback must decide exactly as the plain walk over every rule with the whole
+/// `RegexSet` (`classify_reference`).
+#[cfg(test)]
+mod equivalence {
+    use super::*;
+    use crate::smtp::EnhancedCode;
+    use proptest::prelude::*;
+
+    /// Phrases of every kind the rules look for, and near misses.
+    const WORDS: &[&str] = &[
+        "Daily user sending quota exceeded",
+        "SubmissionQuotaExceeded",
+        "Send quota exceeded",
+        "Authentication required",
+        "too many connections from 127.0.0.1",
+        "Too many concurrent SMTP connections",
+        "ReceivingRatePerm",
+        "receiving mail at a rate",
+        "recipient has exceeded",
+        "too many recipients",
+        "Greylisted, please try again in 300 seconds",
+        "grey-listing in action",
+        "Mailbox full",
+        "over quota",
+        "Postfach ist voll",
+        "Postfach ist überfüllt",
+        "Sender address rejected",
+        "Relay access denied",
+        "listed at Spamhaus",
+        "ſpam",
+        "\u{212A}onto unbekannt",
+        "poliCY",
+        "User unknown in local recipient table",
+        "Recipient address rejected",
+        "Empfänger unbekannt",
+        "Empfaenger unbekannt",
+        "doesn't have a gmail account",
+        "message too big",
+        "Nachricht ist zu groß",
+        "rate",
+        "ratelimit",
+        "operate",
+        "try again later",
+        "später erneut versuchen",
+        "Ok",
+        "",
+        "RBL",
+        "dnsrbl",
+        "ABC",
+        "abc",
+        "für",
+    ];
+
+    fn text() -> impl Strategy<Value = String> {
+        (
+            proptest::collection::vec(
+                (prop::sample::select(WORDS), any::<bool>(), "[ -~]{0,4}"),
+                0..4,
+            ),
+            "\\PC{0,10}",
+        )
+            .prop_map(|(parts, tail)| {
+                let mut s = String::new();
+                for (w, upper, glue) in parts {
+                    s.push_str(&glue);
+                    if upper {
+                        s.push_str(&w.to_uppercase());
+                    } else {
+                        s.push_str(w);
+                    }
+                }
+                s.push_str(&tail);
+                s
+            })
+    }
+
+    fn phase() -> impl Strategy<Value = Phase> {
+        use Phase::*;
+        prop::sample::select(vec![
+            Greeting, Ehlo, StartTls, Auth, Mail, Rcpt, Data, DataEnd, Rset,
+        ])
+    }
+
+    fn user_rules() -> Vec<RuleSpec> {
+        let r = |text: &str, verdict: &str| RuleSpec {
+            text: Some(text.into()),
+            verdict: verdict.into(),
+            ..RuleSpec::default()
+        };
+        vec![
+            r("(?-i)ABC", "defer"),
+            r(r"\bfur\b", "policy-block"),
+            r("für", "throttle-rate"),
+            r("ſpam", "pause-policy"),
+            r("x*y", "accept"),
+        ]
+    }
+
+    fn check(c: &Classifier, phase: Phase, r: &Reply) -> Result<(), TestCaseError> {
+        let want = c.classify_reference(phase, r);
+        prop_assert_eq!(&c.classify(phase, r), &want, "{:?}", r);
+        prop_assert_eq!(&c.classify_by_set(phase, r), &want, "{:?}", r);
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #[test]
+        fn same_as_the_regex_set(
+            code in prop_oneof![200u16..=599, prop::sample::select(vec![
+                250u16, 354, 421, 450, 451, 452, 454, 535, 550, 551, 552, 553, 554, 571, 0, 999, 1000
+            ])],
+            enh in proptest::option::of((0u16..=260, 0u16..=260)),
+            lines in proptest::collection::vec(text(), 0..4),
+            phase in phase(),
+            user in any::<bool>(),
+        ) {
+            static BUILTIN: std::sync::OnceLock<Classifier> = std::sync::OnceLock::new();
+            static USER: std::sync::OnceLock<Classifier> = std::sync::OnceLock::new();
+            let c = if user {
+                USER.get_or_init(|| Classifier::new(&user_rules(), &[]).unwrap())
+            } else {
+                BUILTIN.get_or_init(|| Classifier::builtin().unwrap())
+            };
+            let class = (code / 100) as u8;
+            let enhanced = enh
+                .filter(|_| matches!(class, 2 | 4 | 5))
+                .map(|(s, d)| EnhancedCode::new(class, s, d));
+            check(c, phase, &Reply { code, enhanced, lines })?;
+        }
+    }
+}

@@ -14,6 +14,7 @@ pub mod clock;
 pub mod concurrency;
 pub mod controller;
 pub mod latency;
+mod literals;
 pub mod pause;
 pub mod rate;
 pub mod rules;

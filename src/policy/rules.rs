@@ -315,7 +315,7 @@ impl EnhPat {
 }
 
 /// A compiled rule. Matching order inside: phase, class, code, enhanced code, then
-/// (lazily, once per reply for all rules) the text regex.
+/// (lazily, only when the rule is reached) the text regex.
 #[derive(Debug, Clone)]
 pub(crate) struct Rule {
     pub(crate) origin: RuleSource,
@@ -324,7 +324,8 @@ pub(crate) struct Rule {
     pub(crate) classes: ClassMask,
     pub(crate) codes: Vec<CodePat>,
     pub(crate) enhanced: Vec<EnhPat>,
-    /// Index into the classifier's `RegexSet`.
+    /// Index of the text pattern (in the classifier's `RegexSet`, pre-filter and
+    /// per-pattern regexes).
     pub(crate) text: Option<usize>,
     pub(crate) kind: VerdictKind,
     /// `hint` / `until`: used when the reply text has no retry hint.
@@ -333,8 +334,10 @@ pub(crate) struct Rule {
 }
 
 impl Rule {
-    /// Every matcher except the text.
-    #[inline]
+    /// Every matcher except the text, in one test: the reference form of what
+    /// `classify` does with the code index (`matches_code`), the phase mask and
+    /// `matches_enhanced`.
+    #[cfg(test)]
     pub(crate) fn matches_head(&self, phase: Phase, code: u16, e: Option<EnhancedCode>) -> bool {
         let class = code / 100;
         self.phases & phase_bit(phase) != 0
@@ -344,10 +347,25 @@ impl Rule {
             && (self.enhanced.is_empty() || self.enhanced.iter().any(|p| p.matches(e)))
     }
 
-    /// Whether a reply of this class can ever match (for the class index).
-    pub(crate) fn may_match_class(&self, class: u16) -> bool {
-        class <= 9 && self.classes & (1 << class) != 0
+    /// The code part of `matches_head` (class and code patterns), for the code index.
+    pub(crate) fn matches_code(&self, code: u16) -> bool {
+        let class = code / 100;
+        class <= 9
+            && self.classes & (1 << class) != 0
+            && (self.codes.is_empty() || self.codes.iter().any(|c| c.matches(code)))
     }
+
+    /// The enhanced-code part of `matches_head`.
+    #[inline]
+    pub(crate) fn matches_enhanced(&self, e: Option<EnhancedCode>) -> bool {
+        enhanced_matches(&self.enhanced, e)
+    }
+}
+
+/// Whether `e` matches a rule's enhanced-code alternatives `pats` (none = any).
+#[inline]
+pub(crate) fn enhanced_matches(pats: &[EnhPat], e: Option<EnhancedCode>) -> bool {
+    pats.is_empty() || pats.iter().any(|p| p.matches(e))
 }
 
 /// A rule's fields as borrowed strings, from a `RuleSpec` or a built-in entry.
@@ -380,13 +398,14 @@ impl<'a> From<&'a RuleSpec> for RuleParts<'a> {
     }
 }
 
-/// Compiles one rule. The text pattern is checked here (so the error names this rule)
-/// and appended to `patterns` for the shared `RegexSet`.
+/// Compiles one rule. The text pattern is compiled here (so the error names this rule)
+/// and appended, with its regex, to `patterns` for the classifier's `RegexSet`, literal
+/// pre-filter and per-rule confirmation.
 pub(crate) fn compile(
     origin: RuleSource,
     index: usize,
     p: &RuleParts<'_>,
-    patterns: &mut Vec<String>,
+    patterns: &mut Vec<(String, regex::bytes::Regex)>,
 ) -> Result<Rule, RuleError> {
     let err = |field: &'static str, message: String| RuleError {
         origin,
@@ -488,11 +507,11 @@ pub(crate) fn compile(
 
     let text = match p.text {
         Some(t) => {
-            regex::bytes::RegexBuilder::new(t)
+            let re = regex::bytes::RegexBuilder::new(t)
                 .case_insensitive(true)
                 .build()
                 .map_err(|e| err("text", format!("bad regex: {e}")))?;
-            patterns.push(t.to_string());
+            patterns.push((t.to_string(), re));
             Some(patterns.len() - 1)
         }
         None => None,
