@@ -55,10 +55,16 @@ impl DataDecoder {
     /// it are not consumed: with PIPELINING they are the next command). Bytes of an
     /// incomplete line are left for the next call.
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(usize, bool), DataError> {
+        if self.problem.is_none() {
+            out.reserve(input.len());
+        }
+        // Consecutive body bytes of `input` not yet copied to `out`: lines are appended
+        // a run at a time (a dot-stuffed line starts a new run after its dot).
+        let mut run = 0..0;
         let mut pos = 0;
         while pos < input.len() {
             let rest = &input[pos..];
-            let Some(lf) = rest.iter().position(|&c| c == b'\n') else {
+            let Some(lf) = memchr::memchr(b'\n', rest) else {
                 // No complete line yet. Check what we have; swallow an over-long tail so
                 // the buffer stays bounded (keep a trailing CR: its LF may follow).
                 check_bytes(rest, true)?;
@@ -75,27 +81,35 @@ impl DataDecoder {
             }
             let line = &rest[..=lf];
             check_bytes(&line[..line.len() - 2], false)?;
+            let start = pos;
             pos += line.len();
             if self.in_long_line {
                 self.in_long_line = false;
                 continue;
             }
             if line == b".\r\n" {
+                out.extend_from_slice(&input[run]);
                 return Ok((pos, true));
             }
             if line.len() > MAX_TEXT_LINE {
                 self.problem.get_or_insert(DataProblem::LineTooLong);
                 continue;
             }
-            let body = if line[0] == b'.' { &line[1..] } else { line };
+            let body = if line[0] == b'.' { start + 1 } else { start }..pos;
             self.size += body.len();
             if self.size > self.max_size {
                 self.problem.get_or_insert(DataProblem::TooBig);
             }
             if self.problem.is_none() {
-                out.extend_from_slice(body);
+                if run.end == body.start {
+                    run.end = body.end;
+                } else {
+                    out.extend_from_slice(&input[run]);
+                    run = body;
+                }
             }
         }
+        out.extend_from_slice(&input[run]);
         Ok((pos, false))
     }
 
@@ -113,14 +127,14 @@ impl DataDecoder {
 /// `bytes` must contain no CR (none is allowed inside a line: the line's own CRLF has
 /// been cut off) and no NUL. `partial`: a trailing CR may still be followed by LF.
 fn check_bytes(bytes: &[u8], partial: bool) -> Result<(), DataError> {
-    for (i, &c) in bytes.iter().enumerate() {
-        match c {
-            b'\r' if !(partial && i + 1 == bytes.len()) => return Err(DataError::BareCr),
-            0 => return Err(DataError::Nul),
-            _ => {}
-        }
+    match memchr::memchr2(b'\r', 0, bytes) {
+        None => Ok(()),
+        Some(i) if bytes[i] == 0 => Err(DataError::Nul),
+        // A CR: only a trailing one of a partial line may be the start of its CRLF;
+        // anything after it is checked too.
+        Some(i) if partial && i + 1 == bytes.len() => Ok(()),
+        Some(_) => Err(DataError::BareCr),
     }
-    Ok(())
 }
 
 /// Appends `msg` to `out` ready for the wire after `354`: CRLF line ends (bare CR or LF
@@ -130,28 +144,25 @@ pub fn dot_stuff(msg: &[u8], out: &mut Vec<u8>) {
     let mut bol = true;
     let mut i = 0;
     while i < msg.len() {
-        let c = msg[i];
-        if bol && c == b'.' {
-            out.push(b'.');
+        // The text up to the next line end (or the end of the message), in one copy.
+        let end = memchr::memchr2(b'\r', b'\n', &msg[i..]).map_or(msg.len(), |n| i + n);
+        if end > i {
+            if bol && msg[i] == b'.' {
+                out.push(b'.');
+            }
+            out.extend_from_slice(&msg[i..end]);
+            bol = false;
         }
-        match c {
-            b'\r' => {
-                out.extend_from_slice(b"\r\n");
-                if msg.get(i + 1) == Some(&b'\n') {
-                    i += 1;
-                }
-                bol = true;
+        i = end;
+        if i < msg.len() {
+            // CRLF, bare CR or bare LF: each is one CRLF on the wire.
+            out.extend_from_slice(b"\r\n");
+            if msg[i] == b'\r' && msg.get(i + 1) == Some(&b'\n') {
+                i += 1;
             }
-            b'\n' => {
-                out.extend_from_slice(b"\r\n");
-                bol = true;
-            }
-            _ => {
-                out.push(c);
-                bol = false;
-            }
+            i += 1;
+            bol = true;
         }
-        i += 1;
     }
     if !bol {
         out.extend_from_slice(b"\r\n");
@@ -305,6 +316,41 @@ mod proptests {
             if let Ok((n, _)) = dec.feed(&input, &mut out) {
                 prop_assert!(n <= input.len());
             }
+        }
+
+        /// The line-at-a-time encoder writes exactly what a byte-at-a-time one does.
+        #[test]
+        fn stuffing_matches_bytewise(input in prop::collection::vec(prop_oneof![Just(b'.'), Just(b'\r'), Just(b'\n'), any::<u8>()], 0..400)) {
+            let mut wire = Vec::new();
+            dot_stuff(&input, &mut wire);
+            let mut want = Vec::new();
+            let mut bol = true;
+            let mut i = 0;
+            while i < input.len() {
+                let c = input[i];
+                if bol && c == b'.' {
+                    want.push(b'.');
+                }
+                match c {
+                    b'\r' | b'\n' => {
+                        want.extend_from_slice(b"\r\n");
+                        if c == b'\r' && input.get(i + 1) == Some(&b'\n') {
+                            i += 1;
+                        }
+                        bol = true;
+                    }
+                    _ => {
+                        want.push(c);
+                        bol = false;
+                    }
+                }
+                i += 1;
+            }
+            if !bol {
+                want.extend_from_slice(b"\r\n");
+            }
+            want.extend_from_slice(b".\r\n");
+            prop_assert_eq!(wire, want);
         }
 
         /// The encoder never emits a bare CR or LF, whatever it is given.

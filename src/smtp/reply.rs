@@ -10,6 +10,7 @@
 //! reply is a `ReplyError`, which the caller treats as a protocol error (a deferral).
 
 use std::fmt;
+use std::io::Write as _;
 
 /// Longest reply line we accept from a peer (RFC 5321 says 512; providers send longer
 /// ones in practice, so we are lenient but bounded).
@@ -154,17 +155,23 @@ impl Reply {
         };
         for (i, line) in lines.iter().enumerate() {
             let sep = if i + 1 == lines.len() { ' ' } else { '-' };
-            out.extend_from_slice(format!("{:03}{}", self.code, sep).as_bytes());
+            // Written in place (io::Write for Vec cannot fail): no String per line.
+            let _ = write!(out, "{:03}{}", self.code, sep);
             if let Some(e) = self.enhanced {
-                out.extend_from_slice(e.to_string().as_bytes());
+                let _ = write!(out, "{e}");
                 if !line.is_empty() {
                     out.push(b' ');
                 }
             }
-            out.extend(
-                line.bytes()
-                    .map(|c| if c == b'\r' || c == b'\n' { b' ' } else { c }),
-            );
+            let text = line.as_bytes();
+            if memchr::memchr2(b'\r', b'\n', text).is_none() {
+                out.extend_from_slice(text);
+            } else {
+                out.extend(
+                    text.iter()
+                        .map(|&c| if c == b'\r' || c == b'\n' { b' ' } else { c }),
+                );
+            }
             out.extend_from_slice(b"\r\n");
         }
     }

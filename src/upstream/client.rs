@@ -22,6 +22,7 @@ use crate::smtp::ehlo::Capabilities;
 use crate::smtp::{Envelope, Reply};
 use bytes::{Buf, BytesMut};
 use futures::FutureExt;
+use std::fmt::Write as _;
 use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,6 +33,9 @@ use tokio::time::timeout;
 /// Bytes of message written per timed write (RFC 5321's data block timeout applies to
 /// each one, not to the whole message).
 const DATA_CHUNK: usize = 64 * 1024;
+/// Largest stuffing buffer a connection keeps between messages (an idle pooled
+/// connection should not hold on to a big message's worth of memory).
+const KEEP_WIRE: usize = 256 * 1024;
 /// QUIT is a courtesy: never wait long for its reply.
 const QUIT_WAIT: Duration = Duration::from_secs(5);
 
@@ -55,6 +59,8 @@ pub struct Connection {
     reply_for: Option<String>,
     /// Recipients the provider accepted in the current transaction.
     accepted: Vec<String>,
+    /// The last message as written (re-dot-stuffed), reused for the next one.
+    wire: Vec<u8>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -127,6 +133,7 @@ impl Connection {
             observer: settings.observer.clone(),
             reply_for: None,
             accepted: Vec::new(),
+            wire: Vec::new(),
         };
         if cfg.tls == TlsMode::Implicit {
             conn.upgrade(settings).await?;
@@ -240,9 +247,12 @@ impl Connection {
         for r in rcpts {
             check_arg(r)?;
         }
-        let mut mail = format!("MAIL FROM:<{}>", env.from);
+        let mut mail = String::with_capacity(env.from.len() + 48);
+        mail.push_str("MAIL FROM:<");
+        mail.push_str(&env.from);
+        mail.push('>');
         if let (Some(size), Some(_)) = (env.size, self.caps.size) {
-            mail.push_str(&format!(" SIZE={size}"));
+            let _ = write!(mail, " SIZE={size}");
         }
         if env.eight_bit && self.caps.eight_bit_mime {
             mail.push_str(" BODY=8BITMIME");
@@ -258,7 +268,7 @@ impl Connection {
             let mut out = Vec::with_capacity(mail.len() + 2 + rcpts.len() * 40);
             push_line(&mut out, &mail);
             for r in rcpts {
-                push_line(&mut out, &format!("RCPT TO:<{r}>"));
+                push_rcpt(&mut out, r);
             }
             tracing::trace!(rcpts = rcpts.len(), "> {mail} + RCPTs (pipelined)");
             self.write(&out, Phase::Mail, self.timeouts.command).await?;
@@ -288,7 +298,7 @@ impl Connection {
         if self.caps.pipelining {
             let mut out = Vec::with_capacity(rcpts.len() * 40);
             for r in rcpts {
-                push_line(&mut out, &format!("RCPT TO:<{r}>"));
+                push_rcpt(&mut out, r);
             }
             self.write(&out, Phase::Rcpt, self.timeouts.command).await?;
             return self.read_rcpt_replies(rcpts).await;
@@ -347,11 +357,16 @@ impl Connection {
         if let Some(obs) = &self.observer {
             obs.latency(LatencyKind::To354, start.elapsed());
         }
-        let mut wire = Vec::new();
+        // The stuffing buffer is kept for the next message unless it grew large.
+        let mut wire = std::mem::take(&mut self.wire);
+        wire.clear();
         dot_stuff(message, &mut wire);
         for chunk in wire.chunks(DATA_CHUNK) {
             self.write(chunk, Phase::DataEnd, self.timeouts.data_block)
                 .await?;
+        }
+        if wire.capacity() <= KEEP_WIRE {
+            self.wire = wire;
         }
         let end = Instant::now();
         let r = self
@@ -602,6 +617,13 @@ fn closing_reply() -> Reply {
 fn push_line(out: &mut Vec<u8>, line: &str) {
     out.extend_from_slice(line.as_bytes());
     out.extend_from_slice(b"\r\n");
+}
+
+/// `RCPT TO:<addr>` CRLF, without a temporary String.
+fn push_rcpt(out: &mut Vec<u8>, addr: &str) {
+    out.extend_from_slice(b"RCPT TO:<");
+    out.extend_from_slice(addr.as_bytes());
+    out.extend_from_slice(b">\r\n");
 }
 
 /// An address or name that goes into a command line: no control characters (so no CR
