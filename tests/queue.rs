@@ -78,6 +78,11 @@ async fn start(cfg: Config) -> Mv {
 }
 
 impl Mv {
+    /// One session sending `newsletter(n)` from the campaign's sender to `rcpts`.
+    async fn campaign(&self, rcpts: &[&str], n: usize) -> Vec<String> {
+        send(self.addr, "news@news.example", rcpts, &newsletter(n)).await
+    }
+
     async fn stop(self) {
         self.stop.cancel();
         timeout(WAIT, self.task).await.unwrap().unwrap();
@@ -139,6 +144,12 @@ async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// A loopback port nobody listens on: a provider that is down.
+fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
 fn newsletter(n: usize) -> String {
     format!(
         "Message-ID: <campaign-7.{n}@news.example>\r\nX-Campaign: spring-7\r\nFrom: news@news.example\r\nSubject: Spring news {n}\r\n\r\nHello reader {n}.\r\n..a line that starts with a dot"
@@ -161,13 +172,12 @@ async fn queued_then_delivered_with_per_recipient_outcomes_and_a_bounce() {
         .await;
     let mv = start(config(dir.path(), p.upstream_config())).await;
 
-    let replies = send(
-        mv.addr,
-        "news@news.example",
-        &["ok@example.org", "gone@example.org", "busy@example.org"],
-        &newsletter(1),
-    )
-    .await;
+    let replies = mv
+        .campaign(
+            &["ok@example.org", "gone@example.org", "busy@example.org"],
+            1,
+        )
+        .await;
     // The mailer is told "queued" for every recipient: the provider is not consulted.
     assert!(replies[2].starts_with("250"), "{replies:?}");
     assert!(
@@ -272,13 +282,9 @@ async fn queued_then_delivered_with_per_recipient_outcomes_and_a_bounce() {
         );
     }
     let before = p.lines().len();
-    let replies = send(
-        mv.addr,
-        "news@news.example",
-        &["gone@example.org", "ok@example.org"],
-        &newsletter(2),
-    )
-    .await;
+    let replies = mv
+        .campaign(&["gone@example.org", "ok@example.org"], 2)
+        .await;
     assert!(replies[3].starts_with("550 5.1.1"), "{replies:?}");
     eventually("second message delivered", || p.messages().len() >= 3).await;
     assert!(
@@ -302,7 +308,7 @@ async fn recipients_beyond_the_per_message_limit_are_split() {
         "d@x.example",
         "e@x.example",
     ];
-    let replies = send(mv.addr, "news@news.example", &rcpts, &newsletter(1)).await;
+    let replies = mv.campaign(&rcpts, 1).await;
     assert!(replies.last().unwrap().starts_with("221"), "{replies:?}");
     eventually("three transactions", || p.messages().len() >= 3).await;
     eventually("spool empty", || mv.spool.is_empty()).await;
@@ -320,13 +326,7 @@ async fn a_spent_quota_holds_the_queue_without_using_an_attempt_or_bouncing() {
         .start()
         .await;
     let mv = start(config(dir.path(), p.upstream_config())).await;
-    let replies = send(
-        mv.addr,
-        "news@news.example",
-        &["ok@example.org"],
-        &newsletter(1),
-    )
-    .await;
+    let replies = mv.campaign(&["ok@example.org"], 1).await;
     assert!(
         replies[5].starts_with("250 2.0.0 Ok: queued"),
         "{replies:?}"
@@ -361,21 +361,13 @@ async fn a_spent_quota_holds_the_queue_without_using_an_attempt_or_bouncing() {
 async fn queued_mail_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     // First run: the provider is down (nothing listens on its port).
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = closed.local_addr().unwrap().port();
-    drop(closed);
+    let port = closed_port();
     let p = Provider::builder().start().await;
     let mut down = p.upstream_config();
     down.port = port;
     let mv = start(config(dir.path(), down)).await;
     for n in 0..5 {
-        let r = send(
-            mv.addr,
-            "news@news.example",
-            &["ok@example.org"],
-            &newsletter(n),
-        )
-        .await;
+        let r = mv.campaign(&["ok@example.org"], n).await;
         assert!(r[5].starts_with("250 2.0.0 Ok: queued"), "{r:?}");
     }
     assert_eq!(mv.spool.len(), 5);
@@ -403,24 +395,12 @@ async fn a_daily_quota_is_not_reset_by_a_restart() {
     cfg.upstream.admission_wait = Duration::from_millis(300);
     let mv = start(cfg.clone()).await;
     for n in 0..3 {
-        send(
-            mv.addr,
-            "news@news.example",
-            &["ok@example.org"],
-            &newsletter(n),
-        )
-        .await;
+        mv.campaign(&["ok@example.org"], n).await;
     }
     eventually("the day's three delivered", || p.messages().len() == 3).await;
     mv.stop().await; // saves the quota ledger
     let mv = start(cfg).await;
-    let r = send(
-        mv.addr,
-        "news@news.example",
-        &["ok@example.org"],
-        &newsletter(9),
-    )
-    .await;
+    let r = mv.campaign(&["ok@example.org"], 9).await;
     assert!(r[5].starts_with("250 2.0.0 Ok: queued"), "{r:?}");
     // Several admission waits pass: the quota is spent, the fourth stays queued.
     sleep(Duration::from_millis(1500)).await;
@@ -464,9 +444,7 @@ async fn queue_cli_off_thread(file: &Path, args: &[&str]) -> (bool, String) {
 #[tokio::test]
 async fn operator_commands_offline_and_against_the_running_instance() {
     let dir = tempfile::tempdir().unwrap();
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = closed.local_addr().unwrap().port();
-    drop(closed);
+    let port = closed_port();
     let p = Provider::builder().start().await;
     let mut down = p.upstream_config();
     down.port = port;
@@ -482,13 +460,7 @@ async fn operator_commands_offline_and_against_the_running_instance() {
     .unwrap();
     let cli = |args: &[&str]| queue_cli(&file, args);
     let mv = start(cfg.clone()).await;
-    let r = send(
-        mv.addr,
-        "news@news.example",
-        &["ok@example.org"],
-        &newsletter(1),
-    )
-    .await;
+    let r = mv.campaign(&["ok@example.org"], 1).await;
     let id = r[5].rsplit(' ').next().unwrap().to_string();
     // The running instance answers over its control socket.
     let (ok, out) = queue_cli_off_thread(&file, &["list"]).await;
@@ -608,13 +580,7 @@ async fn a_bounce_that_fails_is_not_bounced_again() {
         .start()
         .await;
     let mv = start(config(dir.path(), p.upstream_config())).await;
-    send(
-        mv.addr,
-        "news@news.example",
-        &["gone@example.org"],
-        &newsletter(1),
-    )
-    .await;
+    mv.campaign(&["gone@example.org"], 1).await;
     eventually("message and its bounce attempted, spool empty", || {
         p.lines()
             .iter()
@@ -709,13 +675,7 @@ async fn a_2xx_to_data_is_never_taken_as_delivered() {
         .start()
         .await;
     let mv = start(config(dir.path(), p.upstream_config())).await;
-    send(
-        mv.addr,
-        "news@news.example",
-        &["ok@example.org"],
-        &newsletter(1),
-    )
-    .await;
+    mv.campaign(&["ok@example.org"], 1).await;
     eventually("DATA tried", || p.lines().iter().any(|l| l == "DATA")).await;
     eventually("outcome recorded", || {
         mv.spool
@@ -742,13 +702,7 @@ async fn a_blocked_sender_ip_holds_the_queue_and_never_bounces() {
         .start()
         .await;
     let mv = start(config(dir.path(), p.upstream_config())).await;
-    send(
-        mv.addr,
-        "news@news.example",
-        &["ok@example.org"],
-        &newsletter(1),
-    )
-    .await;
+    mv.campaign(&["ok@example.org"], 1).await;
     eventually("provider contacted", || p.connections_total() >= 1).await;
     sleep(Duration::from_millis(500)).await;
     let m = mv.spool.list().unwrap();
