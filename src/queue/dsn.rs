@@ -703,6 +703,17 @@ mod tests {
         }
     }
 
+    /// One failed recipient: one attempt, just now, not expired.
+    fn one<'a>(address: &'a str, reply: &'a StoredReply) -> FailedRcpt<'a> {
+        FailedRcpt {
+            address,
+            reply,
+            attempts: 1,
+            last_attempt_ms: NOW,
+            expired: false,
+        }
+    }
+
     fn part_text<'x>(m: &'x mail_parser::Message<'x>, ctype: &str) -> String {
         let p = m
             .parts
@@ -721,11 +732,8 @@ mod tests {
     fn single_recipient_report_parses() {
         let r = reply(550, Some("5.1.1"), "<reader@example.net>: user unknown");
         let failed = [FailedRcpt {
-            address: "reader@example.net",
-            reply: &r,
-            attempts: 1,
             last_attempt_ms: NOW - 1000,
-            expired: false,
+            ..one("reader@example.net", &r)
         }];
         let dsn = build(&input(&failed, NEWSLETTER.as_bytes()));
         assert_lines(&dsn);
@@ -891,11 +899,8 @@ mod tests {
         text.push_str(" Grüße \u{1F600}\ttab\u{0}nul");
         let r = reply(550, Some("5.7.1"), &text);
         let failed = [FailedRcpt {
-            address: "reader@example.net",
-            reply: &r,
             attempts: 3,
-            last_attempt_ms: NOW,
-            expired: false,
+            ..one("reader@example.net", &r)
         }];
         let dsn = build(&input(&failed, NEWSLETTER.as_bytes()));
         assert_lines(&dsn);
@@ -939,13 +944,7 @@ mod tests {
     #[test]
     fn boundary_never_occurs_in_the_original() {
         let r = reply(550, Some("5.1.1"), "user unknown");
-        let failed = [FailedRcpt {
-            address: "reader@example.net",
-            reply: &r,
-            attempts: 1,
-            last_attempt_ms: NOW,
-            expired: false,
-        }];
+        let failed = [one("reader@example.net", &r)];
         let first = build(&input(&failed, NEWSLETTER.as_bytes()));
         let m = MessageParser::default().parse(&first).unwrap();
         let b = m
@@ -966,13 +965,7 @@ mod tests {
     #[test]
     fn non_ascii_recipient_and_8bit_headers() {
         let r = reply(550, Some("5.1.1"), "unknown");
-        let failed = [FailedRcpt {
-            address: "jörg@example.de",
-            reply: &r,
-            attempts: 1,
-            last_attempt_ms: NOW,
-            expired: false,
-        }];
+        let failed = [one("jörg@example.de", &r)];
         let original = "Subject: Grüße\r\nMessage-ID: <x@y>\r\n\r\nbody\r\n";
         let dsn = build(&input(&failed, original.as_bytes()));
         assert_lines(&dsn);
@@ -1020,13 +1013,7 @@ mod tests {
         assert!(is_bounce(" <> ", news));
 
         let r = reply(550, Some("5.1.1"), "user unknown");
-        let failed = [FailedRcpt {
-            address: "reader@example.net",
-            reply: &r,
-            attempts: 1,
-            last_attempt_ms: NOW,
-            expired: false,
-        }];
+        let failed = [one("reader@example.net", &r)];
         let dsn = build(&input(&failed, news));
         assert!(is_bounce("someone@example.org", &dsn), "our own report");
 
