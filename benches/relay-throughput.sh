@@ -245,30 +245,8 @@ pf="" # its directory, once created
 
 # The services of Debian's /etc/postfix/master.cf, without chroot (there is no chroot
 # skeleton in a temp dir) and without the pipe transports; postlog for maillog_file.
-# The same list as tests/interop_postfix.rs.
-PF_SERVICES='pickup    unix  n       -       n       60      1       pickup
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
-proxywrite unix -       -       n       -       1       proxymap
-smtp      unix  -       -       n       -       -       smtp
-relay     unix  -       -       n       -       -       smtp
-showq     unix  n       -       n       -       -       showq
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
-local     unix  -       n       n       -       -       local
-virtual   unix  -       n       n       -       -       virtual
-lmtp      unix  -       -       n       -       -       lmtp
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd'
+# One file, shared with tests/interop_postfix.rs.
+PF_SERVICES=$(cat tests/data/postfix-master-services.cf)
 
 # `postfix -c DIR VERB`, bounded; postfix prints its errors only to a terminal, hence
 # `script` when available. Output goes to $pf/postfix-VERB.out.

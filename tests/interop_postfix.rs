@@ -69,32 +69,9 @@ fn skip(test: &str, why: &str) {
 
 /// The services of Debian's `/etc/postfix/master.cf`, without chroot (a temp directory
 /// has no chroot skeleton) and without the pipe transports; `postlog` for
-/// `maillog_file`. The one smtpd line is added in front.
-const MASTER_CF_SERVICES: &str = "\
-pickup    unix  n       -       n       60      1       pickup
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
-proxywrite unix -       -       n       -       1       proxymap
-smtp      unix  -       -       n       -       -       smtp
-relay     unix  -       -       n       -       -       smtp
-showq     unix  n       -       n       -       -       showq
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
-local     unix  -       n       n       -       -       local
-virtual   unix  -       n       n       -       -       virtual
-lmtp      unix  -       -       n       -       -       lmtp
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
-";
+/// `maillog_file`. The one smtpd line is added in front. Shared with
+/// `benches/relay-throughput.sh`.
+const MASTER_CF_SERVICES: &str = include_str!("data/postfix-master-services.cf");
 
 /// What anvil's refusal looks like in the Postfix log (the 421 reply text itself is not
 /// logged).
