@@ -771,3 +771,25 @@ fn classify_timing() {
         println!("{:>6} ns  {r}", (t.elapsed() / n).as_nanos());
     }
 }
+
+#[test]
+fn verdict_names_are_the_rule_spellings() {
+    use crate::policy::rules::VerdictKind;
+    for name in [
+        "accept",
+        "throttle-connections",
+        "throttle-rate",
+        "defer",
+        "suppress",
+        "soft-bounce",
+        "reject-message",
+        "policy-block",
+        "pause-auth",
+        "pause-quota",
+        "pause-policy",
+        "protocol-error",
+    ] {
+        let kind = VerdictKind::parse(name).unwrap();
+        assert_eq!(kind.verdict(None).name(), name);
+    }
+}

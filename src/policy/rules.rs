@@ -105,7 +105,7 @@ pub(crate) enum VerdictKind {
 }
 
 impl VerdictKind {
-    fn parse(s: &str) -> Option<Self> {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
         let norm = |c: char| {
             if c == '_' {
                 '-'

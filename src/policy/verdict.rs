@@ -62,3 +62,33 @@ pub enum Verdict {
     /// The reply made no sense (garbage, 6xx, wrong code for the phase): defer.
     ProtocolError,
 }
+
+impl Verdict {
+    /// The verdict's name as `[[rules]]` spell it (`throttle-rate`, `pause-quota`, ...),
+    /// for logs and the delivery log.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Accept => "accept",
+            Self::Throttle(ThrottleKind::Connections) => "throttle-connections",
+            Self::Throttle(ThrottleKind::Rate) => "throttle-rate",
+            Self::Defer { .. } => "defer",
+            Self::Suppress => "suppress",
+            Self::SoftBounce => "soft-bounce",
+            Self::RejectMessage => "reject-message",
+            Self::PolicyBlock => "policy-block",
+            Self::Pause {
+                scope: PauseScope::Auth,
+                ..
+            } => "pause-auth",
+            Self::Pause {
+                scope: PauseScope::Quota,
+                ..
+            } => "pause-quota",
+            Self::Pause {
+                scope: PauseScope::Policy,
+                ..
+            } => "pause-policy",
+            Self::ProtocolError => "protocol-error",
+        }
+    }
+}

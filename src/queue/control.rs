@@ -137,7 +137,7 @@ pub async fn execute(
                     format!("{pending}/{}", m.rcpts.len()),
                     next_attempt(now, m),
                     sender(&m.envelope.from),
-                    last_reply(m).map(one_line).unwrap_or_default()
+                    last_reply(m).map(ToString::to_string).unwrap_or_default()
                 );
             }
             let _ = writeln!(
@@ -178,11 +178,11 @@ pub async fn execute(
                         },
                         last_reply
                             .as_ref()
-                            .map(|r| format!(", last reply: {}", one_line(r)))
+                            .map(|r| format!(", last reply: {}", r))
                             .unwrap_or_default()
                     ),
-                    RcptState::Delivered { reply } => format!("delivered: {}", one_line(reply)),
-                    RcptState::Failed { reply } => format!("failed: {}", one_line(reply)),
+                    RcptState::Delivered { reply } => format!("delivered: {}", reply),
+                    RcptState::Failed { reply } => format!("failed: {}", reply),
                 };
                 let _ = writeln!(out, "rcpt:      {}  {}", r.address, state);
             }
@@ -288,18 +288,6 @@ fn next_attempt(now: u64, m: &Message) -> String {
         Some(t) if t > now => format!("in {}", human(t - now)),
         Some(_) => "now".into(),
         None => "-".into(),
-    }
-}
-
-fn one_line(r: &StoredReply) -> String {
-    let text: String = r
-        .text
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    match &r.enhanced {
-        Some(e) => format!("{} {} {}", r.code, e, text),
-        None => format!("{} {}", r.code, text),
     }
 }
 

@@ -30,11 +30,10 @@ use super::spool::now_ms;
 use super::transport::{LocalKind, Outcome, Transport};
 use super::webhook::{self, Webhook};
 use super::{QueueId, Spool};
-use crate::policy::classify::{retry_hint, Classifier};
+use crate::policy::classify::Classifier;
 use crate::policy::clock::Clock;
 use crate::policy::controller::Controller;
 use crate::policy::pause::PauseState;
-use crate::policy::verdict::{Phase, Verdict};
 use crate::smtp::{EnhancedCode, Envelope, Reply};
 
 /// What the engine needs of the controller: pause state and retry timing.
@@ -652,26 +651,8 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
         match out {
             Outcome::Reply { phase, reply } => {
                 let v = self.classifier.classify(*phase, reply).verdict;
-                let d = match (&v, phase) {
-                    // Before any recipient was named (greeting, EHLO, AUTH, MAIL) a
-                    // policy block is about the sender's account or IP, not this
-                    // message: retried without counting, never bounced.
-                    (Verdict::PolicyBlock, p)
-                        if !matches!(p, Phase::Rcpt | Phase::Data | Phase::DataEnd) =>
-                    {
-                        Decision::Retry {
-                            counts: false,
-                            hint: retry_hint(&reply.text()),
-                        }
-                    }
-                    // A throttle's own "try again in ..." is honoured too.
-                    (Verdict::Throttle(_), _) => Decision::Retry {
-                        counts: false,
-                        hint: retry_hint(&reply.text()),
-                    },
-                    _ => schedule::decide(&v, reply.class(), attempts),
-                };
-                (d, verdict_name(&v))
+                let d = schedule::decide(&v, *phase, reply, attempts);
+                (d, v.name().to_string())
             }
             Outcome::Local { kind, .. } => match kind {
                 LocalKind::Paused => (Decision::Hold, "paused".into()),
@@ -761,7 +742,7 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
             for f in failures {
                 let meta = serde_json::json!({
                     "queue_id": msg.id.to_string(),
-                    "reply": format_reply(&f.reply),
+                    "reply": f.reply.to_string(),
                     "kind": format!("{:?}", f.kind).to_lowercase(),
                 });
                 let payload =
@@ -851,30 +832,6 @@ fn expired_reply(last: Option<&StoredReply>) -> StoredReply {
             EnhancedCode::new(4, 4, 7),
             "Delivery time expired",
         )),
-    }
-}
-
-fn format_reply(r: &StoredReply) -> String {
-    match &r.enhanced {
-        Some(e) => format!("{} {} {}", r.code, e, r.text),
-        None => format!("{} {}", r.code, r.text),
-    }
-}
-
-/// Short kebab-case verdict name for the delivery log.
-pub fn verdict_name(v: &crate::policy::verdict::Verdict) -> String {
-    use crate::policy::verdict::{ThrottleKind, Verdict as V};
-    match v {
-        V::Accept => "accept".into(),
-        V::Throttle(ThrottleKind::Connections) => "throttle-connections".into(),
-        V::Throttle(ThrottleKind::Rate) => "throttle-rate".into(),
-        V::Defer { .. } => "defer".into(),
-        V::Suppress => "suppress".into(),
-        V::SoftBounce => "soft-bounce".into(),
-        V::RejectMessage => "reject-message".into(),
-        V::PolicyBlock => "policy-block".into(),
-        V::Pause { scope, .. } => format!("pause-{scope:?}").to_lowercase(),
-        V::ProtocolError => "protocol-error".into(),
     }
 }
 

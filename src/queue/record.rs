@@ -16,6 +16,22 @@ pub struct StoredReply {
     pub text: String,
 }
 
+/// One line: `550 5.1.1 text`, control characters (line breaks of a multi-line reply)
+/// shown as spaces.
+impl std::fmt::Display for StoredReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.code)?;
+        if let Some(e) = &self.enhanced {
+            write!(f, " {e}")?;
+        }
+        f.write_str(" ")?;
+        for c in self.text.chars() {
+            write!(f, "{}", if c.is_control() { ' ' } else { c })?;
+        }
+        Ok(())
+    }
+}
+
 impl From<&Reply> for StoredReply {
     fn from(r: &Reply) -> Self {
         Self {

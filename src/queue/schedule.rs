@@ -1,6 +1,6 @@
 //! What happens to one queued recipient after a delivery attempt: delivered, failed for
 //! good, retried (and whether the attempt counts), or held while the account is paused.
-//! Pure: a verdict and a few numbers in, a decision out; no clock, no I/O.
+//! Pure: a verdict, the reply and its phase in, a decision out; no clock, no I/O.
 //!
 //! It must never fail a recipient because of our own pacing (throttles, admission waits,
 //! unreachable provider), never count an attempt while the account is paused, and never
@@ -8,7 +8,9 @@
 
 use std::time::Duration;
 
-use crate::policy::verdict::Verdict;
+use crate::policy::classify::retry_hint;
+use crate::policy::verdict::{Phase, Verdict};
+use crate::smtp::Reply;
 
 /// How a recipient failed for good (the bounce report and the webhook's "hard"/"soft").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,16 +51,27 @@ pub enum Decision {
 /// a transient blocklisting) before the recipient fails with a bounce report.
 pub const POLICY_BLOCK_ATTEMPTS: u32 = 3;
 
-/// The decision for a provider reply of class `class` (2..=5) classified as `verdict`,
-/// for a recipient that has had `attempts` counted attempts before this one.
-pub fn decide(verdict: &Verdict, class: u16, attempts: u32) -> Decision {
+/// The decision for `reply`, received in `phase` and classified as `verdict`, for a
+/// recipient that has had `attempts` counted attempts before this one.
+pub fn decide(verdict: &Verdict, phase: Phase, reply: &Reply, attempts: u32) -> Decision {
+    let class = reply.class();
     match verdict {
         // A 2xx at DATA-end; an accepted RCPT alone never reaches here.
         Verdict::Accept => Decision::Delivered,
+        // Our pacing, not the message: uncounted, with the provider's own "try again
+        // in ..." when it gives one.
         Verdict::Throttle(_) => Decision::Retry {
             counts: false,
-            hint: None,
+            hint: retry_hint(&reply.text()),
         },
+        // Before any recipient was named (greeting, EHLO, AUTH, MAIL) a policy block is
+        // about the sender's account or IP, not this message: uncounted, never bounced.
+        Verdict::PolicyBlock if !matches!(phase, Phase::Rcpt | Phase::Data | Phase::DataEnd) => {
+            Decision::Retry {
+                counts: false,
+                hint: retry_hint(&reply.text()),
+            }
+        }
         Verdict::Defer { hint } => Decision::Retry {
             counts: true,
             hint: *hint,
@@ -98,13 +111,11 @@ pub fn next_attempt(now_ms: u64, delay: Duration) -> u64 {
 mod tests {
     use super::*;
     use crate::policy::classify::Classifier;
-    use crate::policy::verdict::Phase;
-    use crate::smtp::Reply;
 
     fn decide_reply(phase: Phase, text: &str, attempts: u32) -> Decision {
         let c = Classifier::builtin().unwrap();
         let r = Reply::parse_lenient(text).unwrap();
-        decide(&c.classify(phase, &r).verdict, r.class(), attempts)
+        decide(&c.classify(phase, &r).verdict, phase, &r, attempts)
     }
 
     #[test]
