@@ -3,6 +3,9 @@
 //! so STARTTLS can take the plain `TcpStream` back out and wrap it; generic over the TLS
 //! type because rustls's server and client streams are different types.
 //!
+//! Also the one place that loads the TLS trust anchors for outbound connections
+//! ([`system_roots`]), used by the upstream client and the bounce webhook.
+//!
 //! Imports nothing of this crate. Must never be read from or written to while `Gone`
 //! (only during a TLS upgrade): doing so is an I/O error, not a panic.
 
@@ -74,4 +77,20 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for MaybeTls<T> {
             MaybeTls::Gone => Poll::Ready(Ok(())),
         }
     }
+}
+
+/// The operating system's root certificates, or webpki-roots when the system has none
+/// (a minimal container). Certificate verification stays on either way.
+pub fn system_roots() -> rustls::RootCertStore {
+    let mut store = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for e in &native.errors {
+        tracing::debug!(error = %e, "problem loading a system root certificate");
+    }
+    let (added, _ignored) = store.add_parsable_certificates(native.certs);
+    if added == 0 {
+        tracing::debug!("no system root certificates found; using webpki-roots");
+        store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    }
+    store
 }

@@ -25,7 +25,7 @@
 use crate::config::Secret;
 use base64::Engine as _;
 use rustls::pki_types::ServerName;
-use rustls::{ClientConfig, RootCertStore};
+use rustls::ClientConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::fmt;
@@ -497,18 +497,10 @@ fn parse_url(url: &str) -> Result<Target, String> {
     })
 }
 
-/// Certificate verification is always on: the system roots, or webpki-roots when the
-/// system has none (the same policy as `upstream::tls`, which `queue` may not import).
+/// Certificate verification is always on, against `net::system_roots` (the same roots
+/// the upstream client trusts).
 fn tls_connector() -> Result<TlsConnector, String> {
-    let mut roots = RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    for e in &native.errors {
-        tracing::debug!(error = %e, "problem loading a system root certificate");
-    }
-    let (added, _ignored) = roots.add_parsable_certificates(native.certs);
-    if added == 0 {
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    }
+    let roots = crate::net::system_roots();
     let config =
         ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])

@@ -40,16 +40,7 @@ pub fn connector(verify: bool, ca_file: Option<&Path>) -> Result<TlsConnector, U
 
 /// System roots (webpki-roots if none are found) plus every certificate in `ca_file`.
 fn roots(ca_file: Option<&Path>) -> Result<RootCertStore, UpstreamError> {
-    let mut store = RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    for e in &native.errors {
-        tracing::debug!(error = %e, "problem loading a system root certificate");
-    }
-    let (added, _ignored) = store.add_parsable_certificates(native.certs);
-    if added == 0 {
-        tracing::debug!("no system root certificates found; using webpki-roots");
-        store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    }
+    let mut store = crate::net::system_roots();
     if let Some(path) = ca_file {
         let iter = CertificateDer::pem_file_iter(path).map_err(|e| {
             UpstreamError::Tls(format!("cannot read ca_file {}: {e}", path.display()))
