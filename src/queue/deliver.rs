@@ -424,7 +424,7 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
                             updates.push((i, RcptState::Failed { reply }));
                         }
                     }
-                    self.finish(&msg, updates, failures).await;
+                    self.finish(&msg, None, updates, failures).await;
                 }
                 Ok(None) => {}
                 Err(e) => tracing::error!(%id, "queue: cannot read message to expire: {e}"),
@@ -609,7 +609,7 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
                 break;
             }
         }
-        let round = self.finish(&msg, updates, failures).await;
+        let round = self.finish(&msg, Some(&body), updates, failures).await;
         if busy && round == Round::Done {
             Round::Busy
         } else {
@@ -692,9 +692,11 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
 
     /// Bounce report first (so a crash between the two sends it twice rather than never),
     /// then the durable state change, then removal of a finished message.
+    /// `body`: the message, when the caller has already read it.
     async fn finish(
         &self,
         msg: &Message,
+        body: Option<&[u8]>,
         updates: Vec<(usize, RcptState)>,
         failures: Vec<Failure>,
     ) -> Round {
@@ -702,7 +704,7 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
             return Round::Done;
         }
         if !failures.is_empty() {
-            self.report(msg, &failures).await;
+            self.report(msg, body, &failures).await;
         }
         if let Err(e) = self.spool.record(msg.id, updates).await {
             // Not recorded: the recipients stay as they were and are retried after a
@@ -721,24 +723,31 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
 
     /// The bounce report to the sender (unless the message is itself a bounce) and the
     /// webhook calls, for recipients that failed for good.
-    async fn report(&self, msg: &Message, failures: &[Failure]) {
+    async fn report(&self, msg: &Message, body: Option<&[u8]>, failures: &[Failure]) {
         if self.webhook.is_none() && !self.params.bounces {
             return;
         }
-        let body = match self.spool.read_body(msg.id).await {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!(id = %msg.id, "queue: no bounce report, cannot read message: {e}");
-                return;
-            }
+        let read;
+        let body = match body {
+            Some(b) => b,
+            None => match self.spool.read_body(msg.id).await {
+                Ok(b) => {
+                    read = b;
+                    &read[..]
+                }
+                Err(e) => {
+                    tracing::error!(id = %msg.id, "queue: no bounce report, cannot read message: {e}");
+                    return;
+                }
+            },
         };
         // A bounce that cannot be delivered is dropped: no report, no webhook (the
         // "failed" address would be the original sender's).
-        if dsn::is_bounce(&msg.envelope.from, &body) {
+        if dsn::is_bounce(&msg.envelope.from, body) {
             return;
         }
         if let Some(hook) = &self.webhook {
-            let campaign = webhook::campaign_uuid(dsn::header_block(&body)).unwrap_or_default();
+            let campaign = webhook::campaign_uuid(dsn::header_block(body)).unwrap_or_default();
             for f in failures {
                 let meta = serde_json::json!({
                     "queue_id": msg.id.to_string(),
@@ -775,7 +784,7 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
             envelope_from: &msg.envelope.from,
             arrival_ms: msg.received,
             now_ms: now,
-            original: &body,
+            original: body,
             failed: &rcpts,
         });
         let env = Envelope {
