@@ -896,3 +896,44 @@ fn tool_lookup_finds_executables_and_reports_missing_ones() {
     assert!(tool("sh").is_some(), "sh must be found through PATH");
     assert!(tool("mailvalve-no-such-tool").is_none());
 }
+
+// ------------------------------------------------------------------------------------
+// d) inbound rules (issue 8): addresses exactly or refused; a burst of connections
+// ------------------------------------------------------------------------------------
+
+/// Through the real binary to smtp-sink: `<postmaster>` arrives as `<postmaster>` (not
+/// as the null path), in the case the mailer wrote; what cannot be passed on exactly is
+/// refused at MAIL/RCPT with a 5xx and never reaches the provider.
+#[test]
+fn addresses_reach_smtp_sink_exactly_or_are_refused() {
+    let test = "addresses_reach_smtp_sink_exactly_or_are_refused";
+    let Some(sink_bin) = need(test, "smtp-sink") else {
+        return;
+    };
+    let dir = tempdir();
+    let sink = start_sink(&sink_bin, dir.path(), "provider", &[], free_port(), true);
+    let config = passthrough_config(sink.port, "", "", "");
+    let mut relay = start_mailvalve(dir.path(), &config, &[]);
+
+    let mut c = Client::session(relay.port).expect("session");
+    let code = |r: std::io::Result<(u16, String)>| r.expect("reply").0;
+    assert_eq!(code(c.cmd("MAIL FROM:<\"news desk\"@example.org>")), 553);
+    assert_eq!(code(c.cmd("MAIL FROM:<postmaster>")), 250);
+    assert_eq!(code(c.cmd("RCPT TO:<Postmaster>")), 250);
+    assert_eq!(code(c.cmd("RCPT TO:<>")), 501);
+    assert_eq!(code(c.cmd("RCPT TO:<\"john doe\"@example.org>")), 553);
+    assert_eq!(code(c.cmd("RCPT TO:<müller@example.org>")), 553);
+    assert_eq!(code(c.cmd("DATA")), 354);
+    for line in ["Subject: addresses", "", "exactly or not at all"] {
+        c.write_line(line).expect("write");
+    }
+    assert_eq!(code(c.cmd(".")), 250);
+    let _ = c.cmd("QUIT");
+    relay.assert_alive();
+
+    let dumps = sink.wait_dumps(1, SHORT_RUN);
+    assert_eq!(dumps.len(), 1, "one transaction at the sink");
+    let d = read_dump(&dumps[0]);
+    assert_eq!(d.record("X-Mail-Args"), vec!["<postmaster>"]);
+    assert_eq!(d.record("X-Rcpt-Args"), vec!["<Postmaster>"]);
+}

@@ -77,6 +77,15 @@ pub fn unsupported_parameter() -> Reply {
     Reply::new(555, ec(5, 5, 4), "Unsupported parameter")
 }
 
+/// RFC 6531 3.7.4.1: a non-ASCII address in a transaction whose MAIL had no SMTPUTF8.
+pub fn non_ascii_needs_smtputf8() -> Reply {
+    Reply::new(
+        553,
+        ec(5, 6, 7),
+        "Non-ASCII address needs SMTPUTF8 on MAIL FROM",
+    )
+}
+
 pub fn start_data() -> Reply {
     Reply::plain(354, "End data with <CR><LF>.<CR><LF>")
 }

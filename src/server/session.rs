@@ -48,6 +48,8 @@ pub(crate) struct Transaction<T> {
     pub(crate) tx: T,
     /// Recipients the relay accepted (2xx).
     pub(crate) accepted: usize,
+    /// The MAIL carried SMTPUTF8: non-ASCII recipients are allowed.
+    pub(crate) smtputf8: bool,
 }
 
 pub(crate) struct Session<R: Relay> {
