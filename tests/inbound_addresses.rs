@@ -347,8 +347,10 @@ async fn non_ascii_addresses_need_smtputf8_on_mail() {
             &c.cmd("MAIL FROM:<jürgen@example.org>".as_bytes()).await,
             "553 5.6.7",
         );
-        c.send("MAIL FROM:<news@example.org>\r\nRCPT TO:<müller@example.org>\r\nRCPT TO:<a@example.org>\r\n".as_bytes())
-            .await;
+        let batch = "MAIL FROM:<news@example.org>\r\n\
+                     RCPT TO:<müller@example.org>\r\n\
+                     RCPT TO:<a@example.org>\r\n";
+        c.send(batch.as_bytes()).await;
         starts(&c.reply().await, "250");
         starts(&c.reply().await, "553 5.6.7");
         starts(&c.reply().await, "250");

@@ -937,3 +937,64 @@ fn addresses_reach_smtp_sink_exactly_or_are_refused() {
     assert_eq!(d.record("X-Mail-Args"), vec!["<postmaster>"]);
     assert_eq!(d.record("X-Rcpt-Args"), vec!["<Postmaster>"]);
 }
+
+/// `mailvalve run` binds with `server.listen_backlog`: while the process is stopped
+/// (SIGSTOP) nothing accepts, yet 1000 connections complete their handshake in the
+/// kernel's queue (a backlog of 128 holds 129; the rest hang in SYN retries). Once it
+/// runs again, every one is answered: 220 up to `max_sessions`, 421 beyond.
+#[cfg(target_os = "linux")]
+#[test]
+fn burst_of_1000_connections_to_mailvalve_run_is_answered_every_one() {
+    const N: usize = 1000;
+    support::client::allow_open_files(4 * N as libc::rlim_t);
+    let dir = tempdir();
+    // The upstream is never contacted: nobody sends MAIL.
+    let config = passthrough_config(free_port(), "", "", "");
+    let mut relay = start_mailvalve(dir.path(), &config, &[]);
+    let signal = |sig: &str| {
+        let st = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(relay.proc.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(st.success(), "kill -{sig}");
+    };
+
+    signal("STOP");
+    let mut clients = Vec::with_capacity(N);
+    let mut failed = None;
+    for i in 0..N {
+        match Client::connect(relay.port) {
+            Ok(c) => clients.push(c),
+            Err(e) => {
+                failed = Some(format!("connection {i}: {e}"));
+                break;
+            }
+        }
+    }
+    signal("CONT");
+    if let Some(f) = failed {
+        panic!(
+            "only {} of {N} connections got through the listen backlog ({f})",
+            clients.len()
+        );
+    }
+
+    let (mut greeted, mut busy) = (0, 0);
+    for (i, c) in clients.iter_mut().enumerate() {
+        let (code, text) = c
+            .reply()
+            .unwrap_or_else(|e| panic!("connection {i} got no reply: {e}"));
+        match code {
+            220 => greeted += 1,
+            421 => {
+                assert!(text.starts_with("421 4.3.2"), "{text}");
+                busy += 1;
+            }
+            _ => panic!("connection {i}: unexpected {text}"),
+        }
+    }
+    assert_eq!((greeted, busy), (200, N - 200), "max_sessions = 200");
+    drop(clients);
+    relay.assert_alive();
+}

@@ -69,6 +69,7 @@ impl<R: Relay> Session<R> {
             return Ok(());
         }
         self.failed_mail = None;
+        self.mail_seen();
         let env = Envelope {
             from: from.address,
             size: (from.size > 0).then_some(from.size),
