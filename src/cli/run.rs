@@ -31,7 +31,6 @@ use crate::upstream::{Admission, ConcurrencyLimit, Settings};
 use anyhow::Context;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 /// Runs until shutdown. The configuration has already passed `config::validate`.
@@ -58,8 +57,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     };
     let policy = Policy::build(&config, &profile)?;
 
-    let listener = TcpListener::bind(config.server.listen)
-        .await
+    let listener = crate::server::bind(config.server.listen, config.server.listen_backlog)
         .with_context(|| {
             format!(
                 "config key server.listen: cannot listen on {}",

@@ -76,6 +76,27 @@ pub struct ServerConfig {
     pub users: Vec<User>,
     /// Require AUTH before MAIL even on loopback.
     pub require_auth: bool,
+    /// A command line must arrive complete within this long after the server started
+    /// waiting for it, however the bytes trickle in (RFC 5321 4.5.3.2.7: 5 minutes).
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
+    /// Each 64 KiB block of a message (or its end) must arrive within this long
+    /// (RFC 5321 4.5.3.2.5: 3 minutes per data block).
+    #[serde(with = "humantime_serde")]
+    pub data_block_timeout: Duration,
+    /// From the greeting to the first MAIL FROM (so also through STARTTLS and AUTH) a
+    /// session has at most this long in all.
+    #[serde(with = "humantime_serde")]
+    pub pre_mail_timeout: Duration,
+    /// Connections the kernel queues for the accept loop (`listen(2)` backlog; Linux
+    /// caps it at net.core.somaxconn).
+    pub listen_backlog: u32,
+    /// On a listener that is not loopback: most sessions open at once from one IP
+    /// address; more get `421 4.7.0`.
+    pub max_sessions_per_ip: usize,
+    /// On a listener that is not loopback: pause before answering each failed AUTH.
+    #[serde(with = "humantime_serde")]
+    pub auth_failure_delay: Duration,
 }
 
 impl Default for ServerConfig {
@@ -91,6 +112,12 @@ impl Default for ServerConfig {
             tls: None,
             users: Vec::new(),
             require_auth: false,
+            command_timeout: Duration::from_secs(300),
+            data_block_timeout: Duration::from_secs(180),
+            pre_mail_timeout: Duration::from_secs(300),
+            listen_backlog: 1024,
+            max_sessions_per_ip: 20,
+            auth_failure_delay: Duration::from_secs(3),
         }
     }
 }

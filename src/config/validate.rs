@@ -131,6 +131,18 @@ fn server(config: &Config, p: &mut Problems) {
         p.push("server.max_message_size", "must be at least 1 (bytes)");
     }
     non_zero(p, "server.idle_timeout", s.idle_timeout);
+    non_zero(p, "server.command_timeout", s.command_timeout);
+    non_zero(p, "server.data_block_timeout", s.data_block_timeout);
+    non_zero(p, "server.pre_mail_timeout", s.pre_mail_timeout);
+    if s.listen_backlog < 1 || s.listen_backlog > i32::MAX as u32 {
+        p.push(
+            "server.listen_backlog",
+            format!("must be between 1 and {}", i32::MAX),
+        );
+    }
+    if s.max_sessions_per_ip < 1 {
+        p.push("server.max_sessions_per_ip", "must be at least 1");
+    }
     wire_name(p, "server.hostname", &s.hostname);
 
     if !s.listen.ip().is_loopback() {
@@ -391,6 +403,29 @@ mod tests {
                 "queue.webhook.url"
             ]
         );
+    }
+
+    #[test]
+    fn slow_client_and_listener_keys_are_checked() {
+        let mut c = Config::default();
+        c.server.command_timeout = Duration::ZERO;
+        c.server.data_block_timeout = Duration::ZERO;
+        c.server.pre_mail_timeout = Duration::ZERO;
+        c.server.listen_backlog = 0;
+        c.server.max_sessions_per_ip = 0;
+        c.server.auth_failure_delay = Duration::ZERO;
+        assert_eq!(
+            keys(&c),
+            vec![
+                "server.command_timeout",
+                "server.data_block_timeout",
+                "server.pre_mail_timeout",
+                "server.listen_backlog",
+                "server.max_sessions_per_ip"
+            ]
+        );
+        c.server.listen_backlog = u32::MAX;
+        assert!(keys(&c).contains(&"server.listen_backlog".to_string()));
     }
 
     #[test]

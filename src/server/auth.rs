@@ -3,7 +3,9 @@
 //! Offered only when users are configured and, on a public listener, only after TLS
 //! (`538 5.7.11` otherwise). Each password is compared in constant time for its length
 //! and every configured user is checked, so timing tells little about which part was
-//! wrong. After [`MAX_AUTH_FAILURES`] failures the session is closed with `421 4.7.0`.
+//! wrong. On a listener that is not loopback each failure is answered only after
+//! `auth_failure_delay`, so guessing passwords is slow. After [`MAX_AUTH_FAILURES`]
+//! failures the session is closed with `421 4.7.0`.
 //!
 //! Must never: log, echo or keep credentials — not the AUTH line, not a continuation
 //! line, not their base64, not a user name that failed (it may be a mistyped password);
@@ -11,7 +13,7 @@
 
 use super::replies;
 use super::session::{Close, Session, MAX_AUTH_FAILURES};
-use super::Relay;
+use super::{Relay, Shared};
 use crate::config::User;
 use base64::Engine as _;
 use smtp_proto::{AUTH_LOGIN, AUTH_PLAIN};
@@ -76,6 +78,7 @@ impl<R: Relay> Session<R> {
             None => {
                 self.auth_failures += 1;
                 tracing::info!(failures = self.auth_failures, "authentication failed");
+                self.shared.auth_failure_pause().await?;
                 if self.auth_failures >= MAX_AUTH_FAILURES {
                     self.reply(replies::auth_too_many_failures());
                     return Err(Close::Done);
@@ -162,6 +165,21 @@ impl<R: Relay> Session<R> {
                 return Ok(line[..end].to_vec());
             }
             self.read_more().await?;
+        }
+    }
+}
+
+impl<R> Shared<R> {
+    /// Off loopback: waits `auth_failure_delay` before a failed AUTH is answered (ended
+    /// early by shutdown). (On `Shared`, so the session future needs no `Sync`.)
+    async fn auth_failure_pause(&self) -> Result<(), Close> {
+        let delay = self.cfg.auth_failure_delay;
+        if !self.public || delay.is_zero() {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => Ok(()),
+            _ = self.shutdown.cancelled() => Err(Close::Shutdown),
         }
     }
 }

@@ -3,9 +3,15 @@
 //! the relay in the same `begin` call (one upstream round trip), consecutive buffered
 //! RCPTs in one `rcpt` call; every command still gets its own reply, in order.
 //!
+//! Addresses are passed to the relay exactly as the mailer wrote them, or refused (the
+//! syntax rules are in `smtp::command`). A non-ASCII address needs SMTPUTF8 on the MAIL
+//! of its transaction: without it, MAIL or RCPT gets `553 5.6.7` (RFC 6531 3.7.4.1:
+//! "mailbox name not allowed", enhanced code "non-ASCII addresses not permitted").
+//!
 //! Must never: answer 2xx to MAIL or RCPT unless the relay returned it; forward more
 //! recipients than `max_recipients` (the rest get `452 4.5.3` locally); start a
-//! transaction before EHLO/HELO, or before AUTH where AUTH is required.
+//! transaction before EHLO/HELO, or before AUTH where AUTH is required; forward a
+//! non-ASCII address in a transaction without SMTPUTF8.
 
 use super::replies;
 use super::session::{Close, Session, Transaction};
@@ -57,24 +63,34 @@ impl<R: Relay> Session<R> {
             self.reply(replies::message_too_big());
             return Ok(());
         }
+        let smtputf8 = from.flags & MAIL_SMTPUTF8 != 0;
+        if !smtputf8 && !from.address.is_ascii() {
+            self.reply(replies::non_ascii_needs_smtputf8());
+            return Ok(());
+        }
         self.failed_mail = None;
+        self.mail_seen();
         let env = Envelope {
             from: from.address,
             size: (from.size > 0).then_some(from.size),
             eight_bit: from.flags & MAIL_BODY_8BITMIME != 0,
-            smtputf8: from.flags & MAIL_SMTPUTF8 != 0,
+            smtputf8,
         };
         tracing::debug!(from = %env.from, "MAIL");
 
         let mut batch = Vec::new();
-        self.take_pipelined_rcpts(&mut batch, 0);
+        self.take_pipelined_rcpts(&mut batch, 0, smtputf8);
         let rcpts = forwards(&batch);
         tracing::debug!(pipelined_rcpts = rcpts.len(), "relay begin");
         let relay = std::sync::Arc::clone(&self.shared.relay);
         match self.shared.in_flight(relay.begin(env, rcpts)).await? {
             Ok((tx, mail_reply, rcpt_replies)) if mail_reply.class() == 2 => {
                 self.reply(mail_reply);
-                let mut t = Transaction { tx, accepted: 0 };
+                let mut t = Transaction {
+                    tx,
+                    accepted: 0,
+                    smtputf8,
+                };
                 self.answer_batch(&mut t, batch, rcpt_replies);
                 self.tx = Some(t);
             }
@@ -98,8 +114,8 @@ impl<R: Relay> Session<R> {
             self.reply(reply);
             return Ok(());
         };
-        let mut batch = vec![self.classify_rcpt(to, t.accepted)];
-        self.take_pipelined_rcpts(&mut batch, t.accepted);
+        let mut batch = vec![self.classify_rcpt(to, t.accepted, t.smtputf8)];
+        self.take_pipelined_rcpts(&mut batch, t.accepted, t.smtputf8);
         let rcpts = forwards(&batch);
         let relay_replies = if rcpts.is_empty() {
             Vec::new()
@@ -131,22 +147,25 @@ impl<R: Relay> Session<R> {
     /// Moves the RCPT commands that directly follow in the buffer into `batch`. Stops at
     /// the first line that is incomplete, badly framed or not a valid RCPT: that line is
     /// left for the command loop, which answers (or refuses) it in order.
-    fn take_pipelined_rcpts(&mut self, batch: &mut Vec<Pending>, accepted: usize) {
+    fn take_pipelined_rcpts(&mut self, batch: &mut Vec<Pending>, accepted: usize, smtputf8: bool) {
         while let Ok(Some(n)) = find_line(&self.rbuf, MAX_COMMAND_LINE) {
             let Ok(Command::Rcpt { to }) = command::parse(&self.rbuf[..n]) else {
                 break;
             };
             self.rbuf.advance(n);
             let counted = accepted + forwards(batch).len();
-            let p = self.classify_rcpt(to, counted);
+            let p = self.classify_rcpt(to, counted, smtputf8);
             batch.push(p);
         }
     }
 
-    /// `counted`: recipients accepted so far plus those in the batch being forwarded.
-    fn classify_rcpt(&self, to: RcptTo<String>, counted: usize) -> Pending {
+    /// `counted`: recipients accepted so far plus those in the batch being forwarded;
+    /// `smtputf8`: the transaction's MAIL carried SMTPUTF8.
+    fn classify_rcpt(&self, to: RcptTo<String>, counted: usize, smtputf8: bool) -> Pending {
         if to.flags != 0 || to.orcpt.is_some() {
             Pending::Local(replies::unsupported_parameter())
+        } else if !smtputf8 && !to.address.is_ascii() {
+            Pending::Local(replies::non_ascii_needs_smtputf8())
         } else if counted >= self.shared.cfg.max_recipients {
             Pending::Local(replies::too_many_recipients())
         } else {

@@ -11,7 +11,15 @@
 //! One file per verb group, as in Stalwart's smtp crate: `ehlo` (EHLO/HELO),
 //! `mail` (MAIL/RCPT), `data` (DATA), `auth` (AUTH PLAIN/LOGIN), `starttls`
 //! (STARTTLS and the TLS acceptor), `replies` (every locally generated reply),
-//! `listener` (accept loop, session limit, graceful shutdown).
+//! `listener` (the listening socket and its backlog, accept loop, session limits,
+//! graceful shutdown).
+//!
+//! Slow clients: every wait for the client is bounded by deadlines that a trickle of
+//! bytes does not reset — a whole command line (`command_timeout`), each 64 KiB block of
+//! DATA (`data_block_timeout`), everything before the first MAIL FROM
+//! (`pre_mail_timeout`) — so slow-drip clients cannot hold the session slots for long.
+//! Off loopback, one address gets at most `max_sessions_per_ip` sessions and each failed
+//! AUTH is answered after `auth_failure_delay`.
 //!
 //! What this module must never do:
 //! - answer 2xx to MAIL, RCPT or the end of DATA unless the relay returned it;
@@ -45,8 +53,9 @@ mod replies;
 mod session;
 mod starttls;
 
-pub use listener::SessionStats;
+pub use listener::{bind, SessionStats};
 pub use relay::{Relay, RelayTransaction};
+pub use session::DATA_BLOCK_BYTES;
 pub use starttls::load_tls_acceptor;
 
 use crate::config::ServerConfig;
@@ -110,16 +119,14 @@ impl<R: Relay> Server<R> {
         self
     }
 
-    /// Binds `cfg.listen` and serves until `shutdown` fires.
+    /// Binds `cfg.listen` (with `cfg.listen_backlog`) and serves until `shutdown` fires.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ServerError> {
-        let addr = self.cfg.listen;
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| ServerError::Bind { addr, source })?;
+        let listener = bind(self.cfg.listen, self.cfg.listen_backlog)?;
         self.serve(listener, shutdown).await
     }
 
-    /// Serves on an already bound listener (tests bind `127.0.0.1:0`). Stops accepting
+    /// Serves on an already bound listener (bind it with [`bind`] for the configured
+    /// backlog; tests bind `127.0.0.1:0`). Stops accepting
     /// when `shutdown` fires, lets transactions in flight finish for up to
     /// `shutdown_grace`, and returns when every session has ended.
     pub async fn serve(

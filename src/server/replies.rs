@@ -3,6 +3,7 @@
 //! Replies from the provider never come from here: they are relayed verbatim. Nothing in
 //! this file may be a 2xx to MAIL, RCPT or DATA — only the relay may say that.
 
+use super::session::Timeout;
 use crate::smtp::{EnhancedCode, Reply};
 
 const fn ec(class: u8, subject: u16, detail: u16) -> EnhancedCode {
@@ -77,6 +78,15 @@ pub fn unsupported_parameter() -> Reply {
     Reply::new(555, ec(5, 5, 4), "Unsupported parameter")
 }
 
+/// RFC 6531 3.7.4.1: a non-ASCII address in a transaction whose MAIL had no SMTPUTF8.
+pub fn non_ascii_needs_smtputf8() -> Reply {
+    Reply::new(
+        553,
+        ec(5, 6, 7),
+        "Non-ASCII address needs SMTPUTF8 on MAIL FROM",
+    )
+}
+
 pub fn start_data() -> Reply {
     Reply::plain(354, "End data with <CR><LF>.<CR><LF>")
 }
@@ -103,8 +113,15 @@ pub fn local_error() -> Reply {
     Reply::new(451, ec(4, 3, 0), "Local error in processing")
 }
 
-pub fn idle_timeout() -> Reply {
-    Reply::new(421, ec(4, 4, 2), "Idle timeout")
+/// A deadline for the client ran out (see `session.rs`); the session is closed.
+pub(crate) fn timeout(which: Timeout) -> Reply {
+    let text = match which {
+        Timeout::Idle => "Idle timeout",
+        Timeout::Command => "Timeout waiting for a complete command line",
+        Timeout::DataBlock => "Timeout waiting for message data",
+        Timeout::PreMail => "Timeout: no MAIL FROM in time",
+    };
+    Reply::new(421, ec(4, 4, 2), text)
 }
 
 pub fn shutting_down() -> Reply {
@@ -113,6 +130,15 @@ pub fn shutting_down() -> Reply {
 
 pub fn too_many_connections() -> Reply {
     Reply::new(421, ec(4, 3, 2), "Too many connections, try later")
+}
+
+/// Off loopback, `max_sessions_per_ip` sessions from this address are open.
+pub fn too_many_connections_from_address() -> Reply {
+    Reply::new(
+        421,
+        ec(4, 7, 0),
+        "Too many connections from your address, try later",
+    )
 }
 
 pub fn ready_for_tls() -> Reply {

@@ -76,8 +76,12 @@ impl<R: Relay> Session<R> {
         let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Gone) else {
             return Err(Close::Io);
         };
-        let idle = self.shared.cfg.idle_timeout;
-        let handshake = tokio::time::timeout(idle, acceptor.accept(tcp));
+        // Bounded by the idle timeout, and before MAIL by the pre-MAIL deadline too.
+        let mut until = tokio::time::Instant::now() + self.shared.cfg.idle_timeout;
+        if let Some(pre_mail) = self.pre_mail_deadline {
+            until = until.min(pre_mail);
+        }
+        let handshake = tokio::time::timeout_at(until, acceptor.accept(tcp));
         let tls = tokio::select! {
             r = handshake => r,
             _ = self.shared.shutdown.cancelled() => return Err(Close::Io),

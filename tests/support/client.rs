@@ -2,6 +2,8 @@
 //! codes: the mailer of `tests/interop.rs` and `tests/interop_queue.rs`, and the raw
 //! connections of `tests/interop_postfix.rs`. Every read and write has a timeout and a
 //! reply is at most `MAX_REPLY_LINES` lines, so no call can hang a test.
+//!
+//! [`allow_open_files`] lets a test open many connections at once.
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -107,5 +109,29 @@ impl Client {
         self.writer.write_all(message.as_bytes())?;
         self.writer.write_all(b".\r\n")?;
         self.reply()
+    }
+}
+
+/// Raises this process's soft limit on open files to at least `n` (children started
+/// afterwards inherit it), for tests that hold many connections at once; the default
+/// soft limit is often 1024. Panics, naming the limit, if the hard limit is lower.
+#[cfg(unix)]
+pub fn allow_open_files(n: libc::rlim_t) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        if lim.rlim_cur < n {
+            assert!(
+                lim.rlim_max >= n,
+                "this test needs {n} open files; the hard limit (ulimit -Hn) is {}",
+                lim.rlim_max
+            );
+            lim.rlim_cur = n;
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+        }
     }
 }

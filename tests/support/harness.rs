@@ -103,6 +103,11 @@ impl Proc {
         }
     }
 
+    /// The process id (to signal it).
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn output(&self) -> String {
         let bytes = fs::read(&self.log).unwrap_or_default();
         String::from_utf8_lossy(&bytes).into_owned()
