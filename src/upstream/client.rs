@@ -9,7 +9,7 @@
 //! error or timeout is an `Err` and leaves the connection unusable.
 //!
 //! **The one guard** (for passthrough and queue mode alike): every reply is checked
-//! against what the protocol allows where it arrives ([`Expect`]): greeting `220`,
+//! against what the protocol allows where it arrives (`Expect`): greeting `220`,
 //! EHLO/HELO `250`, STARTTLS `220`, AUTH `334` continuations then `235`, MAIL/RCPT
 //! `250`/`251`/`252`, DATA `354`, end of DATA any `2xx`, RSET `250`. A positive (2xx or
 //! 3xx) reply that is not the expected one — a plaintext `250` injected in answer to
