@@ -82,3 +82,63 @@ fn usage_errors_exit_2_and_help_exits_0() {
     assert_eq!(mailvalve(&["--help"], &[]).status.code(), Some(0));
     assert_eq!(mailvalve(&["--version"], &[]).status.code(), Some(0));
 }
+
+/// `check` and `run` refuse the same reply rules, because validation compiles the rule
+/// table: an `accept` for a code outside 2xx would count a refusal as delivered.
+#[test]
+fn an_accept_rule_outside_2xx_is_refused_by_check_and_run_alike() {
+    let dir = std::env::temp_dir().join(format!("mailvalve-accept-rule-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("m.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n\n[upstream]\nhost = \"127.0.0.1\"\nport = 2526\n\n\
+             [queue]\ndir = \"{}\"\n\n[suppression]\npath = \"{}\"\n\n\
+             [[rules]]\ncode = \"250\"\nverdict = \"accept\"\n\n\
+             [[rules]]\ncode = \"550\"\ntext = \"queued\"\nverdict = \"accept\"\n",
+            dir.join("spool").display(),
+            dir.join("s.redb").display()
+        ),
+    )
+    .unwrap();
+    let path = file.to_str().unwrap();
+    let o = mailvalve(&["check", "-c", path], &[]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("rules[1].code"), "names the rule: {out}");
+    assert!(
+        out.contains(r#"code = "550""#) && out.contains(r#"text = "queued""#),
+        "names its fields: {out}"
+    );
+    assert!(!out.contains("rules[0]"), "the 2xx rule is fine: {out}");
+
+    // `run` refuses it before it listens; bounded, in case it starts after all.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mailvalve"))
+        .args(["run", "-c", path])
+        .env_clear()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut status = None;
+    for _ in 0..200 {
+        if let Some(s) = child.try_wait().unwrap() {
+            status = Some(s);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    if status.is_none() {
+        let _ = child.kill();
+    }
+    let o = child.wait_with_output().unwrap();
+    let out = text(&o);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(1),
+        "run must refuse: {out}"
+    );
+    assert!(out.contains("rules[1].code"), "{out}");
+}

@@ -4,7 +4,10 @@
 //! reply comes back verbatim. At the end of the transaction the connection returns to the
 //! pool for any session.
 //!
-//! It never makes up a positive reply: every failure becomes the upstream error's 4xx.
+//! It never makes up a positive reply: every failure becomes the upstream error's 4xx,
+//! and what reaches the mailer as the provider's reply has passed the upstream client's
+//! one protocol guard (a `250` to DATA is an error there, so the mailer gets a 4xx, never
+//! a `250` for a message that was not sent).
 
 use crate::server::relay::{Relay, RelayTransaction};
 use crate::smtp::{Envelope, Reply};
@@ -27,6 +30,18 @@ pub struct PassthroughTx {
     lease: Lease,
 }
 
+/// What identifies a passthrough message to the feedback path (a mailbox-full reply
+/// counts once per message and day): all a transaction knows when RCPT is answered is
+/// its envelope, so a mailer's retry of one message (same sender, same declared SIZE)
+/// counts once. Two messages from one sender without SIZE may count as one: that errs
+/// toward not suppressing.
+fn envelope_identity(env: &Envelope) -> String {
+    match env.size {
+        Some(size) => format!("p:{}:{size}", env.from.to_lowercase()),
+        None => format!("p:{}", env.from.to_lowercase()),
+    }
+}
+
 impl Relay for Passthrough {
     type Tx = PassthroughTx;
 
@@ -36,6 +51,7 @@ impl Relay for Passthrough {
         rcpts: Vec<String>,
     ) -> Result<(PassthroughTx, Reply, Vec<Reply>), Reply> {
         let mut lease = self.admission.lease().await.map_err(|e| e.to_reply())?;
+        lease.set_message_identity(Some(&envelope_identity(&env)));
         match lease.envelope(&env, &rcpts).await {
             Ok((mail, replies)) if mail.class() == 2 => {
                 Ok((PassthroughTx { lease }, mail, replies))

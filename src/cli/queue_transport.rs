@@ -5,7 +5,11 @@
 //!
 //! It only translates: provider replies become [`Outcome::Reply`] with their phase,
 //! every [`UpstreamError`] becomes [`Outcome::Local`] (or the provider reply it holds).
-//! It must never report a recipient delivered without a 2xx at the end of DATA.
+//! It must never report a recipient delivered without a 2xx at the end of DATA of its
+//! own transaction. It does not check reply codes itself: the upstream client's one
+//! guard turns every positive reply the protocol does not allow (a `250` to DATA, to
+//! STARTTLS, a `334` at the end of AUTH) into an error before it gets here, so the
+//! replies it translates are negative ones, the expected ones, and the final reply.
 
 use crate::policy::verdict::Phase;
 use crate::queue::transport::{LocalKind, Outcome, Transport};
@@ -34,6 +38,10 @@ fn outcome(e: &UpstreamError) -> Outcome {
         UpstreamError::Auth(r) => provider(Phase::Auth, r),
         UpstreamError::StartTls(Some(r)) => provider(Phase::StartTls, r),
         other => {
+            let setup = matches!(
+                other.phase(),
+                Some(Phase::Greeting | Phase::Ehlo | Phase::StartTls | Phase::Auth)
+            );
             let kind = match other {
                 UpstreamError::Paused { .. } => LocalKind::Paused,
                 UpstreamError::Busy(_) => LocalKind::Busy,
@@ -45,9 +53,15 @@ fn outcome(e: &UpstreamError) -> Outcome {
                 | UpstreamError::Backoff(_)
                 | UpstreamError::StartTls(None)
                 | UpstreamError::NoAuthMechanism => LocalKind::Unreachable,
-                UpstreamError::Timeout {
-                    phase: Phase::Greeting | Phase::Ehlo | Phase::StartTls | Phase::Auth,
-                } => LocalKind::Unreachable,
+                // A connection that broke before MAIL (no greeting in time, a reply the
+                // protocol does not allow during setup) is set-up trouble too.
+                UpstreamError::Timeout { .. }
+                | UpstreamError::Unexpected { .. }
+                | UpstreamError::Unsolicited { .. }
+                    if setup =>
+                {
+                    LocalKind::Unreachable
+                }
                 _ => LocalKind::Broken,
             };
             Outcome::Local {
@@ -58,6 +72,24 @@ fn outcome(e: &UpstreamError) -> Outcome {
     }
 }
 
+/// What identifies a queued message to the feedback path (a mailbox-full reply counts
+/// once per message and day): a digest of the sender, the size and the header section
+/// (at most the first 64 KiB), which carries the Message-ID and Date. The same for
+/// every retry and every chunk of one message, across restarts of one build, without
+/// reading the whole body again. Not a security boundary: a collision only means two
+/// messages count as one toward the soft-bounce threshold.
+pub fn message_identity(env: &Envelope, message: &[u8]) -> String {
+    use std::hash::{Hash, Hasher};
+    const HEAD: usize = 64 * 1024;
+    let head = message.get(..HEAD).unwrap_or(message);
+    let head = memchr::memmem::find(head, b"\r\n\r\n").map_or(head, |i| &head[..i]);
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    env.from.hash(&mut h);
+    message.len().hash(&mut h);
+    head.hash(&mut h);
+    format!("q:{:016x}", h.finish())
+}
+
 impl Transport for AdmissionTransport {
     async fn deliver(&self, env: &Envelope, rcpts: &[String], message: &[u8]) -> Vec<Outcome> {
         let all = |o: Outcome| vec![o; rcpts.len()];
@@ -65,6 +97,7 @@ impl Transport for AdmissionTransport {
             Ok(l) => l,
             Err(e) => return all(outcome(&e)),
         };
+        lease.set_message_identity(Some(&message_identity(env, message)));
         let (mail, replies) = match lease.envelope(env, rcpts).await {
             Ok(r) => r,
             // Dropping the lease closes the broken connection.
@@ -97,20 +130,8 @@ impl Transport for AdmissionTransport {
             return out;
         }
         let data = match lease.data(message).await {
-            // The transaction still open means DATA got no 354. A positive reply there
-            // would mean "delivered" without the message ever being sent: a broken
-            // provider, treated as a lost connection, never as delivered.
-            Ok(r) if lease.in_transaction() && r.class() <= 3 => {
-                tracing::warn!(reply = %r, "provider answered DATA without 354; message not sent");
-                Outcome::Local {
-                    kind: LocalKind::Broken,
-                    reply: Reply::new(
-                        451,
-                        crate::smtp::EnhancedCode::new(4, 5, 0),
-                        format!("Provider answered DATA with {} instead of 354", r.code),
-                    ),
-                }
-            }
+            // The transaction still open means DATA was refused (4xx/5xx; the client's
+            // guard lets no other answer than 354 through).
             Ok(r) if lease.in_transaction() => Outcome::Reply {
                 phase: Phase::Data,
                 reply: r,

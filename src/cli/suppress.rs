@@ -84,6 +84,7 @@ pub fn run(cmd: SuppressCmd, cfg: &Config) -> anyhow::Result<()> {
                 source: Source::Manual,
                 suppressed: true,
                 soft_times: Vec::new(),
+                soft_marks: Vec::new(),
             }])?;
             println!("suppressed {address}");
         }

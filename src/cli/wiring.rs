@@ -62,21 +62,9 @@ pub fn fixed_rates(cfg: &Config, profile: &Profile) -> RateConfig {
     }
 }
 
-fn spec(r: &RuleConfig) -> RuleSpec {
-    RuleSpec {
-        phase: (!r.phase.is_empty()).then(|| r.phase.clone()),
-        code: r.code.clone(),
-        enhanced: r.enhanced.clone(),
-        text: r.text.clone(),
-        verdict: r.verdict.clone(),
-        until: r.until.clone(),
-        ..RuleSpec::default()
-    }
-}
-
 /// The classifier: user rules, then the profile's, then the built-in defaults.
 pub fn classifier(cfg: &Config, profile: &Profile) -> anyhow::Result<Classifier> {
-    let profile_rules: Vec<RuleSpec> = profile.rules.iter().map(spec).collect();
+    let profile_rules: Vec<RuleSpec> = profile.rules.iter().map(RuleConfig::to_spec).collect();
     Classifier::new(&cfg.rules, &profile_rules).map_err(|e| match e.origin {
         crate::policy::rules::RuleSource::Profile => {
             anyhow::anyhow!("provider profile {}: {e}", profile.name)
@@ -89,6 +77,8 @@ pub fn classifier(cfg: &Config, profile: &Profile) -> anyhow::Result<Classifier>
 mod tests {
     use super::*;
     use crate::config::profile;
+    use crate::policy::verdict::{Phase, Verdict};
+    use crate::smtp::Reply;
 
     fn office() -> Profile {
         profile::builtin("office365").unwrap().unwrap()
@@ -117,6 +107,36 @@ mod tests {
             r.per_second, None,
             "per-second is the adaptive rate's ceiling"
         );
+    }
+
+    proptest::proptest! {
+        /// With any built-in provider profile, a reply outside 2xx is never `Accept`,
+        /// except the two intermediate replies the protocol asks for, each in its phase.
+        #[test]
+        fn no_profile_accepts_a_refusal(
+            code in 300u16..=599,
+            phase in proptest::sample::select(vec![
+                Phase::Greeting, Phase::Ehlo, Phase::StartTls, Phase::Auth, Phase::Mail,
+                Phase::Rcpt, Phase::Data, Phase::DataEnd, Phase::Rset,
+            ]),
+            text in proptest::sample::select(vec!["ok", "accepted", "queued as 1234", "", "Ok: queued"]),
+        ) {
+            static ALL: std::sync::OnceLock<Vec<Classifier>> = std::sync::OnceLock::new();
+            let all = ALL.get_or_init(|| {
+                let cfg = Config::default();
+                profile::all()
+                    .unwrap()
+                    .into_values()
+                    .map(|p| classifier(&cfg, &p).unwrap())
+                    .collect()
+            });
+            let r = Reply::plain(code, text);
+            let intermediate = (code, phase) == (354, Phase::Data) || (code, phase) == (334, Phase::Auth);
+            for c in all {
+                let v = c.classify(phase, &r).verdict;
+                proptest::prop_assert!(v != Verdict::Accept || intermediate, "{} at {:?}: {:?}", code, phase, v);
+            }
+        }
     }
 
     #[test]

@@ -122,6 +122,22 @@ pub struct RuleConfig {
     pub until: Option<String>,
 }
 
+impl RuleConfig {
+    /// The rule in the classifier's vocabulary (a profile rule has no `hint` or
+    /// `description`; an empty phase list means every phase).
+    pub fn to_spec(&self) -> crate::policy::rules::RuleSpec {
+        crate::policy::rules::RuleSpec {
+            phase: (!self.phase.is_empty()).then(|| self.phase.clone()),
+            code: self.code.clone(),
+            enhanced: self.enhanced.clone(),
+            text: self.text.clone(),
+            verdict: self.verdict.clone(),
+            until: self.until.clone(),
+            ..crate::policy::rules::RuleSpec::default()
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("built-in profile {name}: {source}")]
 pub struct ProfileError {

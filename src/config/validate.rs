@@ -1,12 +1,20 @@
 //! Validation: the rules a configuration must meet beyond its types, each problem
 //! naming the key. All problems are reported at once.
 //!
+//! It compiles the reply-rule table (`[[rules]]`, then the chosen provider profile's,
+//! then the built-in defaults) exactly as `run` will, so `check` and `run` refuse the
+//! same rules — a bad regex, an unknown verdict, a `suppress` outside 5xx, an `accept`
+//! for a code outside 2xx — each named by its index and fields.
+//!
 //! It must never put a secret into a message (only say that a password is set or
 //! missing), and never do more than cheap checks: files named by the config are opened
 //! and their PEM sections decoded, nothing is connected to and no certificate is
 //! verified here.
 
+use super::profile;
 use super::schema::{Config, TlsMode};
+use crate::policy::classify::Classifier;
+use crate::policy::rules::{RuleSource, RuleSpec};
 use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::fmt;
@@ -45,6 +53,7 @@ pub fn validate(config: &Config) -> Result<(), Vec<ValidationError>> {
     server(config, &mut p);
     upstream(config, &mut p);
     queue(config, &mut p);
+    rules(config, &mut p);
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&config.log.level) {
         p.push(
             "log.level",
@@ -77,6 +86,75 @@ fn queue(c: &Config, p: &mut Problems) {
             p.push("queue.webhook.url", e);
         }
     }
+}
+
+/// The rule table `run` would compile: the user's `[[rules]]` with the profile's.
+fn rules(c: &Config, p: &mut Problems) {
+    let name = c.upstream.profile.trim();
+    if name.is_empty() {
+        return; // reported by `upstream`
+    }
+    let prof = match profile::builtin(name) {
+        Some(Ok(prof)) => prof,
+        Some(Err(e)) => {
+            p.push("upstream.profile", e.to_string());
+            return;
+        }
+        None => {
+            p.push(
+                "upstream.profile",
+                format!(
+                    "no provider profile {name:?} (known: {})",
+                    profile::names().collect::<Vec<_>>().join(", ")
+                ),
+            );
+            return;
+        }
+    };
+    let profile_rules: Vec<RuleSpec> = prof.rules.iter().map(|r| r.to_spec()).collect();
+    for e in Classifier::problems(&c.rules, &profile_rules) {
+        match e.origin {
+            RuleSource::User => {
+                let fields = c.rules.get(e.index).map(rule_fields).unwrap_or_default();
+                p.push(
+                    format!("rules[{}].{}", e.index, e.field),
+                    format!("{} (the rule: {fields})", e.message),
+                );
+            }
+            RuleSource::Profile => {
+                p.push("upstream.profile", format!("provider profile {name}: {e}"))
+            }
+            RuleSource::Builtin => p.push("rules", e.message),
+        }
+    }
+}
+
+/// A rule's fields as written, for messages: `code = "550", verdict = "accept"`.
+fn rule_fields(r: &RuleSpec) -> String {
+    let mut out = Vec::new();
+    if let Some(ph) = &r.phase {
+        out.push(format!("phase = {ph:?}"));
+    }
+    for (key, v) in [
+        ("code", &r.code),
+        ("enhanced", &r.enhanced),
+        ("text", &r.text),
+    ] {
+        if let Some(v) = v {
+            out.push(format!("{key} = {v:?}"));
+        }
+    }
+    out.push(format!("verdict = {:?}", r.verdict));
+    for (key, v) in [
+        ("hint", &r.hint),
+        ("until", &r.until),
+        ("description", &r.description),
+    ] {
+        if let Some(v) = v {
+            out.push(format!("{key} = {v:?}"));
+        }
+    }
+    out.join(", ")
 }
 
 /// Settings that are allowed but risky; `check` prints them, `run` logs them.
@@ -639,6 +717,62 @@ mod tests {
                 "log.level"
             ]
         );
+    }
+
+    #[test]
+    fn accept_outside_2xx_is_refused_naming_the_rule() {
+        let rule = |code: Option<&str>, verdict: &str| RuleSpec {
+            code: code.map(Into::into),
+            text: Some("whatever".into()),
+            verdict: verdict.into(),
+            ..RuleSpec::default()
+        };
+        let c = Config {
+            rules: vec![
+                rule(Some("250"), "accept"),
+                rule(Some("550"), "accept"),
+                rule(Some("2xx"), "accept"),
+                rule(None, "accept"),
+                rule(Some("3xx"), "accept"),
+                rule(Some("250, 354"), "accept"),
+                rule(Some("550"), "reject-message"),
+            ],
+            ..Config::default()
+        };
+        let errs = validate(&c).unwrap_err();
+        let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "rules[1].code",
+                "rules[3].code",
+                "rules[4].code",
+                "rules[5].code"
+            ],
+            "{errs:?}"
+        );
+        let msg = errs[0].to_string();
+        assert!(msg.contains("2xx"), "{msg}");
+        assert!(
+            msg.contains(r#"code = "550""#) && msg.contains(r#"verdict = "accept""#),
+            "the message names the rule's fields: {msg}"
+        );
+    }
+
+    #[test]
+    fn rule_table_is_compiled_by_validation() {
+        let c = Config {
+            rules: vec![RuleSpec {
+                text: Some("(unclosed".into()),
+                verdict: "defer".into(),
+                ..RuleSpec::default()
+            }],
+            ..Config::default()
+        };
+        assert_eq!(keys(&c), ["rules[0].text"]);
+        let mut c = Config::default();
+        c.upstream.profile = "no-such-provider".into();
+        assert_eq!(keys(&c), ["upstream.profile"]);
     }
 
     #[test]

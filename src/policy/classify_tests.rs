@@ -793,3 +793,46 @@ fn verdict_names_are_the_rule_spellings() {
         assert_eq!(kind.verdict(None).name(), name);
     }
 }
+
+#[test]
+fn accept_rules_are_confined_to_2xx_for_users_and_profiles() {
+    for (origin, code) in [
+        (RuleSource::User, "550"),
+        (RuleSource::User, "5xx"),
+        (RuleSource::User, "354"),
+        (RuleSource::User, "250,450"),
+        (RuleSource::Profile, "334"),
+        (RuleSource::Profile, "xxx"),
+    ] {
+        let rule = [spec(code, Some("ok"), "accept")];
+        let (user, profile): (&[RuleSpec], &[RuleSpec]) = match origin {
+            RuleSource::User => (&rule, &[]),
+            _ => (&[], &rule),
+        };
+        let e = Classifier::new(user, profile)
+            .err()
+            .unwrap_or_else(|| panic!("accept for {code} must be refused"));
+        assert_eq!((e.origin, e.index, e.field), (origin, 0, "code"), "{e}");
+        assert!(e.message.contains("2xx"), "{e}");
+    }
+    // No code at all would match every reply.
+    let any = [RuleSpec {
+        text: Some("ok".into()),
+        verdict: "accept".into(),
+        ..RuleSpec::default()
+    }];
+    assert!(Classifier::new(&any, &[]).is_err());
+    for code in ["250", "2xx", "25x", "250,251"] {
+        let c = Classifier::new(&[spec(code, Some("ok"), "accept")], &[])
+            .unwrap_or_else(|e| panic!("{code}: {e}"));
+        assert_eq!(c.classify(DataEnd, &reply(250, "", "ok")).verdict, ACC);
+    }
+    assert_eq!(
+        Classifier::problems(
+            &[spec("550", None, "accept"), spec("2xx", None, "accept")],
+            &[]
+        )
+        .len(),
+        1
+    );
+}

@@ -3,9 +3,14 @@
 //! DESIGN "The reply policy".
 //!
 //! What a rule must never do: suppress an address on a reply that is not the address's
-//! fault. Every rule whose verdict is `suppress` is therefore confined, when compiled,
-//! to 5xx replies in the RCPT or DATA-end phase; `soft-bounce` to 4xx/5xx in the same
-//! phases. A user rule cannot widen that. Compiling happens once (config load); the
+//! fault, or take a refusal for acceptance. Every rule whose verdict is `suppress` is
+//! therefore confined, when compiled, to 5xx replies in the RCPT or DATA-end phase;
+//! `soft-bounce` to 4xx/5xx in the same phases. A rule whose verdict is `accept` must
+//! name codes that are all 2xx (`code = "250"`, `"2xx"`); one that could match anything
+//! else is refused, naming the rule — an `accept` for a 5xx would count a refusal as
+//! delivered. (The built-in table alone also accepts the two intermediate replies the
+//! protocol asks for: `354` after DATA and `334` during AUTH, each only in its phase.)
+//! A user rule cannot widen any of that. Compiling happens once (config load); the
 //! matching in `classify.rs` does no parsing and no regex compilation.
 
 use std::fmt;
@@ -503,6 +508,30 @@ pub(crate) fn compile(
             ));
         }
         classes &= allowed;
+    }
+
+    if kind == VerdictKind::Accept {
+        let only_2xx = p.code.is_some() && classes == 1 << 2;
+        let exact = |code: [u8; 3], phase: Phase| {
+            codes.len() == 1
+                && codes[0] == CodePat([Some(code[0]), Some(code[1]), Some(code[2])])
+                && phases == phase_bit(phase)
+        };
+        let intermediate = origin == RuleSource::Builtin
+            && (exact([3, 5, 4], Phase::Data) || exact([3, 3, 4], Phase::Auth));
+        if !only_2xx && !intermediate {
+            let what = match p.code {
+                Some(c) => format!("code {c:?} matches replies outside 2xx"),
+                None => "without a code it matches every reply, refusals included".into(),
+            };
+            return Err(err(
+                "code",
+                format!(
+                    "verdict \"accept\" applies only to 2xx replies (e.g. code = \"250\" \
+                     or \"2xx\"), and {what}: a refusal would count as delivered"
+                ),
+            ));
+        }
     }
 
     let text = match p.text {

@@ -5,8 +5,14 @@
 //!
 //! Keyed by the lower-cased address. Hard failures (5.1.x, 5.2.1, "user unknown")
 //! suppress at once; soft ones (mailbox full) only after `threshold` occurrences within
-//! `window`. This module must never suppress on its own judgement of a reply: it is told
-//! by the classifier's verdict, and it never forgets an entry except by `remove`.
+//! `window`, where one message counts at most once a day (three quick retries of one
+//! message are one occurrence, not three). This module must never suppress on its own
+//! judgement of a reply: it is told by the classifier's verdict, and it never forgets an
+//! entry except by `remove`.
+//!
+//! The index is updated at once; the store is told in the same order, under the same
+//! lock, and may make the write durable off the caller's thread (`store::write_behind`):
+//! the feedback path runs on the async workers that answer RCPT.
 
 use crate::smtp::Reply;
 use serde::{Deserialize, Serialize};
@@ -62,7 +68,25 @@ pub struct Entry {
     /// Times (unix seconds) of recent soft failures, newest last, at most `threshold`.
     #[serde(default)]
     pub soft_times: Vec<u64>,
+    /// The messages whose soft failure was counted in the last day (at most
+    /// [`SOFT_MARKS`]): another soft failure of one of them within a day of its mark is
+    /// not counted again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub soft_marks: Vec<SoftMark>,
 }
+
+/// A message whose soft failure was counted, and when (unix seconds).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SoftMark {
+    pub message: String,
+    pub at: u64,
+}
+
+/// One message counts toward the soft threshold at most once in this long.
+pub const SOFT_ONCE_PER: u64 = 24 * 3600;
+/// Most messages remembered per address for [`SOFT_ONCE_PER`] (the oldest are
+/// forgotten first; an address with more soft failures a day is suppressed long before).
+pub const SOFT_MARKS: usize = 32;
 
 impl Entry {
     /// The local reply to a RCPT for this address: `550 5.1.1` with the original reason.
@@ -93,8 +117,11 @@ impl Entry {
 #[error("suppression store: {0}")]
 pub struct StoreError(pub String);
 
-/// Durable storage for entries. Implementations must make `put`/`put_all`/`remove`
-/// durable before returning (crash-safe), and `put_all` atomic.
+/// Durable storage for entries. `put_all` and `remove` must be durable (crash-safe)
+/// before they return, `put_all` atomic, and both ordered after every earlier `put`.
+/// `put` may return before its write is durable (the list calls it on the feedback
+/// path, under its index lock), but must then make it durable in order and never drop
+/// it (see `store::write_behind`).
 pub trait SuppressionStore: Send + Sync + 'static {
     fn load_all(&self) -> Result<Vec<Entry>, StoreError>;
     fn put(&self, entry: &Entry) -> Result<(), StoreError>;
@@ -158,14 +185,44 @@ impl<S: SuppressionStore> Suppressions<S> {
     pub fn record_hard(&self, address: &str, reply: &Reply, now: u64) -> Result<Entry, StoreError> {
         self.update(address, reply, now, Source::Upstream, |e, _| {
             e.suppressed = true;
+            true
         })
     }
 
     /// A soft failure (mailbox full): counted; suppressed once `threshold` happened
     /// within the window. Returns the entry; `entry.suppressed` says which.
     pub fn record_soft(&self, address: &str, reply: &Reply, now: u64) -> Result<Entry, StoreError> {
+        self.record_soft_for(address, reply, now, None)
+    }
+
+    /// [`Suppressions::record_soft`] for a reply about `message` (what identifies it:
+    /// the queue's digest of the message, passthrough's of the envelope). A message
+    /// already counted for this address within [`SOFT_ONCE_PER`] is not counted again
+    /// (the entry's reply and `last_seen` are still updated). `None`: always counted.
+    pub fn record_soft_for(
+        &self,
+        address: &str,
+        reply: &Reply,
+        now: u64,
+        message: Option<&str>,
+    ) -> Result<Entry, StoreError> {
         let soft = self.soft;
         self.update(address, reply, now, Source::Upstream, move |e, now| {
+            if let Some(m) = message {
+                e.soft_marks
+                    .retain(|k| now.saturating_sub(k.at) < SOFT_ONCE_PER);
+                if e.soft_marks.iter().any(|k| k.message == m) {
+                    // Counted already today: a retry of the same message.
+                    return false;
+                }
+                if e.soft_marks.len() >= SOFT_MARKS {
+                    e.soft_marks.remove(0);
+                }
+                e.soft_marks.push(SoftMark {
+                    message: m.to_string(),
+                    at: now,
+                });
+            }
             e.soft_times
                 .retain(|&t| now.saturating_sub(t) <= soft.window_secs);
             e.soft_times.push(now);
@@ -177,6 +234,7 @@ impl<S: SuppressionStore> Suppressions<S> {
             if e.soft_times.len() >= keep {
                 e.suppressed = true;
             }
+            true
         })
     }
 
@@ -186,7 +244,7 @@ impl<S: SuppressionStore> Suppressions<S> {
         reply: &Reply,
         now: u64,
         source: Source,
-        apply: impl FnOnce(&mut Entry, u64),
+        apply: impl FnOnce(&mut Entry, u64) -> bool,
     ) -> Result<Entry, StoreError> {
         let key = normalize(address);
         let mut idx = self.index.write().unwrap_or_else(|p| p.into_inner());
@@ -201,13 +259,17 @@ impl<S: SuppressionStore> Suppressions<S> {
             source,
             suppressed: false,
             soft_times: Vec::new(),
+            soft_marks: Vec::new(),
         });
         entry.code = reply.code;
         entry.enhanced = reply.enhanced.map(|e| e.to_string());
         entry.text = reply.text();
         entry.last_seen = now;
-        entry.count = entry.count.saturating_add(1);
-        apply(&mut entry, now);
+        // `apply` says whether this occurrence counts (a soft failure of a message
+        // already counted today does not).
+        if apply(&mut entry, now) {
+            entry.count = entry.count.saturating_add(1);
+        }
         self.store.put(&entry)?;
         idx.insert(key, entry.clone());
         Ok(entry)
@@ -244,16 +306,30 @@ impl<S: SuppressionStore> Suppressions<S> {
 pub trait Recorder: Send + Sync + 'static {
     /// Permanent failure of the address.
     fn hard(&self, address: &str, reply: &Reply, now: u64) -> Result<(), StoreError>;
-    /// Mailbox-full style failure; `Ok(true)` when this one made the address suppressed.
-    fn soft(&self, address: &str, reply: &Reply, now: u64) -> Result<bool, StoreError>;
+    /// Mailbox-full style failure about `message` (when known: counted at most once a
+    /// day per message); `Ok(true)` when this one made the address suppressed.
+    fn soft(
+        &self,
+        address: &str,
+        reply: &Reply,
+        now: u64,
+        message: Option<&str>,
+    ) -> Result<bool, StoreError>;
 }
 
 impl<S: SuppressionStore> Recorder for Suppressions<S> {
     fn hard(&self, address: &str, reply: &Reply, now: u64) -> Result<(), StoreError> {
         self.record_hard(address, reply, now).map(|_| ())
     }
-    fn soft(&self, address: &str, reply: &Reply, now: u64) -> Result<bool, StoreError> {
-        self.record_soft(address, reply, now).map(|e| e.suppressed)
+    fn soft(
+        &self,
+        address: &str,
+        reply: &Reply,
+        now: u64,
+        message: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        self.record_soft_for(address, reply, now, message)
+            .map(|e| e.suppressed)
     }
 }
 
@@ -351,6 +427,73 @@ mod tests {
         assert!(s.record_soft("a@b", &r, 130).unwrap().suppressed);
         assert!(s.is_suppressed("a@b"));
         assert_eq!(s.lookup("a@b").unwrap().count, 4);
+    }
+
+    #[test]
+    fn one_message_counts_once_a_day() {
+        let s = list();
+        let r = Reply::new(452, EnhancedCode::new(4, 2, 2), "mailbox full");
+        // Three quick retries of one message: one occurrence.
+        for t in [0, 5, 10] {
+            assert!(
+                !s.record_soft_for("a@b", &r, t, Some("m1"))
+                    .unwrap()
+                    .suppressed
+            );
+        }
+        let e = s.list().into_iter().find(|e| e.address == "a@b").unwrap();
+        assert_eq!((e.soft_times.len(), e.count, e.last_seen), (1, 1, 10));
+        // Two other messages the same day: three occurrences, suppressed.
+        assert!(
+            !s.record_soft_for("a@b", &r, 20, Some("m2"))
+                .unwrap()
+                .suppressed
+        );
+        assert!(
+            s.record_soft_for("a@b", &r, 30, Some("m3"))
+                .unwrap()
+                .suppressed
+        );
+        // Another address is counted on its own.
+        assert!(
+            !s.record_soft_for("c@d", &r, 30, Some("m1"))
+                .unwrap()
+                .suppressed
+        );
+    }
+
+    #[test]
+    fn the_same_message_counts_again_the_next_day() {
+        let s = Suppressions::open(
+            MemoryStore::default(),
+            SoftPolicy {
+                threshold: 3,
+                window_secs: 30 * 24 * 3600,
+            },
+        )
+        .unwrap();
+        let r = Reply::new(452, EnhancedCode::new(4, 2, 2), "mailbox full");
+        let day = SOFT_ONCE_PER;
+        assert!(
+            !s.record_soft_for("a@b", &r, 0, Some("m"))
+                .unwrap()
+                .suppressed
+        );
+        assert!(
+            !s.record_soft_for("a@b", &r, day - 1, Some("m"))
+                .unwrap()
+                .suppressed
+        );
+        assert!(
+            !s.record_soft_for("a@b", &r, day, Some("m"))
+                .unwrap()
+                .suppressed
+        );
+        assert!(
+            s.record_soft_for("a@b", &r, 2 * day, Some("m"))
+                .unwrap()
+                .suppressed
+        );
     }
 
     #[test]

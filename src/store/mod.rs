@@ -1,7 +1,10 @@
 //! Durable storage behind the policy's store traits: the suppression list in redb, and
 //! its CSV import/export. The policy decides what to store; this module only makes it
 //! durable (every write transaction is committed with redb's default immediate
-//! durability: fsynced before the call returns) and must never decide anything itself.
+//! durability: fsynced before the commit returns — for writes from the feedback path,
+//! on the store's own writer thread, see `write_behind`) and must never decide anything
+//! itself.
 
 pub mod suppression;
 pub mod suppression_csv;
+pub mod write_behind;

@@ -1,22 +1,38 @@
 //! The suppression list in a redb database: one table, address → JSON entry. redb's
 //! copy-on-write commits survive `kill -9` and power loss: a commit is either fully
 //! there after restart or not at all.
+//!
+//! [`RedbFile`] commits on the caller's thread; [`RedbStore`], what the relay and the
+//! CLI use, is that file behind a writer thread (`write_behind`), so recording a
+//! suppression from a provider reply never waits for an fsync on an async worker.
 
+use super::write_behind::WriteBehind;
 use crate::policy::suppression::{Entry, StoreError, SuppressionStore};
 use redb::{Database, ReadableTable, TableDefinition};
 use std::path::Path;
 
 const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("suppression");
 
-pub struct RedbStore {
+/// The database itself: every call is durable before it returns.
+pub struct RedbFile {
     db: Database,
+}
+
+/// The suppression database with its writer thread (see the module docs).
+pub type RedbStore = WriteBehind<RedbFile>;
+
+impl WriteBehind<RedbFile> {
+    /// Opens (or creates) the database at `path` and starts its writer.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        RedbFile::open(path).map(WriteBehind::new)
+    }
 }
 
 fn err(e: impl std::fmt::Display) -> StoreError {
     StoreError(e.to_string())
 }
 
-impl RedbStore {
+impl RedbFile {
     /// Opens (or creates) the database at `path`; the parent directory must exist.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let db = Database::create(path)
@@ -29,7 +45,7 @@ impl RedbStore {
     }
 }
 
-impl SuppressionStore for RedbStore {
+impl SuppressionStore for RedbFile {
     fn load_all(&self) -> Result<Vec<Entry>, StoreError> {
         let tx = self.db.begin_read().map_err(err)?;
         let table = tx.open_table(TABLE).map_err(err)?;

@@ -211,6 +211,7 @@ fn entry_from(columns: &[String], rec: &csv::StringRecord, now: u64) -> Result<E
         source,
         suppressed: true,
         soft_times: Vec::new(),
+        soft_marks: Vec::new(),
     })
 }
 

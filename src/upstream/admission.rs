@@ -83,18 +83,22 @@ impl Admission {
         controller: Arc<Controller>,
         limit: Arc<ConcurrencyLimit>,
     ) -> Self {
-        Self::build(settings, Some(PauseGateLayer::new(controller)), limit)
+        Self::build(settings, Some(controller), limit)
     }
 
     fn build(
         settings: Arc<Settings>,
-        gate: Option<PauseGateLayer>,
+        controller: Option<Arc<Controller>>,
         limit: Arc<ConcurrencyLimit>,
     ) -> Self {
         let cfg = &settings.config;
         let rates = RateLimits::new(&cfg.rate);
         let wait = cfg.admission_wait;
-        let pool = Pool::new(settings.clone());
+        let pool = match &controller {
+            Some(c) => Pool::with_backoff(settings.clone(), c.clone()),
+            None => Pool::new(settings.clone()),
+        };
+        let gate = controller.map(PauseGateLayer::new);
         if tokio::runtime::Handle::try_current().is_ok() {
             pool.spawn_reaper();
         }

@@ -2,9 +2,11 @@
 //!
 //! Must never log, return or put into an error the password or the base64 blobs that
 //! carry it: every line sent here is logged as `AUTH PLAIN <redacted>` and the like, and
-//! a failure holds only the provider's reply.
+//! a failure holds only the provider's reply. Each step names the reply it expects
+//! (`334` to go on, `235` when done); anything else positive is the client's protocol
+//! guard's [`UpstreamError::Unexpected`], never "authenticated".
 
-use super::client::Connection;
+use super::client::{Connection, Expect};
 use super::error::UpstreamError;
 use crate::config::Secret;
 use crate::policy::verdict::Phase;
@@ -27,19 +29,37 @@ pub(crate) async fn authenticate(
         raw.extend_from_slice(pass.expose().as_bytes());
         let line = format!("AUTH PLAIN {}", B64.encode(&raw));
         let r = conn
-            .command_redacted(&line, "AUTH PLAIN <redacted>", Phase::Auth, wait)
+            .command_redacted(
+                &line,
+                "AUTH PLAIN <redacted>",
+                Phase::Auth,
+                Expect::AUTH_DONE,
+                wait,
+            )
             .await?;
         return finish(r);
     }
     if caps.auth_login {
         let r = conn
-            .command_redacted("AUTH LOGIN", "AUTH LOGIN", Phase::Auth, wait)
+            .command_redacted(
+                "AUTH LOGIN",
+                "AUTH LOGIN",
+                Phase::Auth,
+                Expect::AUTH_CONTINUE,
+                wait,
+            )
             .await?;
         if r.code != 334 {
             return finish(r);
         }
         let r = conn
-            .command_redacted(&B64.encode(user), "<redacted username>", Phase::Auth, wait)
+            .command_redacted(
+                &B64.encode(user),
+                "<redacted username>",
+                Phase::Auth,
+                Expect::AUTH_CONTINUE,
+                wait,
+            )
             .await?;
         if r.code != 334 {
             return finish(r);
@@ -49,6 +69,7 @@ pub(crate) async fn authenticate(
                 &B64.encode(pass.expose()),
                 "<redacted password>",
                 Phase::Auth,
+                Expect::AUTH_DONE,
                 wait,
             )
             .await?;
@@ -57,8 +78,9 @@ pub(crate) async fn authenticate(
     Err(UpstreamError::NoAuthMechanism)
 }
 
+/// `r` is negative or `235` (the guard refused anything else positive).
 fn finish(r: crate::smtp::Reply) -> Result<(), UpstreamError> {
-    if r.class() == 2 {
+    if r.code == 235 {
         tracing::debug!("authenticated with the provider");
         Ok(())
     } else {

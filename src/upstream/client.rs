@@ -7,6 +7,24 @@
 //! never log a password or an AUTH blob, never trust bytes buffered before a TLS
 //! handshake, and never report a message as sent unless the provider said so: any I/O
 //! error or timeout is an `Err` and leaves the connection unusable.
+//!
+//! **The one guard** (for passthrough and queue mode alike): every reply is checked
+//! against what the protocol allows where it arrives (`Expect`): greeting `220`,
+//! EHLO/HELO `250`, STARTTLS `220`, AUTH `334` continuations then `235`, MAIL/RCPT
+//! `250`/`251`/`252`, DATA `354`, end of DATA any `2xx`, RSET `250`. A positive (2xx or
+//! 3xx) reply that is not the expected one — a plaintext `250` injected in answer to
+//! STARTTLS, a `334` where AUTH expects its final reply, a `250` to DATA — is a broken
+//! connection: [`UpstreamError::Unexpected`], the connection is dropped, and the reply
+//! never reaches the observer as a reply (so it is never classified, never counted, never
+//! relayed to the mailer). Bytes that arrive before a command was sent (more replies
+//! than commands) are [`UpstreamError::Unsolicited`]. Negative replies (4xx, 5xx) are
+//! always allowed and returned as they are. A reply is at most
+//! [`MAX_REPLY_BYTES`] octets; a longer one (a provider streaming `250-` lines forever)
+//! is a protocol error, so memory stays bounded whatever the provider sends.
+//!
+//! SMTPUTF8 (RFC 6531): a non-ASCII address is sent only in a transaction whose MAIL
+//! carried `SMTPUTF8`, which needs the provider to advertise it; otherwise that address
+//! gets a local `553 5.6.7` and is never sent (a non-ASCII sender: MAIL itself gets it).
 
 use super::auth;
 use super::error::{phase_name, UpstreamError};
@@ -19,7 +37,8 @@ use crate::policy::latency::LatencyKind;
 use crate::policy::verdict::Phase;
 use crate::smtp::data::dot_stuff;
 use crate::smtp::ehlo::Capabilities;
-use crate::smtp::{Envelope, Reply};
+use crate::smtp::reply::{MAX_REPLY_LINE, MAX_REPLY_LINES};
+use crate::smtp::{EnhancedCode, Envelope, Reply, ReplyError};
 use bytes::{Buf, BytesMut};
 use futures::FutureExt;
 use std::fmt::Write as _;
@@ -38,6 +57,54 @@ const DATA_CHUNK: usize = 64 * 1024;
 const KEEP_WIRE: usize = 256 * 1024;
 /// QUIT is a courtesy: never wait long for its reply.
 const QUIT_WAIT: Duration = Duration::from_secs(5);
+/// Most octets a connection buffers while waiting for one reply: just above what the
+/// parser can hold before it gives up (at most `MAX_REPLY_LINES` lines of at most
+/// `MAX_REPLY_LINE` octets, plus one unfinished line). The parser normally errs first;
+/// this bound holds whatever it does, so a provider streaming a reply of 100 000 lines
+/// (or one endless line) costs a connection at most this much memory, then the
+/// connection is dropped.
+pub const MAX_REPLY_BYTES: usize = (MAX_REPLY_LINE + 2) * (MAX_REPLY_LINES + 1);
+
+/// The positive replies the protocol allows at one point of the conversation. Negative
+/// replies (4xx, 5xx) are always possible and are not listed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Expect {
+    /// One of these codes.
+    Codes(&'static [u16]),
+    /// Any 2xx (the end of DATA: RFC 5321 says 250, providers send others).
+    Any2xx,
+    /// Anything (QUIT: the connection is being closed, the reply does not matter).
+    Anything,
+}
+
+impl Expect {
+    pub(crate) const GREETING: Expect = Expect::Codes(&[220]);
+    pub(crate) const EHLO: Expect = Expect::Codes(&[250]);
+    pub(crate) const STARTTLS: Expect = Expect::Codes(&[220]);
+    /// An AUTH step that asks for the next credential.
+    pub(crate) const AUTH_CONTINUE: Expect = Expect::Codes(&[334]);
+    /// The last AUTH step: authenticated.
+    pub(crate) const AUTH_DONE: Expect = Expect::Codes(&[235]);
+    pub(crate) const MAIL: Expect = Expect::Codes(&[250, 251, 252]);
+    pub(crate) const RCPT: Expect = Expect::Codes(&[250, 251, 252]);
+    pub(crate) const DATA: Expect = Expect::Codes(&[354]);
+    pub(crate) const DATA_END: Expect = Expect::Any2xx;
+    pub(crate) const RSET: Expect = Expect::Codes(&[250]);
+    pub(crate) const QUIT: Expect = Expect::Anything;
+
+    /// Whether `reply` is a valid answer here: negative, or one of the positive replies
+    /// the protocol allows.
+    pub(crate) fn allows(self, reply: &Reply) -> bool {
+        if !reply.is_positive() {
+            return true;
+        }
+        match self {
+            Expect::Codes(codes) => codes.contains(&reply.code),
+            Expect::Any2xx => reply.class() == 2,
+            Expect::Anything => true,
+        }
+    }
+}
 
 /// An open, greeted (and, when configured, encrypted and authenticated) connection.
 pub struct Connection {
@@ -59,6 +126,13 @@ pub struct Connection {
     reply_for: Option<String>,
     /// Recipients the provider accepted in the current transaction.
     accepted: Vec<String>,
+    /// MAIL of the current transaction carried SMTPUTF8: non-ASCII addresses may go out.
+    utf8_tx: bool,
+    /// What identifies the message of the current transaction (for the observer: a
+    /// soft bounce counts once per message and day), and the one the next `envelope`
+    /// takes over.
+    identity: Option<Arc<str>>,
+    next_identity: Option<Arc<str>>,
     /// The last message as written (re-dot-stuffed), reused for the next one.
     wire: Vec<u8>,
 }
@@ -76,15 +150,19 @@ impl std::fmt::Debug for Connection {
 
 impl Connection {
     /// Connects and brings the session to the point where MAIL FROM can be sent.
-    /// Failures before any reply (refused, TLS) are reported to the observer here;
-    /// replies and read errors are reported as they are read.
+    /// Failures before any reply (refused, TLS) and a refused greeting are reported to
+    /// the observer here; replies and read errors are reported as they are read.
     pub async fn connect(settings: &Settings) -> Result<Connection, UpstreamError> {
         if let Some(obs) = &settings.observer {
             obs.connect_started();
         }
         let res = Self::open(settings).await;
         if let Some(obs) = &settings.observer {
-            if let Err(e @ (UpstreamError::Connect(_) | UpstreamError::Tls(_))) = &res {
+            if let Err(
+                e
+                @ (UpstreamError::Connect(_) | UpstreamError::Tls(_) | UpstreamError::Greeting(_)),
+            ) = &res
+            {
                 obs.failure(None, e);
             }
             obs.connect_finished(res.is_ok());
@@ -133,6 +211,9 @@ impl Connection {
             observer: settings.observer.clone(),
             reply_for: None,
             accepted: Vec::new(),
+            utf8_tx: false,
+            identity: None,
+            next_identity: None,
             wire: Vec::new(),
         };
         if cfg.tls == TlsMode::Implicit {
@@ -140,7 +221,7 @@ impl Connection {
         }
 
         let greeting = conn
-            .read_reply(Phase::Greeting, conn.timeouts.greeting)
+            .read_reply(Phase::Greeting, Expect::GREETING, conn.timeouts.greeting)
             .await?;
         if greeting.class() != 2 {
             conn.usable = false;
@@ -154,7 +235,12 @@ impl Connection {
                 return Err(UpstreamError::StartTls(None));
             }
             let r = conn
-                .command("STARTTLS", Phase::StartTls, conn.timeouts.command)
+                .command(
+                    "STARTTLS",
+                    Phase::StartTls,
+                    Expect::STARTTLS,
+                    conn.timeouts.command,
+                )
                 .await?;
             if r.code != 220 {
                 conn.usable = false;
@@ -193,11 +279,14 @@ impl Connection {
         };
         let hs = timeout(self.timeouts.connect, connector.connect(name, tcp)).await;
         match hs {
+            // A handshake that stalls is a TLS failure like any other: the connection
+            // is dropped and the upstream as a whole backs off (see `connect`).
             Err(_) => {
                 self.usable = false;
-                Err(UpstreamError::Timeout {
-                    phase: Phase::StartTls,
-                })
+                Err(UpstreamError::Tls(format!(
+                    "handshake not finished within {}s (timeouts.connect)",
+                    self.timeouts.connect.as_secs_f64()
+                )))
             }
             Ok(Err(e)) => {
                 self.usable = false;
@@ -214,7 +303,12 @@ impl Connection {
     /// EHLO, falling back to HELO when EHLO is refused with 5xx.
     async fn hello(&mut self, name: &str) -> Result<(), UpstreamError> {
         let r = self
-            .command(&format!("EHLO {name}"), Phase::Ehlo, self.timeouts.command)
+            .command(
+                &format!("EHLO {name}"),
+                Phase::Ehlo,
+                Expect::EHLO,
+                self.timeouts.command,
+            )
             .await?;
         if r.class() == 2 {
             self.caps = Capabilities::from_ehlo(&r);
@@ -222,7 +316,12 @@ impl Connection {
         }
         if r.class() == 5 {
             let r = self
-                .command(&format!("HELO {name}"), Phase::Ehlo, self.timeouts.command)
+                .command(
+                    &format!("HELO {name}"),
+                    Phase::Ehlo,
+                    Expect::EHLO,
+                    self.timeouts.command,
+                )
                 .await?;
             if r.class() == 2 {
                 self.caps = Capabilities::default();
@@ -233,10 +332,22 @@ impl Connection {
         Err(UpstreamError::Ehlo(r))
     }
 
+    /// What identifies the message of the next transaction (the one the next
+    /// [`Connection::envelope`] begins), for the observer: a mailbox-full reply counts
+    /// toward suppression at most once per message and day. Taken over by `envelope`;
+    /// without a call, the transaction has none.
+    pub fn set_message_identity(&mut self, identity: Option<&str>) {
+        self.next_identity = identity.map(Arc::from);
+    }
+
     /// MAIL FROM (with SIZE=, BODY=8BITMIME, SMTPUTF8 when both sides have them) and one
     /// RCPT per address. With PIPELINING everything goes out in one write; without it,
     /// one by one, and no RCPT is sent when MAIL was refused (the rcpt vec is empty).
     /// After a 421 the remaining replies are copies of that 421.
+    ///
+    /// A non-ASCII address goes out only when MAIL carries SMTPUTF8 (RFC 6531): with a
+    /// provider that does not offer it, such a recipient gets a local `553 5.6.7` and is
+    /// not sent, and a non-ASCII sender gets it for MAIL (nothing is sent at all).
     pub async fn envelope(
         &mut self,
         env: &Envelope,
@@ -246,6 +357,13 @@ impl Connection {
         check_arg(&env.from)?;
         for r in rcpts {
             check_arg(r)?;
+        }
+        self.identity = self.next_identity.take();
+        self.utf8_tx = env.smtputf8 && self.caps.smtputf8;
+        self.accepted.clear();
+        if !self.sendable(&env.from) {
+            tracing::info!("non-ASCII sender and the provider offers no SMTPUTF8; not sent");
+            return Ok((no_utf8_reply("sender"), Vec::new()));
         }
         let mut mail = String::with_capacity(env.from.len() + 48);
         mail.push_str("MAIL FROM:<");
@@ -257,22 +375,23 @@ impl Connection {
         if env.eight_bit && self.caps.eight_bit_mime {
             mail.push_str(" BODY=8BITMIME");
         }
-        if env.smtputf8 && self.caps.smtputf8 {
+        if self.utf8_tx {
             mail.push_str(" SMTPUTF8");
         }
         self.dirty = true;
         self.transactions += 1;
-        self.accepted.clear();
 
         if self.caps.pipelining {
             let mut out = Vec::with_capacity(mail.len() + 2 + rcpts.len() * 40);
             push_line(&mut out, &mail);
-            for r in rcpts {
+            for r in rcpts.iter().filter(|r| self.sendable(r)) {
                 push_rcpt(&mut out, r);
             }
             tracing::trace!(rcpts = rcpts.len(), "> {mail} + RCPTs (pipelined)");
-            self.write(&out, Phase::Mail, self.timeouts.command).await?;
-            let mail_reply = self.read_reply(Phase::Mail, self.timeouts.mail).await?;
+            self.send(&out, Phase::Mail).await?;
+            let mail_reply = self
+                .read_reply(Phase::Mail, Expect::MAIL, self.timeouts.mail)
+                .await?;
             let rcpt_replies = if mail_reply.code == 421 {
                 vec![mail_reply.clone(); rcpts.len()]
             } else {
@@ -280,7 +399,9 @@ impl Connection {
             };
             Ok((mail_reply, rcpt_replies))
         } else {
-            let mail_reply = self.command(&mail, Phase::Mail, self.timeouts.mail).await?;
+            let mail_reply = self
+                .command(&mail, Phase::Mail, Expect::MAIL, self.timeouts.mail)
+                .await?;
             if mail_reply.class() != 2 {
                 return Ok((mail_reply, Vec::new()));
             }
@@ -290,6 +411,7 @@ impl Connection {
     }
 
     /// More recipients in the open transaction; one reply each (pipelined when offered).
+    /// A non-ASCII address the transaction cannot carry gets a local `553 5.6.7`.
     pub async fn rcpt(&mut self, rcpts: &[String]) -> Result<Vec<Reply>, UpstreamError> {
         self.ensure_usable()?;
         for r in rcpts {
@@ -297,10 +419,12 @@ impl Connection {
         }
         if self.caps.pipelining {
             let mut out = Vec::with_capacity(rcpts.len() * 40);
-            for r in rcpts {
+            for r in rcpts.iter().filter(|r| self.sendable(r)) {
                 push_rcpt(&mut out, r);
             }
-            self.write(&out, Phase::Rcpt, self.timeouts.command).await?;
+            if !out.is_empty() {
+                self.send(&out, Phase::Rcpt).await?;
+            }
             return self.read_rcpt_replies(rcpts).await;
         }
         let mut replies = Vec::with_capacity(rcpts.len());
@@ -311,9 +435,18 @@ impl Connection {
                 replies.push(last);
                 continue;
             }
+            if !self.sendable(r) {
+                replies.push(no_utf8_reply("recipient"));
+                continue;
+            }
             self.reply_for = Some(r.clone());
             let reply = self
-                .command(&format!("RCPT TO:<{r}>"), Phase::Rcpt, self.timeouts.rcpt)
+                .command(
+                    &format!("RCPT TO:<{r}>"),
+                    Phase::Rcpt,
+                    Expect::RCPT,
+                    self.timeouts.rcpt,
+                )
                 .await?;
             if reply.class() == 2 {
                 self.accepted.push(r.clone());
@@ -323,16 +456,24 @@ impl Connection {
         Ok(replies)
     }
 
+    /// The replies to the RCPTs of `rcpts` that were sent (in order), with the local
+    /// `553 5.6.7` in the place of each one that was not.
     async fn read_rcpt_replies(&mut self, rcpts: &[String]) -> Result<Vec<Reply>, UpstreamError> {
         let mut replies: Vec<Reply> = Vec::with_capacity(rcpts.len());
         for r in rcpts {
+            if !self.sendable(r) {
+                replies.push(no_utf8_reply("recipient"));
+                continue;
+            }
             if !self.usable {
                 let last = replies.last().cloned().unwrap_or_else(closing_reply);
                 replies.push(last);
                 continue;
             }
             self.reply_for = Some(r.clone());
-            let reply = self.read_reply(Phase::Rcpt, self.timeouts.rcpt).await?;
+            let reply = self
+                .read_reply(Phase::Rcpt, Expect::RCPT, self.timeouts.rcpt)
+                .await?;
             if reply.class() == 2 {
                 self.accepted.push(r.clone());
             }
@@ -341,14 +482,22 @@ impl Connection {
         Ok(replies)
     }
 
-    /// DATA, the message (re-dot-stuffed, CRLF only) and the final reply. A reply other
-    /// than 354 to DATA is returned as is (nothing is sent). A lost connection or a
-    /// timeout after DATA is an `Err`: the message must not be reported as sent.
+    /// Whether `addr` may go out in the current transaction: ASCII, or MAIL carried
+    /// SMTPUTF8.
+    fn sendable(&self, addr: &str) -> bool {
+        addr.is_ascii() || self.utf8_tx
+    }
+
+    /// DATA, the message (re-dot-stuffed, CRLF only) and the final reply. A 4xx/5xx to
+    /// DATA is returned as is (nothing is sent; the transaction stays open); any other
+    /// positive reply than 354 is [`UpstreamError::Unexpected`]. A lost connection or a
+    /// timeout after DATA is an `Err`: the message must not be reported as sent. `Ok`
+    /// with a 2xx is the provider's acceptance of the message, and nothing else is.
     pub async fn data(&mut self, message: &[u8]) -> Result<Reply, UpstreamError> {
         self.ensure_usable()?;
         let start = Instant::now();
         let r = self
-            .command("DATA", Phase::Data, self.timeouts.data)
+            .command("DATA", Phase::Data, Expect::DATA, self.timeouts.data)
             .await?;
         self.last_data_latency = Some(start.elapsed());
         if r.code != 354 {
@@ -370,7 +519,7 @@ impl Connection {
         }
         let end = Instant::now();
         let r = self
-            .read_reply(Phase::DataEnd, self.timeouts.data_end)
+            .read_reply(Phase::DataEnd, Expect::DATA_END, self.timeouts.data_end)
             .await?;
         self.last_final_latency = Some(end.elapsed());
         if let Some(obs) = &self.observer {
@@ -388,7 +537,7 @@ impl Connection {
     pub async fn rset(&mut self) -> Result<Reply, UpstreamError> {
         self.ensure_usable()?;
         let r = self
-            .command("RSET", Phase::Rset, self.timeouts.command)
+            .command("RSET", Phase::Rset, Expect::RSET, self.timeouts.command)
             .await?;
         if r.class() == 2 {
             self.dirty = false;
@@ -402,7 +551,7 @@ impl Connection {
     pub async fn quit(mut self) {
         if self.usable {
             let wait = self.timeouts.command.min(QUIT_WAIT);
-            let _ = self.command("QUIT", Phase::Rset, wait).await;
+            let _ = self.command("QUIT", Phase::Rset, Expect::QUIT, wait).await;
         }
         let _ = timeout(QUIT_WAIT, self.stream.shutdown()).await;
     }
@@ -477,15 +626,16 @@ impl Connection {
         }
     }
 
-    /// Sends one command line and reads its reply. `AUTH` lines must go through
-    /// [`Connection::command_redacted`].
+    /// Sends one command line and reads its reply, which must be negative or one that
+    /// `expect` allows. `AUTH` lines must go through [`Connection::command_redacted`].
     pub(crate) async fn command(
         &mut self,
         line: &str,
         phase: Phase,
+        expect: Expect,
         wait: Duration,
     ) -> Result<Reply, UpstreamError> {
-        self.command_redacted(line, line, phase, wait).await
+        self.command_redacted(line, line, phase, expect, wait).await
     }
 
     /// Sends `line`, logging `shown` in its place (for AUTH exchanges).
@@ -494,15 +644,37 @@ impl Connection {
         line: &str,
         shown: &str,
         phase: Phase,
+        expect: Expect,
         wait: Duration,
     ) -> Result<Reply, UpstreamError> {
         tracing::trace!("> {shown}");
         let mut out = Vec::with_capacity(line.len() + 2);
         push_line(&mut out, line);
-        self.write(&out, phase, self.timeouts.command).await?;
-        let r = self.read_reply(phase, wait).await?;
+        self.send(&out, phase).await?;
+        let r = self.read_reply(phase, expect, wait).await?;
         tracing::trace!(phase = phase_name(phase), "< {}", r.code);
         Ok(r)
+    }
+
+    /// Writes the command(s) in `bytes`, after checking that the provider has not sent
+    /// anything since the last reply we read: bytes waiting now would be taken for the
+    /// reply to this command (more replies than commands, e.g. a pipelined batch
+    /// answered twice), so the connection is dropped instead.
+    async fn send(&mut self, bytes: &[u8], phase: Phase) -> Result<(), UpstreamError> {
+        if !self.rbuf.is_empty() {
+            let e = UpstreamError::Unsolicited {
+                phase,
+                bytes: self.rbuf.len(),
+            };
+            tracing::warn!(error = %e, "dropping the provider connection");
+            self.usable = false;
+            self.rbuf.clear();
+            if let Some(obs) = &self.observer {
+                obs.failure(Some(phase), &e);
+            }
+            return Err(e);
+        }
+        self.write(bytes, phase, self.timeouts.command).await
     }
 
     async fn write(
@@ -529,15 +701,20 @@ impl Connection {
         }
     }
 
-    /// Reads one complete (possibly multi-line) reply within `wait`. A 421 marks the
-    /// connection unusable (the provider is closing it) but is returned as a reply.
+    /// Reads one complete (possibly multi-line) reply within `wait` and holds it against
+    /// `expect` (the guard described in the module docs): a positive reply the protocol
+    /// does not allow here is [`UpstreamError::Unexpected`] and is reported to the
+    /// observer as a failure, never as a reply. A 421 marks the connection unusable (the
+    /// provider is closing it) but is returned as a reply.
     pub(crate) async fn read_reply(
         &mut self,
         phase: Phase,
+        expect: Expect,
         wait: Duration,
     ) -> Result<Reply, UpstreamError> {
         let res = timeout(wait, self.read_reply_inner()).await;
         let res = match res {
+            Ok(Ok(r)) if !expect.allows(&r) => Err(UpstreamError::Unexpected { phase, reply: r }),
             Ok(r) => r,
             Err(_) => Err(UpstreamError::Timeout { phase }),
         };
@@ -552,10 +729,7 @@ impl Connection {
                         }
                         _ => None,
                     };
-                    obs.reply(phase, r, about);
-                    if phase == Phase::DataEnd && r.class() == 2 {
-                        obs.delivered();
-                    }
+                    obs.reply(phase, r, about, self.identity.as_deref());
                 }
                 Err(e) => obs.failure(Some(phase), e),
             }
@@ -575,6 +749,9 @@ impl Connection {
                 Ok(r)
             }
             Err(e) => {
+                if matches!(e, UpstreamError::Unexpected { .. }) {
+                    tracing::warn!(error = %e, "dropping the provider connection");
+                }
                 self.usable = false;
                 Err(e)
             }
@@ -587,9 +764,17 @@ impl Connection {
                 self.rbuf.advance(n);
                 return Ok(reply);
             }
-            self.rbuf.reserve(4096);
-            let n = self
-                .stream
+            // The parser bounds line length and count; this bounds the buffer itself,
+            // whatever the provider streams (bytes not yet split into lines included).
+            // (The parser has no error of its own for "too many octets"; a reply this
+            // long has too many lines of the longest kind.)
+            if self.rbuf.len() > MAX_REPLY_BYTES {
+                return Err(UpstreamError::Protocol(ReplyError::TooManyLines));
+            }
+            let room = (MAX_REPLY_BYTES + 1 - self.rbuf.len()).min(8192);
+            self.rbuf.reserve(room);
+            let n = (&mut self.stream)
+                .take(room as u64)
                 .read_buf(&mut self.rbuf)
                 .await
                 .map_err(io_error)?;
@@ -612,6 +797,16 @@ fn io_error(e: io::Error) -> UpstreamError {
 
 fn closing_reply() -> Reply {
     Reply::plain(421, "Service closing transmission channel")
+}
+
+/// The local answer for a non-ASCII address the provider cannot take (RFC 6531 3.7.4):
+/// permanent for this message, never a reason to suppress the address.
+fn no_utf8_reply(which: &str) -> Reply {
+    Reply::new(
+        553,
+        EnhancedCode::new(5, 6, 7),
+        format!("Non-ASCII {which} address needs SMTPUTF8, which the provider does not offer"),
+    )
 }
 
 fn push_line(out: &mut Vec<u8>, line: &str) {

@@ -40,6 +40,19 @@ pub enum UpstreamError {
     /// The provider sent something that is not an SMTP reply.
     #[error("provider protocol error: {0}")]
     Protocol(#[from] ReplyError),
+    /// A positive reply the protocol does not allow at this point of the conversation
+    /// (`250` to STARTTLS or DATA, `334` where AUTH expects its final reply, `354` to
+    /// RCPT, a `3xx` to the end of DATA): the two sides no longer agree on where they
+    /// are, so the connection is dropped, the message retried and nothing is counted as
+    /// accepted. Holds the reply for the log (an AUTH challenge is the provider's, never
+    /// our secret).
+    #[error("provider broke the protocol: {} in phase {}, where it is not a valid answer", .reply.code, phase_name(*.phase))]
+    Unexpected { phase: Phase, reply: Reply },
+    /// The provider sent bytes before a command it had not yet been given (more replies
+    /// than commands, e.g. after pipelining): the replies can no longer be matched to
+    /// the commands. The connection is dropped.
+    #[error("provider sent {bytes} octets nobody asked for before phase {}", phase_name(*.phase))]
+    Unsolicited { phase: Phase, bytes: usize },
     /// The provider closed the connection when a reply was expected.
     #[error("provider closed the connection")]
     Closed,
@@ -130,6 +143,23 @@ impl UpstreamError {
                 e(5, 0),
                 "Provider sent a malformed reply; try again later",
             ),
+            Self::Unexpected { phase, reply } => Reply::new(
+                451,
+                e(5, 0),
+                format!(
+                    "Provider broke the SMTP protocol ({} to {}); connection dropped, try again later",
+                    reply.code,
+                    phase_name(*phase)
+                ),
+            ),
+            Self::Unsolicited { phase, .. } => Reply::new(
+                451,
+                e(5, 0),
+                format!(
+                    "Provider sent replies nobody asked for (before {}); connection dropped, try again later",
+                    phase_name(*phase)
+                ),
+            ),
             Self::Closed | Self::Unusable => Reply::new(
                 451,
                 e(4, 2),
@@ -196,6 +226,7 @@ impl UpstreamError {
             Self::Ehlo(_) => Some(Phase::Ehlo),
             Self::StartTls(_) | Self::Tls(_) => Some(Phase::StartTls),
             Self::NoAuthMechanism | Self::Auth(_) => Some(Phase::Auth),
+            Self::Unexpected { phase, .. } | Self::Unsolicited { phase, .. } => Some(*phase),
             _ => None,
         }
     }
@@ -261,6 +292,14 @@ mod tests {
             UpstreamError::NoAuthMechanism,
             UpstreamError::Auth(Reply::plain(535, "bad")),
             UpstreamError::Protocol(ReplyError::LineTooLong),
+            UpstreamError::Unexpected {
+                phase: Phase::Data,
+                reply: Reply::plain(250, "Ok\r\nb"),
+            },
+            UpstreamError::Unsolicited {
+                phase: Phase::Data,
+                bytes: 12,
+            },
             UpstreamError::Closed,
             UpstreamError::BadAddress("a\r\nb".into()),
             UpstreamError::Busy(Duration::from_millis(1500)),

@@ -4,8 +4,17 @@
 //! feeds the verdict to the controller, resizes the admission's concurrency limit to the
 //! controller's, and records suppressions for the recipient the reply answered.
 //!
-//! It must never block or do I/O on the caller's path beyond the suppression store's
-//! durable write (which only happens for a permanent address failure).
+//! A transaction accepted at the end of DATA is counted once, by the reply itself
+//! (`Controller::on_reply(DataEnd, Accept)`); there is no second "delivered" signal.
+//! Connection setup that fails — refused, TLS failure or a stalled handshake, no
+//! greeting or EHLO in time, a protocol violation before MAIL, or a refused greeting
+//! while no other connection is open — backs the whole upstream off
+//! (`Controller::on_connect_failure`), so a provider that answers `421` forever is not
+//! reconnected to in a loop.
+//!
+//! It must never block or do I/O on the caller's path: the suppression list records in
+//! memory at once and leaves the durable write to its store's writer thread
+//! (`store::write_behind`).
 
 use super::concurrency::ConcurrencyLimit;
 use super::error::UpstreamError;
@@ -21,8 +30,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub trait Observer: Send + Sync + 'static {
     /// A reply, with the recipient it answers when there is exactly one (RCPT, and the
-    /// end of DATA of a single-recipient transaction).
-    fn reply(&self, phase: Phase, reply: &Reply, rcpt: Option<&str>);
+    /// end of DATA of a single-recipient transaction), and what identifies the message
+    /// when the caller said (`Connection::set_message_identity`). A 2xx at `DataEnd` is
+    /// the one signal that the provider accepted a message.
+    fn reply(&self, phase: Phase, reply: &Reply, rcpt: Option<&str>, message: Option<&str>);
     /// No reply: refused, timed out, TLS failure, connection lost, garbage.
     fn failure(&self, phase: Option<Phase>, error: &UpstreamError);
     /// A new connection is being set up (TCP, greeting, EHLO, TLS, AUTH).
@@ -31,8 +42,6 @@ pub trait Observer: Send + Sync + 'static {
     /// after any replies of the setup were reported.
     fn connect_finished(&self, ok: bool);
     fn latency(&self, kind: LatencyKind, sample: Duration);
-    /// The provider accepted a message.
-    fn delivered(&self);
 }
 
 /// The policy behind the observer: classifier, controller, suppression list.
@@ -87,6 +96,13 @@ impl PolicyObserver {
     }
 }
 
+impl PolicyObserver {
+    fn connect_failed(&self, error: &UpstreamError) {
+        let wait = self.controller.on_connect_failure();
+        tracing::warn!(error = %error, backoff = ?wait, "provider connection failed");
+    }
+}
+
 fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -95,7 +111,7 @@ fn now_secs() -> u64 {
 }
 
 impl Observer for PolicyObserver {
-    fn reply(&self, phase: Phase, reply: &Reply, rcpt: Option<&str>) {
+    fn reply(&self, phase: Phase, reply: &Reply, rcpt: Option<&str>, message: Option<&str>) {
         let c = self.classifier.classify(phase, reply);
         let verdict = c.verdict;
         if verdict != Verdict::Accept {
@@ -106,7 +122,7 @@ impl Observer for PolicyObserver {
         if let (Some(list), Some(rcpt)) = (&self.suppression, rcpt) {
             let res = match verdict {
                 Verdict::Suppress => list.hard(rcpt, reply, now_secs()).map(|_| true),
-                Verdict::SoftBounce => list.soft(rcpt, reply, now_secs()),
+                Verdict::SoftBounce => list.soft(rcpt, reply, now_secs(), message),
                 _ => Ok(false),
             };
             match res {
@@ -119,12 +135,25 @@ impl Observer for PolicyObserver {
     }
 
     fn failure(&self, phase: Option<Phase>, error: &UpstreamError) {
+        let setup = matches!(
+            error.phase(),
+            Some(Phase::Greeting | Phase::Ehlo | Phase::StartTls | Phase::Auth)
+        );
         match error {
-            // Before any reply: the upstream as a whole backs off.
-            UpstreamError::Connect(_) | UpstreamError::Tls(_) => {
-                let wait = self.controller.on_connect_failure();
-                tracing::warn!(error = %error, backoff = ?wait, "provider connection failed");
+            // The connection could not be set up: the upstream as a whole backs off.
+            UpstreamError::Connect(_) | UpstreamError::Tls(_) => self.connect_failed(error),
+            UpstreamError::Timeout { .. }
+            | UpstreamError::Unexpected { .. }
+            | UpstreamError::Unsolicited { .. }
+                if setup =>
+            {
+                self.connect_failed(error)
             }
+            // A refused greeting (421 "too many connections") while other connections
+            // are open is our surplus connection; the reply itself already lowered the
+            // limit. With nothing else open, the provider refuses us altogether: back
+            // off as after any failed connect, instead of reconnecting at once.
+            UpstreamError::Greeting(_) if self.limit.in_use() <= 1 => self.connect_failed(error),
             // No 354 in time, or the connection dropped between DATA and the final
             // reply: the "too many threads" case, a connection throttle.
             UpstreamError::Timeout {
@@ -139,7 +168,10 @@ impl Observer for PolicyObserver {
                     self.ctx(true),
                 );
             }
-            UpstreamError::Protocol(_) => {
+            // Garbage, a reply the protocol does not allow, replies nobody asked for.
+            UpstreamError::Protocol(_)
+            | UpstreamError::Unexpected { .. }
+            | UpstreamError::Unsolicited { .. } => {
                 let p = phase.unwrap_or(Phase::Greeting);
                 self.controller
                     .on_reply(p, &Verdict::ProtocolError, self.ctx(true));
@@ -171,9 +203,93 @@ impl Observer for PolicyObserver {
         }
         self.sync_limit();
     }
+}
 
-    fn delivered(&self) {
-        self.controller.on_transaction_success(self.ctx(false));
-        self.sync_limit();
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::controller::ControllerParams;
+    use crate::policy::suppression::{
+        Entry, MemoryStore, SoftPolicy, StoreError, SuppressionStore, Suppressions,
+    };
+    use crate::smtp::EnhancedCode;
+    use crate::store::write_behind::WriteBehind;
+    use std::sync::mpsc::{self, Receiver};
+    use std::sync::Mutex;
+    use std::thread::ThreadId;
+
+    /// A store whose commits wait (at most 10 s) until the test opens the gate, and
+    /// record on which thread they ran and whether they had to give up waiting.
+    struct Gated {
+        gate: Mutex<Receiver<()>>,
+        commits: Arc<Mutex<Vec<(ThreadId, bool)>>>,
+        mem: MemoryStore,
+    }
+
+    impl SuppressionStore for Gated {
+        fn load_all(&self) -> Result<Vec<Entry>, StoreError> {
+            self.mem.load_all()
+        }
+        fn put(&self, e: &Entry) -> Result<(), StoreError> {
+            self.put_all(std::slice::from_ref(e))
+        }
+        fn put_all(&self, e: &[Entry]) -> Result<(), StoreError> {
+            let gave_up = self
+                .gate
+                .lock()
+                .unwrap()
+                .recv_timeout(Duration::from_secs(10))
+                .is_err();
+            self.commits
+                .lock()
+                .unwrap()
+                .push((std::thread::current().id(), gave_up));
+            self.mem.put_all(e)
+        }
+        fn remove(&self, a: &str) -> Result<bool, StoreError> {
+            self.mem.remove(a)
+        }
+    }
+
+    #[test]
+    fn a_suppression_is_recorded_without_waiting_for_the_disk() {
+        let (open, gate) = mpsc::channel();
+        let commits = Arc::new(Mutex::new(Vec::new()));
+        let list = Arc::new(
+            Suppressions::open(
+                WriteBehind::new(Gated {
+                    gate: Mutex::new(gate),
+                    commits: commits.clone(),
+                    mem: MemoryStore::default(),
+                }),
+                SoftPolicy::default(),
+            )
+            .unwrap(),
+        );
+        let obs = PolicyObserver::new(
+            Arc::new(Classifier::builtin().unwrap()),
+            Arc::new(Controller::new(
+                ControllerParams::default(),
+                crate::policy::clock::SystemClock::new(),
+            )),
+            Some(list.clone() as Arc<dyn Recorder>),
+            ConcurrencyLimit::new(2),
+        );
+        let r = Reply::new(550, EnhancedCode::new(5, 1, 1), "No such user");
+        // On the thread that answers RCPT: returns while the commit is still held up.
+        obs.reply(Phase::Rcpt, &r, Some("gone@example.org"), None);
+        assert!(list.is_suppressed("gone@example.org"), "in force at once");
+        open.send(()).unwrap();
+        drop(obs);
+        drop(list); // the writer makes the rest durable before the store is gone
+        let commits = commits.lock().unwrap().clone();
+        assert_eq!(commits.len(), 1, "{commits:?}");
+        let (thread, gave_up) = commits[0];
+        assert_ne!(
+            thread,
+            std::thread::current().id(),
+            "the commit ran on the caller's thread"
+        );
+        assert!(!gave_up, "the caller was blocked until the commit gave up");
     }
 }

@@ -4,14 +4,18 @@
 //!
 //! A connection goes back only if it is usable, was RSET cleanly and is under
 //! `max_messages_per_connection`; idle ones older than `idle_timeout` are closed with
-//! QUIT when found or by the reaper. The pool must never hand out a connection that is
-//! known dead, and never hold its lock across an await.
+//! QUIT when found or by the reaper. With the policy in front (`Pool::with_backoff`), no
+//! new connection is opened while the controller backs the upstream off after failed
+//! connects — checked right before connecting, so callers that were already waiting for
+//! a permit when the backoff began do not each open one more. The pool must never hand
+//! out a connection that is known dead, and never hold its lock across an await.
 
 use super::admission::AdmissionRequest;
 use super::client::Connection;
 use super::error::UpstreamError;
 use super::lease::Lease;
 use super::settings::Settings;
+use crate::policy::controller::Controller;
 use futures::future::BoxFuture;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -29,6 +33,8 @@ pub struct Pool {
     settings: Arc<Settings>,
     idle: Mutex<Vec<Idle>>,
     connects: AtomicUsize,
+    /// Whose connect backoff a new connection waits for.
+    backoff: Option<Arc<Controller>>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -46,6 +52,18 @@ impl Pool {
             settings,
             idle: Mutex::new(Vec::new()),
             connects: AtomicUsize::new(0),
+            backoff: None,
+        })
+    }
+
+    /// A pool that opens no new connection while `controller` backs the upstream off
+    /// (`UpstreamError::Backoff` instead); pooled connections are still handed out.
+    pub fn with_backoff(settings: Arc<Settings>, controller: Arc<Controller>) -> Arc<Self> {
+        Arc::new(Self {
+            settings,
+            idle: Mutex::new(Vec::new()),
+            connects: AtomicUsize::new(0),
+            backoff: Some(controller),
         })
     }
 
@@ -85,6 +103,9 @@ impl Pool {
                 return Ok(conn);
             }
             tracing::debug!("pooled provider connection was closed by the provider");
+        }
+        if let Some(d) = self.backoff.as_ref().and_then(|c| c.connect_wait()) {
+            return Err(UpstreamError::Backoff(d));
         }
         let conn = Connection::connect(&self.settings).await?;
         self.connects.fetch_add(1, Ordering::Relaxed);

@@ -122,6 +122,10 @@ struct Log {
     current: usize,
     max_concurrent: usize,
     refused: usize,
+    /// Flood replies the client stopped reading before they were written in full.
+    aborted_writes: usize,
+    /// Lines of flood replies written so far (all connections).
+    flood_lines_written: usize,
 }
 
 /// The script. Build with [`Provider::builder`].
@@ -144,6 +148,15 @@ pub struct ProviderBuilder {
     final_delay: Option<Duration>,
     drop_after_data: bool,
     max_connections: Option<usize>,
+    /// Replies that replace the scripted one for a verb (`"STARTTLS"`, `"RSET"`, ...).
+    overrides: HashMap<String, String>,
+    /// Verb answered with a reply of this many lines of `flood_line_len` octets each,
+    /// written a line at a time (the provider never holds the whole reply).
+    flood: Option<(String, usize, usize)>,
+    /// RCPTs (lower-cased addresses) that get no reply at all.
+    rcpt_silent: Vec<String>,
+    /// Never complete a TLS handshake (implicit TLS, or after the STARTTLS `220`).
+    tls_stall: bool,
 }
 
 impl Default for ProviderBuilder {
@@ -166,6 +179,10 @@ impl Default for ProviderBuilder {
             final_delay: None,
             drop_after_data: false,
             max_connections: None,
+            overrides: HashMap::new(),
+            flood: None,
+            rcpt_silent: Vec::new(),
+            tls_stall: false,
         }
     }
 }
@@ -258,6 +275,35 @@ impl ProviderBuilder {
     /// More concurrent connections than this get `421 4.7.0 Too many connections`.
     pub fn max_connections(mut self, n: usize) -> Self {
         self.max_connections = Some(n);
+        self
+    }
+
+    /// Answer `verb` (upper case: `"STARTTLS"`, `"RSET"`, `"EHLO"`, `"AUTH"`, `"MAIL"`)
+    /// with `line` instead of the scripted reply. For STARTTLS the session stays in
+    /// plaintext; for AUTH no exchange follows (the reply is all there is).
+    pub fn reply_to(mut self, verb: &str, line: &str) -> Self {
+        self.overrides
+            .insert(verb.to_ascii_uppercase(), line.to_string());
+        self
+    }
+    /// Answer `verb` with one reply of `lines` lines (`250-xxx...`, the last `250 xxx`),
+    /// each `line_len` octets of text, written a line at a time until done or the
+    /// client stops reading (counted in [`Provider::aborted_writes`]). `"."` is the end
+    /// of DATA (the final reply).
+    pub fn flood_reply(mut self, verb: &str, lines: usize, line_len: usize) -> Self {
+        self.flood = Some((verb.to_ascii_uppercase(), lines, line_len));
+        self
+    }
+    /// Send no reply at all to `RCPT TO:<addr>` (a reply count that no longer matches
+    /// the commands pipelined).
+    pub fn rcpt_silent(mut self, addr: &str) -> Self {
+        self.rcpt_silent.push(addr.to_ascii_lowercase());
+        self
+    }
+    /// Accept TCP but never complete the TLS handshake: with implicit TLS from the first
+    /// byte, with STARTTLS after the `220`.
+    pub fn tls_stall(mut self) -> Self {
+        self.tls_stall = true;
         self
     }
 
@@ -380,6 +426,16 @@ impl Provider {
         self.lock().refused
     }
 
+    /// Flood replies that could not be written in full (the client closed first).
+    pub fn aborted_writes(&self) -> usize {
+        self.lock().aborted_writes
+    }
+
+    /// Lines of flood replies written (accepted by the socket) so far.
+    pub fn flood_lines_written(&self) -> usize {
+        self.lock().flood_lines_written
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Log> {
         self.log.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -424,6 +480,10 @@ async fn serve(mut tcp: TcpStream, script: Arc<ProviderBuilder>, log: Arc<Mutex<
         authed: false,
         tls: false,
     };
+    if st.script.implicit_tls && st.script.tls_stall {
+        drain(&mut tcp).await;
+        return;
+    }
     if st.script.implicit_tls {
         let Some(cfg) = st.script.tls.clone() else {
             return;
@@ -453,6 +513,10 @@ async fn serve(mut tcp: TcpStream, script: Arc<ProviderBuilder>, log: Arc<Mutex<
     if st.run(&mut tcp).await != Outcome::StartTls {
         return;
     }
+    if st.script.tls_stall {
+        drain(&mut tcp).await;
+        return;
+    }
     let Some(cfg) = st.script.tls.clone() else {
         return;
     };
@@ -479,6 +543,16 @@ struct Session {
     segment: usize,
     authed: bool,
     tls: bool,
+}
+
+/// Reads and discards until the peer closes (a provider that never answers).
+async fn drain(tcp: &mut TcpStream) {
+    let mut chunk = [0u8; 4096];
+    while let Ok(n) = tcp.read(&mut chunk).await {
+        if n == 0 {
+            return;
+        }
+    }
 }
 
 async fn write_line<S: AsyncWrite + Unpin>(s: &mut S, line: &str) -> std::io::Result<()> {
@@ -525,6 +599,23 @@ impl Session {
             self.record(&line);
             let upper = line.to_ascii_uppercase();
             let verb = upper.split(' ').next().unwrap_or("").to_string();
+            if let Some((v, lines, len)) = &script.flood {
+                if *v == verb {
+                    if !self.flood(s, *lines, *len).await {
+                        return Outcome::Closed;
+                    }
+                    continue;
+                }
+            }
+            if let Some(line) = script.overrides.get(&verb) {
+                if write_line(s, line).await.is_err() {
+                    return Outcome::Closed;
+                }
+                if line.starts_with("421") {
+                    return Outcome::Closed;
+                }
+                continue;
+            }
             let reply: String = match verb.as_str() {
                 "EHLO" if !script.ehlo => "502 5.5.2 EHLO not supported".into(),
                 "EHLO" => {
@@ -577,6 +668,9 @@ impl Session {
                         .and_then(|(_, r)| r.split_once('>'))
                         .map(|(a, _)| a.to_ascii_lowercase())
                         .unwrap_or_default();
+                    if script.rcpt_silent.contains(&addr) {
+                        continue;
+                    }
                     script
                         .rcpt_replies
                         .get(&addr)
@@ -608,6 +702,14 @@ impl Session {
                     if script.drop_after_data {
                         return Outcome::Closed;
                     }
+                    if let Some((v, lines, len)) = &script.flood {
+                        if v == "." {
+                            if !self.flood(s, *lines, *len).await {
+                                return Outcome::Closed;
+                            }
+                            continue;
+                        }
+                    }
                     if let Some(d) = script.final_delay {
                         tokio::time::sleep(d).await;
                     }
@@ -629,6 +731,28 @@ impl Session {
                 return Outcome::Closed;
             }
         }
+    }
+
+    /// One reply of `lines` lines of `len` octets, a line at a time; false when the
+    /// client stopped reading (counted as an aborted write).
+    async fn flood<S: AsyncWrite + Unpin>(&mut self, s: &mut S, lines: usize, len: usize) -> bool {
+        let text = "x".repeat(len);
+        for i in 0..lines {
+            let sep = if i + 1 == lines { ' ' } else { '-' };
+            let line = format!("250{sep}{text}\r\n");
+            if s.write_all(line.as_bytes()).await.is_err() {
+                self.log
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .aborted_writes += 1;
+                return false;
+            }
+            self.log
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .flood_lines_written += 1;
+        }
+        s.flush().await.is_ok()
     }
 
     /// AUTH PLAIN [initial-response] or AUTH LOGIN; returns the final reply.
