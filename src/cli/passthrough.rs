@@ -5,26 +5,45 @@
 //! pool for any session.
 //!
 //! It never makes up a positive reply: every failure becomes the upstream error's 4xx.
+//!
+//! A message is held in memory until its end (a bad one is refused before any of it is
+//! relayed), in a [`BufferedBody`] counted against one [`BufferBudget`] for all sessions
+//! (`server.passthrough_buffer`): memory stays bounded however many mailers send large
+//! messages at once.
 
-use crate::server::relay::{Relay, RelayTransaction};
+use crate::server::relay::{BufferBudget, BufferedBody, Relay, RelayTransaction};
 use crate::smtp::{Envelope, Reply};
 use crate::upstream::{Admission, Lease};
+use std::sync::Arc;
 
 /// The passthrough relay: one shared admission stack for all mailer sessions.
 #[derive(Clone)]
 pub struct Passthrough {
     admission: Admission,
+    buffer: Arc<BufferBudget>,
 }
 
 impl Passthrough {
+    /// With the default buffer budget of `[server]`; see [`Passthrough::with_buffer`].
     pub fn new(admission: Admission) -> Self {
-        Self { admission }
+        let d = crate::config::ServerConfig::default();
+        Self {
+            admission,
+            buffer: BufferBudget::new(d.passthrough_buffer, d.passthrough_buffer_wait),
+        }
+    }
+
+    /// Message bodies of all sessions are held within `budget`.
+    pub fn with_buffer(mut self, budget: Arc<BufferBudget>) -> Self {
+        self.buffer = budget;
+        self
     }
 }
 
 /// An open transaction on a leased connection.
 pub struct PassthroughTx {
     lease: Lease,
+    buffer: Arc<BufferBudget>,
 }
 
 impl Relay for Passthrough {
@@ -38,7 +57,8 @@ impl Relay for Passthrough {
         let mut lease = self.admission.lease().await.map_err(|e| e.to_reply())?;
         match lease.envelope(&env, &rcpts).await {
             Ok((mail, replies)) if mail.class() == 2 => {
-                Ok((PassthroughTx { lease }, mail, replies))
+                let buffer = Arc::clone(&self.buffer);
+                Ok((PassthroughTx { lease, buffer }, mail, replies))
             }
             Ok((mail, _)) => {
                 // The provider refused MAIL: the connection is fine, give it back.
@@ -52,13 +72,19 @@ impl Relay for Passthrough {
 }
 
 impl RelayTransaction for PassthroughTx {
+    type Body = BufferedBody;
+
     async fn rcpt(&mut self, rcpts: Vec<String>) -> Result<Vec<Reply>, Reply> {
         self.lease.rcpt(&rcpts).await.map_err(|e| e.to_reply())
     }
 
-    async fn data(&mut self, message: Vec<u8>) -> Reply {
+    async fn body(&mut self) -> Result<BufferedBody, Reply> {
+        Ok(self.buffer.buffer())
+    }
+
+    async fn data(&mut self, message: BufferedBody) -> Reply {
         self.lease
-            .data(&message)
+            .data(message.bytes())
             .await
             .unwrap_or_else(|e| e.to_reply())
     }

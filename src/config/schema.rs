@@ -76,6 +76,14 @@ pub struct ServerConfig {
     pub users: Vec<User>,
     /// Require AUTH before MAIL even on loopback.
     pub require_auth: bool,
+    /// Passthrough: bytes of message bodies all sessions together may hold in memory (a
+    /// message is kept whole until its end, so a bad one is refused before any of it is
+    /// relayed). At least `max_message_size`. Queue mode streams to disk instead.
+    pub passthrough_buffer: usize,
+    /// Passthrough: how long a session waits for room in `passthrough_buffer` before
+    /// its message is refused with `451 4.3.1`.
+    #[serde(with = "humantime_serde")]
+    pub passthrough_buffer_wait: Duration,
 }
 
 impl Default for ServerConfig {
@@ -91,6 +99,8 @@ impl Default for ServerConfig {
             tls: None,
             users: Vec::new(),
             require_auth: false,
+            passthrough_buffer: 256 * 1024 * 1024,
+            passthrough_buffer_wait: Duration::from_secs(30),
         }
     }
 }
