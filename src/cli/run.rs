@@ -347,8 +347,13 @@ impl control::Hooks for LiveHooks {
             crate::policy::pause::PauseState::Running => "off".to_string(),
             crate::policy::pause::PauseState::Paused { scope, .. } => format!("{scope:?}"),
         };
+        let halted = if self.delivery.is_halted() {
+            "delivery: halted, the spool cannot be written (outcomes kept in memory)\n"
+        } else {
+            ""
+        };
         format!(
-            "instance: running\nsince start: {} delivered, {} deferred, {} failed, {} bounce report(s), {} transaction(s)\nconnections: limit {} (ceiling {})\nrate: {}\naccount pause: {}\n",
+            "instance: running\n{halted}since start: {} delivered, {} deferred, {} failed, {} bounce report(s), {} transaction(s)\nconnections: limit {} (ceiling {})\nrate: {}\naccount pause: {}\n",
             d.delivered,
             d.deferred,
             d.failed,
