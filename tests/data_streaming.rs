@@ -276,16 +276,20 @@ async fn a_refused_message_leaves_nothing_behind() {
 }
 
 /// Passthrough: one session's message holds most of a 1 MiB budget while the provider
-/// takes its time with the final reply; a second session's message finds no room, waits
+/// takes its time (8 s) with the final reply; a second session's message finds no room, waits
 /// `passthrough_buffer_wait`, then gets `451 4.3.1` (before the fix it was buffered
 /// without any bound and relayed). The session goes on, and once the first message is
 /// through a third one is relayed.
 #[tokio::test]
 async fn passthrough_buffers_within_one_budget_for_all_sessions() {
+    // The provider holds A's final reply long enough for B's whole wait (300 ms) with a
+    // wide margin for a loaded machine; our side waits for it (data_end 30 s).
     let p = Provider::builder()
-        .final_delay(Duration::from_secs(3))
+        .final_delay(Duration::from_secs(8))
         .start()
         .await;
+    let mut up = p.upstream_config();
+    up.timeouts.data_end = Duration::from_secs(30);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let cfg = Arc::new(ServerConfig {
@@ -296,8 +300,7 @@ async fn passthrough_buffers_within_one_budget_for_all_sessions() {
     });
     let budget = BufferBudget::new(1024 * 1024, Duration::from_millis(300));
     let relay = Arc::new(
-        Passthrough::new(Admission::new(Settings::new(p.upstream_config()).unwrap()))
-            .with_buffer(budget.clone()),
+        Passthrough::new(Admission::new(Settings::new(up).unwrap())).with_buffer(budget.clone()),
     );
     let stop = CancellationToken::new();
     let s = stop.clone();
@@ -307,7 +310,7 @@ async fn passthrough_buffers_within_one_budget_for_all_sessions() {
             .unwrap();
     });
 
-    // A: 900 KB, relayed; the provider holds its final reply for 3 s.
+    // A: 900 KB, relayed; the provider holds its final reply for 8 s.
     let mut a = Raw::connect(addr).await;
     a.start_data().await;
     let big = body(900 * 1024);

@@ -1446,40 +1446,46 @@ mod tests {
             workers: 1,
             ..DeliveryParams::default()
         };
-        let (engine, dir) = engine_on(
-            tempfile::tempdir().unwrap(),
-            Script::default(),
-            params,
-            None,
-        );
+        // The second transaction waits for the test, so the disk fills while it is out.
+        let script = Script {
+            block_from: Some(1),
+            ..Script::default()
+        };
+        let (engine, dir) = engine_on(tempfile::tempdir().unwrap(), script, params, None);
         for i in 0..3 {
             put_in(engine.spool(), &[&format!("r{i}@example.org")]).await;
         }
         let r = started(engine, dir);
-        until("first delivery", Duration::from_secs(5), || r.calls() >= 1).await;
-        // The disk fills up while the next ones go out.
+        // One worker: the first transaction was recorded before the second started.
+        until("second transaction out", Duration::from_secs(5), || {
+            r.calls() >= 2
+        })
+        .await;
         r.engine.spool().set_disk_full(true);
+        r.engine.transport.release.add_permits(1);
         let_it_run(1500).await;
         let while_full = r.calls();
         println!("disk full for 1.5 s: {while_full} transaction(s) in all");
-        // The first was recorded; at most the one in flight when the disk filled went
-        // out (and its outcome is kept), nothing again.
-        assert!(while_full <= 2, "{while_full} transactions while full");
+        // The one in flight when the disk filled ended (its outcome is kept); nothing
+        // new went out, nothing again.
+        assert_eq!(while_full, 2, "transactions while full");
+        assert!(r.engine.is_halted());
         let log = r.engine.transport.log.lock().unwrap().clone();
-        let mut distinct = log.clone();
-        distinct.dedup();
+        let distinct: HashSet<&Vec<String>> = log.iter().collect();
         assert_eq!(
             distinct.len(),
             log.len(),
             "a message was sent twice: {log:?}"
         );
         r.engine.spool().set_disk_full(false);
+        r.engine.transport.release.add_permits(10);
         until("all delivered", Duration::from_secs(20), || {
             r.engine.spool().is_empty()
         })
         .await;
         let log = r.engine.transport.log.lock().unwrap().clone();
         assert_eq!(log.len(), 3, "each message exactly once: {log:?}");
+        assert_eq!(log.iter().collect::<HashSet<_>>().len(), 3, "{log:?}");
         assert_eq!(r.engine.stats().delivered, 3);
         r.stop().await;
     }
@@ -1531,6 +1537,10 @@ mod tests {
         until("the attempt", Duration::from_secs(5), || r.calls() >= 1).await;
         r.engine.spool().set_disk_full(true);
         r.engine.transport.release.add_permits(1);
+        until("webhook called", Duration::from_secs(10), || {
+            !seen.lock().unwrap().is_empty()
+        })
+        .await;
         let_it_run(3000).await;
         assert_eq!(
             r.calls(),
