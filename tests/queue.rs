@@ -713,3 +713,94 @@ async fn a_blocked_sender_ip_holds_the_queue_and_never_bounces() {
     }
     mv.stop().await;
 }
+
+/// Issue 8.6: a 5xx to the end of DATA of a transaction with several recipients cannot
+/// say which address is bad: the message fails for all of them, none is suppressed (a
+/// later RCPT to them is not refused locally) and the webhook reports none as "hard".
+#[tokio::test]
+async fn a_5xx_after_data_for_several_recipients_fails_all_and_suppresses_none() {
+    let dir = tempfile::tempdir().unwrap();
+    // An HTTP server that records every request body and answers 200.
+    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/webhooks/bounce", http.local_addr().unwrap());
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<serde_json::Value>::new()));
+    let s2 = seen.clone();
+    let server = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = http.accept().await else {
+                return;
+            };
+            let seen = s2.clone();
+            tokio::spawn(async move {
+                let mut req = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // Bounded: a request is a few hundred bytes.
+                for _ in 0..100 {
+                    let n = s.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    req.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&req).to_string();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse().unwrap())
+                            })
+                            .unwrap_or(0);
+                        if body.len() >= len {
+                            seen.lock()
+                                .unwrap()
+                                .push(serde_json::from_str(body).unwrap());
+                            let _ = s
+                                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                                .await;
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let p = Provider::builder()
+        .final_reply("550 5.1.1 <a@example.org>: Recipient address rejected: User unknown")
+        .start()
+        .await;
+    let mut cfg = config(dir.path(), p.upstream_config());
+    cfg.queue.bounces = false;
+    cfg.queue.webhook = Some(mailvalve::queue::webhook::WebhookConfig {
+        url,
+        ..Default::default()
+    });
+    let mv = start(cfg).await;
+    let replies = mv.campaign(&["a@example.org", "b@example.org"], 1).await;
+    assert!(
+        replies[6].starts_with("250 2.0.0 Ok: queued as"),
+        "{replies:?}"
+    );
+    eventually("both recipients failed and reported", || {
+        seen.lock().unwrap().len() >= 2 && mv.spool.is_empty()
+    })
+    .await;
+    let seen = seen.lock().unwrap().clone();
+    let mut emails: Vec<&str> = seen.iter().map(|j| j["email"].as_str().unwrap()).collect();
+    emails.sort();
+    assert_eq!(emails, vec!["a@example.org", "b@example.org"]);
+    for j in &seen {
+        assert_eq!(j["type"], "soft", "{j}");
+        assert_eq!(j["meta"]["kind"], "message", "{j}");
+    }
+    let log = std::fs::read_to_string(dir.path().join("spool/delivery.log")).unwrap();
+    assert_eq!(log.matches("\"action\":\"failed\"").count(), 2, "{log}");
+    // Not suppressed: a new message to them is accepted at RCPT, not refused locally.
+    let replies = mv.campaign(&["a@example.org", "b@example.org"], 2).await;
+    assert!(
+        replies[3].starts_with("250") && replies[4].starts_with("250"),
+        "{replies:?}"
+    );
+    server.abort();
+    mv.stop().await;
+}

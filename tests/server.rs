@@ -124,6 +124,12 @@ impl Relay for Recorder {
 }
 
 impl RelayTransaction for RecTx {
+    type Body = Vec<u8>;
+
+    async fn body(&mut self) -> Result<Vec<u8>, Reply> {
+        Ok(Vec::new())
+    }
+
     async fn rcpt(&mut self, rcpts: Vec<String>) -> Result<Vec<Reply>, Reply> {
         self.0.push(Ev::Rcpt(rcpts.clone()));
         Ok(rcpts.iter().map(|r| rcpt_reply(r)).collect())

@@ -703,6 +703,10 @@ mod relay_adapter {
     }
 
     impl RelayTransaction for Tx {
+        type Body = Vec<u8>;
+        async fn body(&mut self) -> Result<Vec<u8>, Reply> {
+            Ok(Vec::new())
+        }
         async fn rcpt(&mut self, rcpts: Vec<String>) -> Result<Vec<Reply>, Reply> {
             self.0.rcpt(&rcpts).await.map_err(|e| e.to_reply())
         }

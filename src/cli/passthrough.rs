@@ -8,26 +8,45 @@
 //! and what reaches the mailer as the provider's reply has passed the upstream client's
 //! one protocol guard (a `250` to DATA is an error there, so the mailer gets a 4xx, never
 //! a `250` for a message that was not sent).
+//!
+//! A message is held in memory until its end (a bad one is refused before any of it is
+//! relayed), in a [`BufferedBody`] counted against one [`BufferBudget`] for all sessions
+//! (`server.passthrough_buffer`): memory stays bounded however many mailers send large
+//! messages at once.
 
-use crate::server::relay::{Relay, RelayTransaction};
+use crate::server::relay::{BufferBudget, BufferedBody, Relay, RelayTransaction};
 use crate::smtp::{Envelope, Reply};
 use crate::upstream::{Admission, Lease};
+use std::sync::Arc;
 
 /// The passthrough relay: one shared admission stack for all mailer sessions.
 #[derive(Clone)]
 pub struct Passthrough {
     admission: Admission,
+    buffer: Arc<BufferBudget>,
 }
 
 impl Passthrough {
+    /// With the default buffer budget of `[server]`; see [`Passthrough::with_buffer`].
     pub fn new(admission: Admission) -> Self {
-        Self { admission }
+        let d = crate::config::ServerConfig::default();
+        Self {
+            admission,
+            buffer: BufferBudget::new(d.passthrough_buffer, d.passthrough_buffer_wait),
+        }
+    }
+
+    /// Message bodies of all sessions are held within `budget`.
+    pub fn with_buffer(mut self, budget: Arc<BufferBudget>) -> Self {
+        self.buffer = budget;
+        self
     }
 }
 
 /// An open transaction on a leased connection.
 pub struct PassthroughTx {
     lease: Lease,
+    buffer: Arc<BufferBudget>,
 }
 
 /// What identifies a passthrough message to the feedback path (a mailbox-full reply
@@ -54,7 +73,8 @@ impl Relay for Passthrough {
         lease.set_message_identity(Some(&envelope_identity(&env)));
         match lease.envelope(&env, &rcpts).await {
             Ok((mail, replies)) if mail.class() == 2 => {
-                Ok((PassthroughTx { lease }, mail, replies))
+                let buffer = Arc::clone(&self.buffer);
+                Ok((PassthroughTx { lease, buffer }, mail, replies))
             }
             Ok((mail, _)) => {
                 // The provider refused MAIL: the connection is fine, give it back.
@@ -68,13 +88,19 @@ impl Relay for Passthrough {
 }
 
 impl RelayTransaction for PassthroughTx {
+    type Body = BufferedBody;
+
     async fn rcpt(&mut self, rcpts: Vec<String>) -> Result<Vec<Reply>, Reply> {
         self.lease.rcpt(&rcpts).await.map_err(|e| e.to_reply())
     }
 
-    async fn data(&mut self, message: Vec<u8>) -> Reply {
+    async fn body(&mut self) -> Result<BufferedBody, Reply> {
+        Ok(self.buffer.buffer())
+    }
+
+    async fn data(&mut self, message: BufferedBody) -> Reply {
         self.lease
-            .data(&message)
+            .data(message.bytes())
             .await
             .unwrap_or_else(|e| e.to_reply())
     }

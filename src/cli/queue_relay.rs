@@ -1,13 +1,16 @@
 //! Queue mode's glue on the inbound side: implements the server's [`Relay`] over the
 //! durable [`Spool`]. MAIL and RCPT are accepted at once (suppressed recipients were
-//! already answered by `SuppressingRelay`); at the end of DATA the message is written
-//! and fsynced, and only then does the mailer get `250 2.0.0 queued as <id>`.
+//! already answered by `SuppressingRelay`); DATA is written to the spool's `tmp/` file as
+//! it arrives (no message is held in memory), and at its end the file is fsynced and the
+//! record committed; only then does the mailer get `250 2.0.0 queued as <id>`. A refused
+//! message (too big, bad line, framing error, lost session) leaves nothing behind.
 //!
 //! It must never answer 2xx before the message is durable; any storage failure (disk
 //! full, spool not writable) is `452 4.3.1`, so the mailer keeps the message.
 
+use crate::queue::spool::BodyWriter;
 use crate::queue::Spool;
-use crate::server::relay::{Relay, RelayTransaction};
+use crate::server::relay::{BodySink, Relay, RelayTransaction};
 use crate::smtp::{EnhancedCode, Envelope, Reply};
 use std::sync::Arc;
 use tokio::sync::Notify;
@@ -32,6 +35,19 @@ pub struct QueueTx {
     wake: Arc<Notify>,
     env: Envelope,
     rcpts: Vec<String>,
+}
+
+/// A message body going straight into the spool's `tmp/` file as DATA arrives; dropped
+/// (message refused, session gone) it deletes the file.
+pub struct QueueBody(BodyWriter);
+
+impl BodySink for QueueBody {
+    async fn write(&mut self, chunk: &[u8]) -> Result<(), Reply> {
+        self.0.write(chunk).await.map_err(|e| {
+            tracing::error!("queue: message not stored, mailer told to retry: {e}");
+            e.smtp_reply()
+        })
+    }
 }
 
 fn rcpt_ok() -> Reply {
@@ -62,17 +78,29 @@ impl Relay for QueueRelay {
 }
 
 impl RelayTransaction for QueueTx {
+    type Body = QueueBody;
+
     async fn rcpt(&mut self, rcpts: Vec<String>) -> Result<Vec<Reply>, Reply> {
         let replies = vec![rcpt_ok(); rcpts.len()];
         self.rcpts.extend(rcpts);
         Ok(replies)
     }
 
-    async fn data(&mut self, message: Vec<u8>) -> Reply {
+    async fn body(&mut self) -> Result<QueueBody, Reply> {
+        match self.spool.create_body().await {
+            Ok(w) => Ok(QueueBody(w)),
+            Err(e) => {
+                tracing::error!("queue: cannot take a message, mailer told to retry: {e}");
+                Err(e.smtp_reply())
+            }
+        }
+    }
+
+    async fn data(&mut self, body: QueueBody) -> Reply {
         if self.rcpts.is_empty() {
             return Reply::new(554, EnhancedCode::new(5, 5, 1), "No valid recipients");
         }
-        match self.spool.put(&self.env, &self.rcpts, &message).await {
+        match self.spool.commit(body.0, &self.env, &self.rcpts).await {
             Ok(id) => {
                 self.wake.notify_one();
                 Reply::new(

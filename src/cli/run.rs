@@ -24,6 +24,7 @@ use crate::queue::delivery_log::DeliveryLog;
 use crate::queue::quota::Ledger;
 use crate::queue::webhook::Webhook;
 use crate::queue::{control, Spool};
+use crate::server::relay::BufferBudget;
 use crate::server::suppress::SuppressingRelay;
 use crate::store::suppression::RedbStore;
 use crate::upstream::observer::PolicyObserver;
@@ -77,8 +78,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     tokio::spawn(resume_on_hangup(policy.controller.clone()));
     match config.mode {
         Mode::Passthrough => {
+            let buffer = BufferBudget::new(
+                config.server.passthrough_buffer,
+                config.server.passthrough_buffer_wait,
+            );
             let relay = Arc::new(SuppressingRelay::new(
-                Passthrough::new(policy.admission.clone()),
+                Passthrough::new(policy.admission.clone()).with_buffer(buffer),
                 policy.suppressions.clone(),
             ));
             crate::server::serve(listener, Arc::new(config.server), relay, shutdown).await?;
@@ -340,8 +345,13 @@ impl control::Hooks for LiveHooks {
             crate::policy::pause::PauseState::Running => "off".to_string(),
             crate::policy::pause::PauseState::Paused { scope, .. } => format!("{scope:?}"),
         };
+        let halted = if self.delivery.is_halted() {
+            "delivery: halted, the spool cannot be written (outcomes kept in memory)\n"
+        } else {
+            ""
+        };
         format!(
-            "instance: running\nsince start: {} delivered, {} deferred, {} failed, {} bounce report(s), {} transaction(s)\nconnections: limit {} (ceiling {})\nrate: {}\naccount pause: {}\n",
+            "instance: running\n{halted}since start: {} delivered, {} deferred, {} failed, {} bounce report(s), {} transaction(s)\nconnections: limit {} (ceiling {})\nrate: {}\naccount pause: {}\n",
             d.delivered,
             d.deferred,
             d.failed,

@@ -97,6 +97,14 @@ pub struct ServerConfig {
     /// On a listener that is not loopback: pause before answering each failed AUTH.
     #[serde(with = "humantime_serde")]
     pub auth_failure_delay: Duration,
+    /// Passthrough: bytes of message bodies all sessions together may hold in memory (a
+    /// message is kept whole until its end, so a bad one is refused before any of it is
+    /// relayed). At least `max_message_size`. Queue mode streams to disk instead.
+    pub passthrough_buffer: usize,
+    /// Passthrough: how long a session waits for room in `passthrough_buffer` before
+    /// its message is refused with `451 4.3.1`.
+    #[serde(with = "humantime_serde")]
+    pub passthrough_buffer_wait: Duration,
 }
 
 impl Default for ServerConfig {
@@ -118,6 +126,8 @@ impl Default for ServerConfig {
             listen_backlog: 1024,
             max_sessions_per_ip: 20,
             auth_failure_delay: Duration::from_secs(3),
+            passthrough_buffer: 256 * 1024 * 1024,
+            passthrough_buffer_wait: Duration::from_secs(30),
         }
     }
 }

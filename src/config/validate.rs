@@ -222,6 +222,17 @@ fn server(config: &Config, p: &mut Problems) {
         p.push("server.max_sessions_per_ip", "must be at least 1");
     }
     wire_name(p, "server.hostname", &s.hostname);
+    if config.mode == crate::config::Mode::Passthrough && s.passthrough_buffer < s.max_message_size
+    {
+        p.push(
+            "server.passthrough_buffer",
+            format!(
+                "must be at least server.max_message_size ({} bytes), is {}: a message of \
+                 the largest allowed size could never be buffered",
+                s.max_message_size, s.passthrough_buffer
+            ),
+        );
+    }
 
     if !s.listen.ip().is_loopback() {
         if s.users.is_empty() {
@@ -504,6 +515,20 @@ mod tests {
         );
         c.server.listen_backlog = u32::MAX;
         assert!(keys(&c).contains(&"server.listen_backlog".to_string()));
+    }
+
+    #[test]
+    fn passthrough_buffer_holds_the_largest_message() {
+        let mut c = Config {
+            mode: crate::config::Mode::Passthrough,
+            ..Config::default()
+        };
+        assert!(keys(&c).is_empty());
+        c.server.passthrough_buffer = c.server.max_message_size - 1;
+        assert_eq!(keys(&c), vec!["server.passthrough_buffer"]);
+        // Queue mode does not buffer messages in memory: the key is not used there.
+        c.mode = crate::config::Mode::Queue;
+        assert!(keys(&c).is_empty());
     }
 
     #[test]

@@ -6,13 +6,27 @@
 //! ```text
 //! dispatcher ── one slot per concurrent transaction ──▶ deliver(id, due recipients)
 //!    ▲  wakes on: new message, finished delivery, next due time, resume     │
-//!    └──────────────── spool.record / remove (durable) ◀────────────────────┘
+//!    └──────── spool.record / remove after each transaction (durable) ◀─────┘
 //! ```
 //!
 //! It must never lose a recipient (a state changes only by a durable spool commit, after
 //! the attempt), never count an attempt or push the schedule out while paused, never
 //! deliver the same message twice at once, never send a bounce for a bounce or to the
 //! null sender, and never spin: every wait is on a wake-up or a bounded timer.
+//!
+//! # When outcomes cannot be written
+//!
+//! A provider's answer that cannot be recorded (disk full, I/O error) is not thrown
+//! away: the outcome is kept in memory and its commit retried, and **dispatching halts
+//! at the first failed commit** — nothing new is sent while the spool cannot say what
+//! was sent. Only the transactions already in flight at that moment finish (their
+//! outcomes are kept too). Once a commit succeeds again (the spool reopens its database
+//! by itself) the kept outcomes are written, in order, and dispatching resumes. The
+//! engine also starts halted and sends nothing before a first commit succeeded, so a
+//! restart on a disk that is still full does not start sending either. A message can
+//! thus reach the provider a second time only if the process ends while its outcome is
+//! kept in memory (a crash, or a shutdown on a full disk); a bounce report or a webhook
+//! call likewise goes out at most twice.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -29,11 +43,12 @@ use super::schedule::{self, Decision, FailKind};
 use super::spool::now_ms;
 use super::transport::{LocalKind, Outcome, Transport};
 use super::webhook::{self, Webhook};
-use super::{QueueId, Spool};
+use super::{QueueId, Spool, SpoolError};
 use crate::policy::classify::Classifier;
 use crate::policy::clock::Clock;
 use crate::policy::controller::Controller;
 use crate::policy::pause::PauseState;
+use crate::policy::verdict::Phase;
 use crate::smtp::{EnhancedCode, Envelope, Reply};
 
 /// What the engine needs of the controller: pause state and retry timing.
@@ -147,18 +162,27 @@ pub struct Delivery<T: Transport, P: Pacing> {
     wake: Arc<Notify>,
     held: Arc<AtomicBool>,
     in_flight: Mutex<HashSet<QueueId>>,
-    /// Messages whose last round hit a storage error (record not written, body not
-    /// readable): not before (unix ms), and how many times in a row. Keeps a broken
-    /// message from being re-sent in a loop.
+    /// Messages whose last round could not read them (record or body): not before
+    /// (unix ms), and how many times in a row. Keeps a broken message from being re-sent
+    /// in a loop; the count stays until a round succeeds, so the wait keeps growing.
     delayed: Mutex<HashMap<QueueId, (u64, u32)>>,
+    /// Outcomes that could not be written, and whether dispatching is halted.
+    gate: Mutex<Gate>,
     /// No slot or rate cell was free (admission gave up): dispatch nothing before this
     /// (unix ms), so a long rate wait is not turned into a loop of futile attempts.
     busy_until: AtomicU64,
-    /// Time spent paused since start (ms); it does not count towards `max_age`.
-    paused_ms: AtomicU64,
     stats: DeliveryStats,
     log: DeliveryLog,
     webhook: Option<Arc<Webhook>>,
+}
+
+/// Dispatching stops while `halted`; `kept` are outcomes waiting for their commit.
+#[derive(Default)]
+struct Gate {
+    halted: bool,
+    kept: Vec<Settle>,
+    /// A failure was logged: say so when writes work again.
+    failing: bool,
 }
 
 /// How a delivery round ended, for the dispatcher.
@@ -168,12 +192,20 @@ enum Round {
     Done,
     /// Admission gave up (no slot or rate cell in time): the upstream is busy.
     Busy,
-    /// The spool could not be read or written: back this message off.
+    /// The message could not be read: back this message off.
     StorageError,
+    /// An outcome could not be written: it is kept, and dispatching is halted.
+    Halted,
 }
 
 /// How long the dispatcher rests after admission gave up.
 const BUSY_NAP_MS: u64 = 1000;
+/// While halted, the kept outcomes (or a test commit) are retried after this, doubling
+/// up to [`HALT_RETRY_MAX`].
+const HALT_RETRY_MIN: Duration = Duration::from_millis(500);
+const HALT_RETRY_MAX: Duration = Duration::from_secs(16);
+/// Time spent paused is written to the spool at least this often while paused.
+const PAUSE_SAVE_MS: u64 = 5_000;
 
 /// One recipient that failed for good in this round, for the bounce report.
 struct Failure {
@@ -181,6 +213,21 @@ struct Failure {
     reply: StoredReply,
     kind: FailKind,
     attempts: u32,
+}
+
+/// Outcomes of one transaction (or one expiry) on their way to the spool: the webhook
+/// calls and the bounce report for its failures, then the new recipient states, then
+/// the removal of a finished message. Each step is done once; a step that fails keeps
+/// the rest for a retry.
+struct Settle {
+    msg: Message,
+    updates: Vec<(usize, RcptState)>,
+    failures: Vec<Failure>,
+    /// Every recipient is final once `updates` are in: remove the message.
+    finished: bool,
+    hooked: bool,
+    bounced: bool,
+    recorded: bool,
 }
 
 impl<T: Transport, P: Pacing> Delivery<T, P> {
@@ -202,8 +249,12 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
             held: Arc::new(AtomicBool::new(false)),
             in_flight: Mutex::new(HashSet::new()),
             delayed: Mutex::new(HashMap::new()),
+            // Nothing is sent before a first commit shows the spool takes writes.
+            gate: Mutex::new(Gate {
+                halted: true,
+                ..Gate::default()
+            }),
             busy_until: AtomicU64::new(0),
-            paused_ms: AtomicU64::new(0),
             stats: DeliveryStats::default(),
             log: DeliveryLog::disabled(),
             webhook: None,
@@ -245,9 +296,20 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
         &self.spool
     }
 
+    /// True while dispatching is halted because outcomes could not be written (or no
+    /// commit has succeeded yet since start).
+    pub fn is_halted(&self) -> bool {
+        self.lock_gate().halted
+    }
+
     fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, HashSet<QueueId>> {
         // Whole-value inserts and removes only: a poisoned lock holds a consistent set.
         self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_gate(&self) -> std::sync::MutexGuard<'_, Gate> {
+        // Whole-value changes only.
+        self.gate.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Runs until `shutdown`, then lets the transactions in flight finish (at most
@@ -256,14 +318,29 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
         let workers = self.params.workers.max(1);
         let slots = Arc::new(Semaphore::new(workers));
         let mut next_expiry = 0u64;
+        let mut halt_retry = HALT_RETRY_MIN;
+        // Paused time not yet written to the spool.
+        let mut unsaved_pause = 0u64;
         loop {
             if shutdown.is_cancelled() {
                 break;
             }
+            // Outcomes that could not be written come first; nothing is sent until they
+            // are on disk.
+            if self.is_halted() {
+                if self.settle_kept().await {
+                    halt_retry = HALT_RETRY_MIN;
+                } else {
+                    self.sleep(halt_retry, &shutdown).await;
+                    halt_retry = (halt_retry * 2).min(HALT_RETRY_MAX);
+                }
+                continue;
+            }
             let now = now_ms();
             // Paused by the operator or the account: nothing is taken from the spool,
             // nothing changes, and the time does not count towards `max_age` (a
-            // weekend with refused credentials must not expire the whole queue).
+            // weekend with refused credentials must not expire the whole queue, not
+            // even across a restart: the spool keeps the total).
             let paused = if self.held.load(Ordering::Acquire) {
                 Some(None)
             } else {
@@ -276,7 +353,17 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
                 let started = std::time::Instant::now();
                 self.sleep(nap, &shutdown).await;
                 let slept = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-                self.paused_ms.fetch_add(slept, Ordering::AcqRel);
+                self.spool.add_paused(slept);
+                unsaved_pause = unsaved_pause.saturating_add(slept);
+                if unsaved_pause >= PAUSE_SAVE_MS || shutdown.is_cancelled() {
+                    unsaved_pause = 0;
+                    self.save_pause().await;
+                }
+                continue;
+            }
+            if unsaved_pause > 0 {
+                unsaved_pause = 0;
+                self.save_pause().await;
                 continue;
             }
             if now >= next_expiry {
@@ -307,8 +394,8 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
                 let now = now_ms();
                 let nap = match self.spool.next_due() {
                     Some(t) if t > now => Duration::from_millis(t - now),
-                    // Due but in flight, or nothing queued: a finished delivery or a new
-                    // message wakes us earlier.
+                    // Due but in flight, or nothing queued, or halted: a finished
+                    // delivery or a new message wakes us earlier.
                     _ => Duration::from_secs(1),
                 };
                 self.sleep(nap.min(Duration::from_secs(1)), &shutdown).await;
@@ -317,7 +404,7 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
             let me = Arc::clone(&self);
             tokio::spawn(async move {
                 let round = me.deliver(id, idxs).await;
-                me.after_round(id, round);
+                me.after_round(id, round, now_ms());
                 me.lock_in_flight().remove(&id);
                 drop(permit);
                 me.wake.notify_one();
@@ -331,6 +418,20 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
         {
             tracing::warn!("queue: deliveries still in flight at shutdown; they will be retried");
         }
+        // One last try for outcomes that could not be written, and the paused time.
+        if self.is_halted() {
+            self.settle_kept().await;
+        }
+        let kept = self.lock_gate().kept.len();
+        if kept > 0 {
+            tracing::error!(
+                messages = kept,
+                "queue: delivery outcomes could not be written before shutdown; these messages will be sent again"
+            );
+        }
+        if unsaved_pause > 0 {
+            self.save_pause().await;
+        }
     }
 
     async fn sleep(&self, d: Duration, shutdown: &CancellationToken) {
@@ -341,15 +442,72 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
         }
     }
 
+    /// Writes the paused time; a failure is one more failed commit: halt.
+    async fn save_pause(&self) {
+        if let Err(e) = self.spool.save_state().await {
+            tracing::error!("queue: cannot write the paused time: {e}; delivery halted");
+            let mut gate = self.lock_gate();
+            gate.halted = true;
+            gate.failing = true;
+        }
+    }
+
+    /// While halted: writes the kept outcomes (or, with none, makes a test commit).
+    /// Returns true when that worked and dispatching resumed.
+    async fn settle_kept(&self) -> bool {
+        let jobs = std::mem::take(&mut self.lock_gate().kept);
+        let had_jobs = !jobs.is_empty();
+        let mut left = Vec::new();
+        let mut error: Option<SpoolError> = None;
+        for mut job in jobs {
+            if error.is_none() {
+                if let Err(e) = self.settle(&mut job, None).await {
+                    error = Some(e);
+                }
+            }
+            if error.is_some() {
+                left.push(job);
+            }
+        }
+        if !had_jobs {
+            if let Err(e) = self.spool.save_state().await {
+                error = Some(e);
+            }
+        }
+        let mut gate = self.lock_gate();
+        // Kept during this call by transactions still in flight: older ones first.
+        let newer = std::mem::take(&mut gate.kept);
+        gate.kept = left;
+        gate.kept.extend(newer);
+        match error {
+            None if gate.kept.is_empty() => {
+                gate.halted = false;
+                if std::mem::take(&mut gate.failing) {
+                    tracing::warn!("queue: the spool takes writes again; delivery resumes");
+                }
+                true
+            }
+            None => false,
+            Some(e) => {
+                gate.failing = true;
+                tracing::warn!(
+                    kept = gate.kept.len(),
+                    "queue: the spool still cannot be written ({e}); delivery stays halted"
+                );
+                false
+            }
+        }
+    }
+
     fn lock_delayed(&self) -> std::sync::MutexGuard<'_, HashMap<QueueId, (u64, u32)>> {
         // Whole-value inserts and removes only.
         self.delayed.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Bookkeeping after a round: a storage error backs the message off exponentially
-    /// (1 s, 2 s, ... at most 5 min); a busy upstream rests the dispatcher.
-    fn after_round(&self, id: QueueId, round: Round) {
-        let now = now_ms();
+    /// Bookkeeping after a round at `now` (unix ms): a storage error backs the message
+    /// off exponentially (2 s, 4 s, ... at most 5 min, growing for as long as the errors
+    /// go on); a busy upstream rests the dispatcher.
+    fn after_round(&self, id: QueueId, round: Round, now: u64) {
         match round {
             Round::Done => {
                 self.lock_delayed().remove(&id);
@@ -364,20 +522,29 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
                 let wait = 1000u64.saturating_mul(1 << n.min(9)).min(300_000);
                 d.insert(id, (now + wait, n));
             }
+            // The whole dispatcher waits (see `settle_kept`).
+            Round::Halted => {}
         }
     }
 
     /// The earliest due message not already being delivered nor backed off; marks it
-    /// in flight.
+    /// in flight. Nothing while halted.
     fn next_job(&self, now: u64) -> Option<(QueueId, Vec<usize>)> {
         let mut busy = self.lock_in_flight();
-        let mut delayed = self.lock_delayed();
-        delayed.retain(|_, (until, _)| *until > now);
+        // Under the in-flight lock: a round that kept its outcome halted the gate before
+        // it left `in_flight`, so its message cannot be taken again with a stale state.
+        if self.is_halted() {
+            return None;
+        }
+        let delayed = self.lock_delayed();
+        let waiting = delayed.values().filter(|(until, _)| *until > now).count();
         let job = self
             .spool
-            .due(now, busy.len() + delayed.len() + 1)
+            .due(now, busy.len() + waiting + 1)
             .into_iter()
-            .find(|(id, _)| !busy.contains(id) && !delayed.contains_key(id))?;
+            .find(|(id, _)| {
+                !busy.contains(id) && !matches!(delayed.get(id), Some((until, _)) if *until > now)
+            })?;
         busy.insert(job.0);
         Some(job)
     }
@@ -385,16 +552,18 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
     /// Fails the pending recipients of messages older than `max_age` (those not being
     /// delivered right now; those are failed by `deliver` itself if they defer again).
     async fn expire(&self, now: u64) {
-        let age = u64::try_from(self.params.max_age.as_millis()).unwrap_or(u64::MAX);
-        let cutoff = now
-            .saturating_sub(age)
-            .saturating_sub(self.paused_ms.load(Ordering::Acquire));
-        for id in self.spool.received_before(cutoff) {
-            if !self.lock_in_flight().insert(id) {
-                continue;
+        for id in self.spool.expired(now, self.params.max_age) {
+            {
+                let mut busy = self.lock_in_flight();
+                if self.is_halted() {
+                    return;
+                }
+                if !busy.insert(id) {
+                    continue;
+                }
             }
             match self.spool.get(id) {
-                Ok(Some(msg)) => {
+                Ok(Some(mut msg)) => {
                     let mut failures = Vec::new();
                     let mut updates = Vec::new();
                     for (i, r) in msg.rcpts.iter().enumerate() {
@@ -424,7 +593,7 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
                             updates.push((i, RcptState::Failed { reply }));
                         }
                     }
-                    self.finish(&msg, None, updates, failures).await;
+                    self.finish(&mut msg, None, updates, failures).await;
                 }
                 Ok(None) => {}
                 Err(e) => tracing::error!(%id, "queue: cannot read message to expire: {e}"),
@@ -433,9 +602,11 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
         }
     }
 
-    /// One delivery round for message `id`, recipients `idxs` (all due).
+    /// One delivery round for message `id`, recipients `idxs` (all due). The outcomes of
+    /// each transaction are recorded as soon as it ends, so a message split into several
+    /// transactions never sends an accepted part again after a crash.
     async fn deliver(&self, id: QueueId, idxs: Vec<usize>) -> Round {
-        let msg = match self.spool.get(id) {
+        let mut msg = match self.spool.get(id) {
             Ok(Some(m)) => m,
             Ok(None) => return Round::Done,
             Err(e) => {
@@ -484,11 +655,7 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
         }
         let per_tx = self.params.rcpts_per_message.max(1);
         // Time spent paused does not count (see `run`).
-        let age = Duration::from_millis(
-            now_ms()
-                .saturating_sub(msg.received)
-                .saturating_sub(self.paused_ms.load(Ordering::Acquire)),
-        );
+        let age = Duration::from_millis(msg.age_ms(now_ms(), self.spool.paused_ms()));
         for chunk in todo.chunks(per_tx) {
             let addrs: Vec<String> = chunk
                 .iter()
@@ -508,7 +675,7 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
                     tracing::error!(%id, "queue: transport returned too few outcomes");
                     continue;
                 };
-                let (decision, verdict) = self.decide(out, attempts);
+                let (decision, verdict) = self.decide(out, attempts, chunk.len());
                 let reply = StoredReply::from(out.reply());
                 match decision {
                     Decision::Delivered => {
@@ -576,20 +743,15 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
                     }
                     Decision::Hold => {
                         held = true;
-                        busy |= matches!(
+                        let is_busy = matches!(
                             out,
                             Outcome::Local {
                                 kind: LocalKind::Busy,
                                 ..
                             }
                         );
-                        if !matches!(
-                            out,
-                            Outcome::Local {
-                                kind: LocalKind::Busy,
-                                ..
-                            }
-                        ) {
+                        busy |= is_busy;
+                        if !is_busy {
                             self.log_outcome(
                                 &msg,
                                 &rcpt.address,
@@ -603,13 +765,27 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
                     }
                 }
             }
+            // This transaction's outcomes (with the suppressed recipients, the first
+            // time) are written before the next transaction starts.
+            let round = self
+                .finish(
+                    &mut msg,
+                    Some(&body),
+                    std::mem::take(&mut updates),
+                    std::mem::take(&mut failures),
+                )
+                .await;
+            if round != Round::Done {
+                return round;
+            }
             if held {
                 // The account is paused (or no slot was free): the rest of this
                 // message waits too, untouched.
                 break;
             }
         }
-        let round = self.finish(&msg, Some(&body), updates, failures).await;
+        // Only suppressed recipients were due.
+        let round = self.finish(&mut msg, Some(&body), updates, failures).await;
         if busy && round == Round::Done {
             Round::Busy
         } else {
@@ -646,12 +822,16 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
         updates.push((i, RcptState::Failed { reply }));
     }
 
-    /// The decision for one outcome, and the verdict's name for the log.
-    fn decide(&self, out: &Outcome, attempts: u32) -> (Decision, String) {
+    /// The decision for one outcome of a transaction with `rcpts` recipients, and the
+    /// verdict's name for the log.
+    fn decide(&self, out: &Outcome, attempts: u32, rcpts: usize) -> (Decision, String) {
         match out {
             Outcome::Reply { phase, reply } => {
                 let v = self.classifier.classify(*phase, reply).verdict;
-                let d = schedule::decide(&v, *phase, reply, attempts);
+                // After DATA one reply answers for every recipient of the transaction:
+                // it cannot say which address is bad.
+                let whole = rcpts > 1 && matches!(phase, Phase::Data | Phase::DataEnd);
+                let d = schedule::decide(&v, *phase, reply, attempts, whole);
                 (d, v.name().to_string())
             }
             Outcome::Local { kind, .. } => match kind {
@@ -690,12 +870,14 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
         }
     }
 
-    /// Bounce report first (so a crash between the two sends it twice rather than never),
-    /// then the durable state change, then removal of a finished message.
-    /// `body`: the message, when the caller has already read it.
+    /// Writes outcomes of `msg`: bounce report first (so a crash between the two sends
+    /// it twice rather than never), then the durable state change, then removal of a
+    /// finished message. `msg` is updated to the new states. `body`: the message, when
+    /// the caller has already read it. What cannot be written is kept and dispatching
+    /// halts (`Round::Halted`).
     async fn finish(
         &self,
-        msg: &Message,
+        msg: &mut Message,
         body: Option<&[u8]>,
         updates: Vec<(usize, RcptState)>,
         failures: Vec<Failure>,
@@ -703,30 +885,77 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
         if updates.is_empty() {
             return Round::Done;
         }
-        if !failures.is_empty() {
-            self.report(msg, body, &failures).await;
+        for (i, state) in &updates {
+            if let Some(r) = msg.rcpts.get_mut(*i) {
+                r.state = state.clone();
+            }
         }
-        if let Err(e) = self.spool.record(msg.id, updates).await {
-            // Not recorded: the recipients stay as they were and are retried after a
-            // backoff (a delivered one may be sent again; never lost).
-            tracing::error!(id = %msg.id, "queue: cannot record delivery outcome: {e}");
-            return Round::StorageError;
-        }
-        match self.spool.remove(msg.id).await {
-            Ok(_) => Round::Done,
+        let mut job = Settle {
+            msg: msg.clone(),
+            updates,
+            finished: msg.is_complete(),
+            failures,
+            hooked: false,
+            bounced: false,
+            recorded: false,
+        };
+        match self.settle(&mut job, body).await {
+            Ok(()) => Round::Done,
             Err(e) => {
-                tracing::error!(id = %msg.id, "queue: cannot remove finished message: {e}");
-                Round::StorageError
+                tracing::error!(
+                    id = %msg.id,
+                    "queue: cannot record delivery outcome: {e}; kept in memory, delivery halted until the spool can be written again"
+                );
+                let mut gate = self.lock_gate();
+                gate.kept.push(job);
+                gate.halted = true;
+                gate.failing = true;
+                Round::Halted
             }
         }
     }
 
-    /// The bounce report to the sender (unless the message is itself a bounce) and the
-    /// webhook calls, for recipients that failed for good.
-    async fn report(&self, msg: &Message, body: Option<&[u8]>, failures: &[Failure]) {
-        if self.webhook.is_none() && !self.params.bounces {
-            return;
+    /// Does what is left of `job`. `Err` only for a storage failure (the job is then
+    /// to be kept and retried); anything else is logged and the step counted as done.
+    async fn settle(&self, job: &mut Settle, body: Option<&[u8]>) -> Result<(), SpoolError> {
+        let reported = job.hooked && job.bounced;
+        if !job.failures.is_empty() && !reported {
+            self.report(job, body).await?;
         }
+        let id = job.msg.id;
+        if !job.recorded {
+            match self.spool.record(id, job.updates.clone()).await {
+                Ok(()) => {}
+                Err(e) if e.is_storage() => return Err(e),
+                Err(SpoolError::NotFound(_)) => {
+                    // Deleted by the operator meanwhile.
+                    job.finished = false;
+                }
+                Err(e) => tracing::error!(%id, "queue: delivery outcome refused by the spool: {e}"),
+            }
+            job.recorded = true;
+        }
+        if job.finished {
+            match self.spool.remove(id).await {
+                Ok(_) | Err(SpoolError::NotFound(_)) => {}
+                Err(e) if e.is_storage() => return Err(e),
+                Err(e) => tracing::error!(%id, "queue: cannot remove finished message: {e}"),
+            }
+            job.finished = false;
+        }
+        Ok(())
+    }
+
+    /// The webhook calls and the bounce report to the sender (unless the message is
+    /// itself a bounce), for recipients that failed for good; each at most once per
+    /// job. `Err` when the bounce report could not be stored (retried with the job).
+    async fn report(&self, job: &mut Settle, body: Option<&[u8]>) -> Result<(), SpoolError> {
+        if self.webhook.is_none() && !self.params.bounces {
+            job.hooked = true;
+            job.bounced = true;
+            return Ok(());
+        }
+        let msg = &job.msg;
         let read;
         let body = match body {
             Some(b) => b,
@@ -737,18 +966,22 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
                 }
                 Err(e) => {
                     tracing::error!(id = %msg.id, "queue: no bounce report, cannot read message: {e}");
-                    return;
+                    job.hooked = true;
+                    job.bounced = true;
+                    return Ok(());
                 }
             },
         };
         // A bounce that cannot be delivered is dropped: no report, no webhook (the
         // "failed" address would be the original sender's).
         if dsn::is_bounce(&msg.envelope.from, body) {
-            return;
+            job.hooked = true;
+            job.bounced = true;
+            return Ok(());
         }
-        if let Some(hook) = &self.webhook {
+        if let (Some(hook), false) = (&self.webhook, job.hooked) {
             let campaign = webhook::campaign_uuid(dsn::header_block(body)).unwrap_or_default();
-            for f in failures {
+            for f in &job.failures {
                 let meta = serde_json::json!({
                     "queue_id": msg.id.to_string(),
                     "reply": f.reply.to_string(),
@@ -757,6 +990,7 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
                 let payload =
                     webhook::payload_for_campaign(&f.address, &campaign, f.kind.is_hard(), &meta);
                 let hook = Arc::clone(hook);
+                // `post` runs at most a few at once; the rest wait their turn.
                 tokio::spawn(async move {
                     if let Err(e) = hook.post(&payload).await {
                         tracing::warn!("bounce webhook failed: {e}");
@@ -764,11 +998,14 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
                 });
             }
         }
-        if !self.params.bounces {
-            return;
+        job.hooked = true;
+        if !self.params.bounces || job.bounced {
+            job.bounced = true;
+            return Ok(());
         }
         let now = now_ms();
-        let rcpts: Vec<FailedRcpt> = failures
+        let rcpts: Vec<FailedRcpt> = job
+            .failures
             .iter()
             .map(|f| FailedRcpt {
                 address: &f.address,
@@ -802,8 +1039,14 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
                 tracing::info!(id = %msg.id, bounce = %bid, to = %msg.envelope.from, "bounce report queued");
                 self.wake.notify_one();
             }
+            Err(e) if e.is_storage() => {
+                tracing::error!(id = %msg.id, "queue: cannot queue bounce report: {e}");
+                return Err(e);
+            }
             Err(e) => tracing::error!(id = %msg.id, "queue: cannot queue bounce report: {e}"),
         }
+        job.bounced = true;
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -852,12 +1095,17 @@ mod tests {
     use std::time::Instant;
 
     /// A transport that answers from a script: `pause_first` transactions get a quota
-    /// reply at MAIL, the rest per recipient (`defer@` 451, everything else 250).
+    /// reply at MAIL, the rest per recipient (`defer@` 451, everything else 250), or
+    /// `all_reply` for every recipient when set.
     struct Scripted {
         calls: AtomicU32,
         pause_first: u32,
         /// Every attempt finds admission busy (no slot or rate cell in time).
         always_busy: bool,
+        all_reply: Option<(Phase, &'static str)>,
+        /// Transactions from this number on wait for a permit of `release` first.
+        block_from: Option<u32>,
+        release: Arc<Semaphore>,
         log: Mutex<Vec<Vec<String>>>,
         /// Like the controller after a quota reply: paused for 400 ms from then.
         pause: Arc<Mutex<Option<Instant>>>,
@@ -867,6 +1115,9 @@ mod tests {
         async fn deliver(&self, _env: &Envelope, rcpts: &[String], _m: &[u8]) -> Vec<Outcome> {
             let n = self.calls.fetch_add(1, Ordering::SeqCst);
             self.log.lock().unwrap().push(rcpts.to_vec());
+            if self.block_from.is_some_and(|b| n >= b) {
+                self.release.acquire().await.unwrap().forget();
+            }
             if self.always_busy {
                 let reply = Reply::new(451, EnhancedCode::new(4, 7, 0), "Provider busy");
                 return vec![
@@ -885,8 +1136,12 @@ mod tests {
                 .map(|r| {
                     let (phase, text) = if n < self.pause_first {
                         (Phase::Mail, "550 5.4.5 Daily sending quota exceeded")
+                    } else if let Some(all) = self.all_reply {
+                        all
                     } else if r.starts_with("defer@") {
                         (Phase::Rcpt, "451 4.3.0 Temporary local problem")
+                    } else if r.starts_with("gone@") {
+                        (Phase::Rcpt, "550 5.1.1 User unknown")
                     } else {
                         (Phase::DataEnd, "250 2.0.0 Ok")
                     };
@@ -915,11 +1170,22 @@ mod tests {
         }
     }
 
+    type Engine = Delivery<Scripted, FakePacing>;
+
     struct Rig {
-        engine: Arc<Delivery<Scripted, FakePacing>>,
+        engine: Arc<Engine>,
         stop: CancellationToken,
         task: tokio::task::JoinHandle<()>,
         _dir: tempfile::TempDir,
+    }
+
+    /// What the transport does besides the default script.
+    #[derive(Default, Clone, Copy)]
+    struct Script {
+        pause_first: u32,
+        always_busy: bool,
+        all_reply: Option<(Phase, &'static str)>,
+        block_from: Option<u32>,
     }
 
     async fn rig(pause_first: u32, params: DeliveryParams) -> Rig {
@@ -927,22 +1193,45 @@ mod tests {
     }
 
     async fn rig_with(pause_first: u32, always_busy: bool, params: DeliveryParams) -> Rig {
-        let dir = tempfile::tempdir().unwrap();
+        let script = Script {
+            pause_first,
+            always_busy,
+            ..Script::default()
+        };
+        let (engine, dir) = engine_on(tempfile::tempdir().unwrap(), script, params, None);
+        started(engine, dir)
+    }
+
+    /// An engine on the spool in `dir`, not running yet.
+    fn engine_on(
+        dir: tempfile::TempDir,
+        script: Script,
+        params: DeliveryParams,
+        webhook: Option<Webhook>,
+    ) -> (Arc<Engine>, tempfile::TempDir) {
         let (spool, _) = Spool::open(&dir.path().join("spool")).unwrap();
         let pause = Arc::new(Mutex::new(None));
-        let engine = Arc::new(Delivery::new(
+        let engine = Delivery::new(
             Arc::new(spool),
             Arc::new(Scripted {
                 calls: AtomicU32::new(0),
-                pause_first,
-                always_busy,
+                pause_first: script.pause_first,
+                always_busy: script.always_busy,
+                all_reply: script.all_reply,
+                block_from: script.block_from,
+                release: Arc::new(Semaphore::new(0)),
                 log: Mutex::new(Vec::new()),
                 pause: pause.clone(),
             }),
             Arc::new(FakePacing { until: pause }),
             Arc::new(Classifier::builtin().unwrap()),
             params,
-        ));
+        )
+        .with_webhook(webhook);
+        (Arc::new(engine), dir)
+    }
+
+    fn started(engine: Arc<Engine>, dir: tempfile::TempDir) -> Rig {
         let stop = CancellationToken::new();
         let task = tokio::spawn(engine.clone().run(stop.clone(), Duration::from_secs(2)));
         Rig {
@@ -953,18 +1242,89 @@ mod tests {
         }
     }
 
-    async fn put(r: &Rig, rcpts: &[&str]) -> QueueId {
+    impl Rig {
+        fn calls(&self) -> u32 {
+            self.engine.transport.calls.load(Ordering::SeqCst)
+        }
+        async fn stop(self) -> tempfile::TempDir {
+            self.stop.cancel();
+            self.task.await.unwrap();
+            self._dir
+        }
+    }
+
+    async fn put_in(spool: &Spool, rcpts: &[&str]) -> QueueId {
         let env = Envelope {
             from: "news@example.org".into(),
             ..Envelope::default()
         };
         let rcpts: Vec<String> = rcpts.iter().map(|s| s.to_string()).collect();
-        let id = r
-            .engine
-            .spool()
+        spool
             .put(&env, &rcpts, b"Subject: hi\r\n\r\nbody\r\n")
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// Lets the engine run for a while (a bounded observation window, no assertion on
+    /// how long anything took).
+    async fn let_it_run(ms: u64) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+
+    /// A webhook receiver: every POST body, answered `200`.
+    async fn webhook_server() -> (Webhook, Arc<Mutex<Vec<serde_json::Value>>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s2 = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut c, _)) = l.accept().await else {
+                    return;
+                };
+                let seen = s2.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    // Bounded: a request is a few hundred bytes.
+                    for _ in 0..100 {
+                        let n = c.read(&mut chunk).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        let text = String::from_utf8_lossy(&buf).to_string();
+                        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                            let len: usize = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("Content-Length: "))
+                                .and_then(|v| v.trim().parse().ok())
+                                .unwrap_or(0);
+                            if body.len() >= len {
+                                seen.lock()
+                                    .unwrap()
+                                    .push(serde_json::from_str(body).unwrap());
+                                let _ = c
+                                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                                    .await;
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        let hook = Webhook::new(webhook::WebhookConfig {
+            url: format!("http://{addr}/webhooks/bounce"),
+            ..webhook::WebhookConfig::default()
+        })
+        .unwrap();
+        (hook, seen)
+    }
+
+    async fn put(r: &Rig, rcpts: &[&str]) -> QueueId {
+        let id = put_in(r.engine.spool(), rcpts).await;
         r.engine.waker().notify_one();
         id
     }
@@ -1076,31 +1436,280 @@ mod tests {
         r.task.await.unwrap();
     }
 
+    /// Issue 8.3: the spool cannot be written (redb latched on a full disk) while a
+    /// delivery is in flight. The outcome is kept, nothing else is dispatched, nothing
+    /// is sent again; once writes work again the kept outcome is written and the rest
+    /// goes out, each message exactly once.
     #[tokio::test]
-    async fn a_failed_commit_backs_the_message_off_instead_of_resending_it_at_once() {
-        let r = rig(0, DeliveryParams::default()).await;
-        // Queue the message while delivery is held, then make the next commit (the
-        // first delivery's outcome) fail.
-        r.engine.hold_flag().store(true, Ordering::SeqCst);
-        put(&r, &["a@example.org"]).await;
-        r.engine.spool().fail_next_commit();
-        r.engine.hold_flag().store(false, Ordering::SeqCst);
-        r.engine.waker().notify_one();
-        let before = 0;
+    async fn outcomes_that_cannot_be_written_are_kept_and_nothing_is_resent() {
+        let params = DeliveryParams {
+            workers: 1,
+            ..DeliveryParams::default()
+        };
+        // The second transaction waits for the test, so the disk fills while it is out.
+        let script = Script {
+            block_from: Some(1),
+            ..Script::default()
+        };
+        let (engine, dir) = engine_on(tempfile::tempdir().unwrap(), script, params, None);
+        for i in 0..3 {
+            put_in(engine.spool(), &[&format!("r{i}@example.org")]).await;
+        }
+        let r = started(engine, dir);
+        // One worker: the first transaction was recorded before the second started.
+        until("second transaction out", Duration::from_secs(5), || {
+            r.calls() >= 2
+        })
+        .await;
+        r.engine.spool().set_disk_full(true);
+        r.engine.transport.release.add_permits(1);
+        let_it_run(1500).await;
+        let while_full = r.calls();
+        println!("disk full for 1.5 s: {while_full} transaction(s) in all");
+        // The one in flight when the disk filled ended (its outcome is kept); nothing
+        // new went out, nothing again.
+        assert_eq!(while_full, 2, "transactions while full");
+        assert!(r.engine.is_halted());
+        let log = r.engine.transport.log.lock().unwrap().clone();
+        let distinct: HashSet<&Vec<String>> = log.iter().collect();
+        assert_eq!(
+            distinct.len(),
+            log.len(),
+            "a message was sent twice: {log:?}"
+        );
+        r.engine.spool().set_disk_full(false);
+        r.engine.transport.release.add_permits(10);
+        until("all delivered", Duration::from_secs(20), || {
+            r.engine.spool().is_empty()
+        })
+        .await;
+        let log = r.engine.transport.log.lock().unwrap().clone();
+        assert_eq!(log.len(), 3, "each message exactly once: {log:?}");
+        assert_eq!(log.iter().collect::<HashSet<_>>().len(), 3, "{log:?}");
+        assert_eq!(r.engine.stats().delivered, 3);
+        r.stop().await;
+    }
+
+    /// Issue 8.3, after a restart: commits still fail, so nothing is sent until one
+    /// succeeds again.
+    #[tokio::test]
+    async fn a_restart_on_a_full_disk_sends_nothing_until_a_commit_succeeds() {
+        let (engine, dir) = engine_on(
+            tempfile::tempdir().unwrap(),
+            Script::default(),
+            DeliveryParams::default(),
+            None,
+        );
+        put_in(engine.spool(), &["a@example.org"]).await;
+        put_in(engine.spool(), &["b@example.org"]).await;
+        engine.spool().set_disk_full(true);
+        let r = started(engine, dir);
+        let_it_run(1500).await;
+        assert_eq!(r.calls(), 0, "sent while no commit could succeed");
+        r.engine.spool().set_disk_full(false);
+        until("all delivered", Duration::from_secs(20), || {
+            r.engine.spool().is_empty()
+        })
+        .await;
+        assert_eq!(r.calls(), 2);
+        r.stop().await;
+    }
+
+    /// Issue 8.3: a failed recipient's bounce report cannot be stored and its outcome
+    /// cannot be written. The webhook is called once, the bounce report is queued once
+    /// when the disk has room again, the message is not sent again.
+    #[tokio::test]
+    async fn a_bounce_report_and_webhook_go_out_once_while_commits_fail() {
+        let (hook, seen) = webhook_server().await;
+        // The transaction waits for the test, so the disk can fill while it is out.
+        let script = Script {
+            block_from: Some(0),
+            ..Script::default()
+        };
+        let (engine, dir) = engine_on(
+            tempfile::tempdir().unwrap(),
+            script,
+            DeliveryParams::default(),
+            Some(hook),
+        );
+        put_in(engine.spool(), &["gone@example.org"]).await;
+        let r = started(engine, dir);
+        until("the attempt", Duration::from_secs(5), || r.calls() >= 1).await;
+        r.engine.spool().set_disk_full(true);
+        r.engine.transport.release.add_permits(1);
+        until("webhook called", Duration::from_secs(10), || {
+            !seen.lock().unwrap().is_empty()
+        })
+        .await;
+        let_it_run(3000).await;
+        assert_eq!(
+            r.calls(),
+            1,
+            "sent again while the outcome could not be written"
+        );
+        assert_eq!(seen.lock().unwrap().len(), 1, "webhook called again");
+        assert_eq!(r.engine.stats().bounces, 0, "no room for the bounce yet");
+        r.engine.spool().set_disk_full(false);
+        r.engine.transport.release.add_permits(10);
+        // The bounce report itself is delivered too (to news@, scripted 250).
         until(
-            "delivered after the backoff",
-            Duration::from_secs(10),
-            || r.engine.spool().is_empty(),
+            "bounce queued and everything done",
+            Duration::from_secs(20),
+            || r.engine.spool().is_empty() && r.engine.stats().bounces == 1,
         )
         .await;
-        let calls = r.engine.transport.calls.load(Ordering::SeqCst) - before;
-        println!("record failed once: {calls} attempt(s) until delivered");
+        let log = r.engine.transport.log.lock().unwrap().clone();
         assert_eq!(
-            calls, 2,
-            "the failed round, then one more after the backoff"
+            log,
+            vec![
+                vec!["gone@example.org".to_string()],
+                vec!["news@example.org".into()]
+            ]
         );
-        r.stop.cancel();
-        r.task.await.unwrap();
+        assert_eq!(seen.lock().unwrap().len(), 1);
+        assert_eq!(r.engine.stats().bounces, 1);
+        r.stop().await;
+    }
+
+    /// The hint of issue 8.3: a message that cannot be read is backed off further and
+    /// further; the count of failures in a row must survive the wait (it used to be
+    /// dropped when the wait ended, so the backoff never grew past 2 s).
+    #[tokio::test]
+    async fn the_storage_error_backoff_keeps_growing() {
+        let (engine, _dir) = engine_on(
+            tempfile::tempdir().unwrap(),
+            Script::default(),
+            DeliveryParams::default(),
+            None,
+        );
+        let id = put_in(engine.spool(), &["a@example.org"]).await;
+        engine.lock_gate().halted = false;
+        let mut now = now_ms();
+        let mut waits = Vec::new();
+        for _ in 0..4 {
+            engine.after_round(id, Round::StorageError, now);
+            let until = engine.lock_delayed()[&id].0;
+            waits.push(until - now);
+            assert_eq!(engine.next_job(until - 1), None, "taken during its wait");
+            now = until;
+            // Due again: taken, tried, fails again.
+            assert_eq!(engine.next_job(now).map(|j| j.0), Some(id));
+            engine.lock_in_flight().remove(&id);
+        }
+        assert_eq!(waits, vec![2000, 4000, 8000, 16000]);
+        engine.after_round(id, Round::Done, now);
+        engine.after_round(id, Round::StorageError, now);
+        assert_eq!(
+            engine.lock_delayed()[&id].0 - now,
+            2000,
+            "reset by a good round"
+        );
+    }
+
+    /// Issue 8.6: a message split into two transactions; the first one's outcome is on
+    /// disk before the second transaction ends, so a crash then cannot resend it.
+    #[tokio::test]
+    async fn each_transaction_of_a_split_message_is_recorded_when_it_ends() {
+        let params = DeliveryParams {
+            rcpts_per_message: 1,
+            ..DeliveryParams::default()
+        };
+        let script = Script {
+            block_from: Some(1),
+            ..Script::default()
+        };
+        let (engine, dir) = engine_on(tempfile::tempdir().unwrap(), script, params, None);
+        let id = put_in(engine.spool(), &["a@example.org", "b@example.org"]).await;
+        let r = started(engine, dir);
+        until("second transaction started", Duration::from_secs(5), || {
+            r.calls() >= 2
+        })
+        .await;
+        // The second transaction is still waiting for the provider.
+        let m = r.engine.spool().get(id).unwrap().unwrap();
+        assert!(
+            matches!(m.rcpts[0].state, RcptState::Delivered { .. }),
+            "first part not recorded while the second is in flight: {:?}",
+            m.rcpts[0].state
+        );
+        assert_eq!(m.rcpts[1].state, RcptState::new_pending());
+        r.engine.transport.release.add_permits(1);
+        until("done", Duration::from_secs(5), || {
+            r.engine.spool().is_empty()
+        })
+        .await;
+        assert_eq!(r.calls(), 2);
+        r.stop().await;
+    }
+
+    /// Issue 8.6: a 5xx at the end of DATA of a transaction with several recipients
+    /// fails all of them, as a message failure: no "hard" bounce for any address.
+    #[tokio::test]
+    async fn a_5xx_to_a_whole_transaction_fails_all_recipients_as_soft() {
+        let (hook, seen) = webhook_server().await;
+        let script = Script {
+            all_reply: Some((
+                Phase::DataEnd,
+                "550 5.1.1 <a@example.org>: Recipient address rejected: User unknown",
+            )),
+            ..Script::default()
+        };
+        let params = DeliveryParams {
+            bounces: false,
+            ..DeliveryParams::default()
+        };
+        let (engine, dir) = engine_on(tempfile::tempdir().unwrap(), script, params, Some(hook));
+        put_in(engine.spool(), &["a@example.org", "b@example.org"]).await;
+        let r = started(engine, dir);
+        until("both webhook calls", Duration::from_secs(10), || {
+            seen.lock().unwrap().len() >= 2
+        })
+        .await;
+        until("done", Duration::from_secs(5), || {
+            r.engine.spool().is_empty()
+        })
+        .await;
+        assert_eq!(r.engine.stats().failed, 2);
+        let seen = seen.lock().unwrap().clone();
+        for p in &seen {
+            assert_eq!(p["type"], "soft", "{p}");
+            assert_eq!(p["meta"]["kind"], "message", "{p}");
+        }
+        r.stop().await;
+    }
+
+    /// Issue 8.6: time spent paused survives a restart. Held for longer than `max_age`,
+    /// restarted, the message is delivered, not expired.
+    #[tokio::test]
+    async fn time_paused_before_a_restart_does_not_count_towards_max_age() {
+        let params = DeliveryParams {
+            max_age: Duration::from_millis(2500),
+            expiry_interval: Duration::from_millis(50),
+            ..DeliveryParams::default()
+        };
+        let (engine, dir) = engine_on(
+            tempfile::tempdir().unwrap(),
+            Script::default(),
+            params.clone(),
+            None,
+        );
+        engine.hold_flag().store(true, Ordering::SeqCst);
+        put_in(engine.spool(), &["a@example.org"]).await;
+        let r = started(engine, dir);
+        // "A weekend of refused credentials".
+        let_it_run(3500).await;
+        assert_eq!(r.calls(), 0);
+        let dir = r.stop().await;
+        // Restart, no longer paused.
+        let (engine, dir) = engine_on(dir, Script::default(), params, None);
+        let r = started(engine, dir);
+        until("delivered or failed", Duration::from_secs(10), || {
+            r.engine.spool().is_empty()
+        })
+        .await;
+        let s = r.engine.stats();
+        assert_eq!((s.delivered, s.failed, s.bounces), (1, 0, 0), "{s:?}");
+        r.stop().await;
     }
 
     #[tokio::test]

@@ -78,10 +78,24 @@ struct Inner {
 }
 
 impl DeliveryLog {
-    /// Opens `path` for appending, creating the file if needed. The parent directory must
-    /// exist.
+    /// Opens `path` for appending, creating the file if needed, readable by its owner
+    /// only (it lists every recipient address). The parent directory must exist.
     pub fn open(path: &Path) -> io::Result<Self> {
-        let file = OpenOptions::new().append(true).create(true).open(path)?;
+        let mut opts = OpenOptions::new();
+        opts.append(true).create(true);
+        // Portable path (not unix): the platform's default permissions; keep the log's
+        // directory private instead.
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let file = opts.open(path)?;
+        #[cfg(unix)]
+        {
+            // A log created by an older version may have the umask's mode.
+            use std::os::unix::fs::PermissionsExt;
+            if file.metadata()?.permissions().mode() & 0o077 != 0 {
+                file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+            }
+        }
         Ok(Self {
             inner: Some(Mutex::new(Inner {
                 file,
@@ -271,6 +285,21 @@ mod tests {
             log.write(o);
         }
         assert!(log.is_failing());
+    }
+
+    /// Issue 8.6: the log lists every recipient: owner only, also an older, wider one.
+    #[cfg(unix)]
+    #[test]
+    fn the_log_is_created_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("delivery.log");
+        let mode = || std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        drop(DeliveryLog::open(&path).unwrap());
+        assert_eq!(mode(), 0o600);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        drop(DeliveryLog::open(&path).unwrap());
+        assert_eq!(mode(), 0o600);
     }
 
     #[test]

@@ -20,6 +20,8 @@ enum Slot {
 
 #[derive(Debug)]
 struct Entry {
+    /// Arrival on a clock that stands still while delivery is paused: the arrival time
+    /// less the spool's paused time before it (see `Message::age_ms`).
     received: u64,
     rcpts: Vec<Slot>,
     /// The key under which the entry sits in `Index::due`: its earliest pending attempt.
@@ -57,7 +59,7 @@ impl Index {
         self.msgs.insert(
             id,
             Entry {
-                received: rec.received,
+                received: rec.received.saturating_sub(rec.paused_at_arrival),
                 rcpts,
                 due_key,
             },
@@ -110,7 +112,8 @@ impl Index {
         self.due.iter().map(|&(_, id)| id).collect()
     }
 
-    /// Messages accepted before `cutoff` (unix ms) that still have a pending recipient.
+    /// Messages accepted before `cutoff` (unix ms, on the clock that stands still while
+    /// paused) that still have a pending recipient.
     pub(crate) fn received_before(&self, cutoff: u64) -> Vec<QueueId> {
         let mut v: Vec<QueueId> = self
             .due
@@ -145,7 +148,7 @@ mod tests {
 
     fn rec(states: &[Option<u64>]) -> Record {
         let rcpts: Vec<String> = (0..states.len()).map(|i| format!("r{i}@x")).collect();
-        let mut r = Record::new(&Envelope::default(), &rcpts, 100, 1);
+        let mut r = Record::new(&Envelope::default(), &rcpts, 100, 1, 0);
         for (r, s) in r.rcpts.iter_mut().zip(states) {
             r.state = match s {
                 Some(t) => RcptState::Pending {

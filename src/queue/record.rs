@@ -94,18 +94,29 @@ pub(crate) struct Record {
     pub smtputf8: bool,
     /// Unix ms when the message was accepted.
     pub received: u64,
+    /// The spool's total paused time (ms) when it was accepted (absent in older spools:
+    /// 0, which only makes their messages live longer, never shorter).
+    #[serde(default)]
+    pub paused_at_arrival: u64,
     pub body_len: u64,
     pub rcpts: Vec<Rcpt>,
 }
 
 impl Record {
-    pub(crate) fn new(env: &Envelope, rcpts: &[String], received: u64, body_len: u64) -> Self {
+    pub(crate) fn new(
+        env: &Envelope,
+        rcpts: &[String],
+        received: u64,
+        body_len: u64,
+        paused_at_arrival: u64,
+    ) -> Self {
         Self {
             from: env.from.clone(),
             size: env.size,
             eight_bit: env.eight_bit,
             smtputf8: env.smtputf8,
             received,
+            paused_at_arrival,
             body_len,
             rcpts: rcpts
                 .iter()
@@ -127,6 +138,7 @@ impl Record {
                 smtputf8: self.smtputf8,
             },
             received: self.received,
+            paused_at_arrival: self.paused_at_arrival,
             body_len: self.body_len,
             rcpts: self.rcpts,
         }
@@ -140,11 +152,20 @@ pub struct Message {
     pub envelope: Envelope,
     /// Unix ms when the message was accepted.
     pub received: u64,
+    /// The spool's total paused time (ms) when it was accepted.
+    pub paused_at_arrival: u64,
     pub body_len: u64,
     pub rcpts: Vec<Rcpt>,
 }
 
 impl Message {
+    /// Its age at `now` (unix ms) towards `max_age`: the time since it arrived, less the
+    /// time delivery was paused since then (`paused_now`: the spool's total now).
+    pub fn age_ms(&self, now: u64, paused_now: u64) -> u64 {
+        let paused = paused_now.saturating_sub(self.paused_at_arrival);
+        now.saturating_sub(self.received).saturating_sub(paused)
+    }
+
     /// True when no recipient is pending any more.
     pub fn is_complete(&self) -> bool {
         self.rcpts.iter().all(|r| r.state.is_final())
@@ -164,7 +185,13 @@ mod tests {
             eight_bit: true,
             smtputf8: false,
         };
-        let mut r = Record::new(&env, &["a@x.example".into(), "b@y.example".into()], 7, 10);
+        let mut r = Record::new(
+            &env,
+            &["a@x.example".into(), "b@y.example".into()],
+            7,
+            10,
+            0,
+        );
         r.rcpts[1].state = RcptState::Failed {
             reply: (&Reply::new(550, EnhancedCode::new(5, 1, 1), "no such user")).into(),
         };

@@ -52,10 +52,22 @@ pub enum Decision {
 pub const POLICY_BLOCK_ATTEMPTS: u32 = 3;
 
 /// The decision for `reply`, received in `phase` and classified as `verdict`, for a
-/// recipient that has had `attempts` counted attempts before this one.
-pub fn decide(verdict: &Verdict, phase: Phase, reply: &Reply, attempts: u32) -> Decision {
+/// recipient that has had `attempts` counted attempts before this one. `whole`: the reply
+/// answered a whole transaction of several recipients (DATA, end of DATA), so it cannot
+/// be about one address: an address verdict (unknown user, mailbox full) fails the
+/// message for all of them, as a message failure — never "hard", never suppressed.
+pub fn decide(
+    verdict: &Verdict,
+    phase: Phase,
+    reply: &Reply,
+    attempts: u32,
+    whole: bool,
+) -> Decision {
     let class = reply.class();
     match verdict {
+        Verdict::Suppress | Verdict::SoftBounce if whole && class >= 5 => {
+            Decision::Failed(FailKind::Message)
+        }
         // A 2xx at DATA-end; an accepted RCPT alone never reaches here.
         Verdict::Accept => Decision::Delivered,
         // Our pacing, not the message: uncounted, with the provider's own "try again
@@ -115,7 +127,7 @@ mod tests {
     fn decide_reply(phase: Phase, text: &str, attempts: u32) -> Decision {
         let c = Classifier::builtin().unwrap();
         let r = Reply::parse_lenient(text).unwrap();
-        decide(&c.classify(phase, &r).verdict, phase, &r, attempts)
+        decide(&c.classify(phase, &r).verdict, phase, &r, attempts, false)
     }
 
     #[test]
@@ -195,6 +207,35 @@ mod tests {
         assert!(matches!(
             decide_reply(Phase::DataEnd, block, POLICY_BLOCK_ATTEMPTS - 1),
             Decision::Failed(FailKind::Message) | Decision::Hold
+        ));
+    }
+
+    #[test]
+    fn an_address_verdict_for_a_whole_transaction_fails_the_message_not_the_address() {
+        let c = Classifier::builtin().unwrap();
+        for text in [
+            "550 5.1.1 <a@example.org>: Recipient address rejected: User unknown",
+            "552 5.2.2 Mailbox full",
+        ] {
+            let r = Reply::parse_lenient(text).unwrap();
+            let v = c.classify(Phase::DataEnd, &r).verdict;
+            assert_eq!(
+                decide(&v, Phase::DataEnd, &r, 0, true),
+                Decision::Failed(FailKind::Message),
+                "{text}"
+            );
+            // One recipient: the reply is about that address.
+            assert!(matches!(
+                decide(&v, Phase::DataEnd, &r, 0, false),
+                Decision::Failed(FailKind::Address | FailKind::Mailbox)
+            ));
+        }
+        // A 4xx for the whole transaction is retried as before.
+        let r = Reply::parse_lenient("452 4.2.2 Mailbox full").unwrap();
+        let v = c.classify(Phase::DataEnd, &r).verdict;
+        assert!(matches!(
+            decide(&v, Phase::DataEnd, &r, 0, true),
+            Decision::Retry { .. }
         ));
     }
 

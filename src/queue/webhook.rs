@@ -41,6 +41,10 @@ pub const SOURCE: &str = "mailvalve";
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest status line (and interim response) we read before giving up.
 const MAX_RESPONSE_HEAD: usize = 16 * 1024;
+/// Most POSTs (connections) at once; the rest wait their turn. A mass expiry fails
+/// thousands of recipients in one go, and the tool behind the webhook must not see
+/// thousands of connections for it.
+pub const MAX_CONCURRENT_POSTS: usize = 4;
 
 fn default_timeout() -> Duration {
     DEFAULT_TIMEOUT
@@ -179,6 +183,8 @@ pub struct Webhook {
     authorization: Option<String>,
     timeout: Duration,
     tls: Option<(TlsConnector, ServerName<'static>)>,
+    /// [`MAX_CONCURRENT_POSTS`] permits, one per POST in progress.
+    slots: tokio::sync::Semaphore,
 }
 
 impl fmt::Debug for Webhook {
@@ -244,14 +250,19 @@ impl Webhook {
             authorization,
             timeout: cfg.timeout,
             tls,
+            slots: tokio::sync::Semaphore::new(MAX_CONCURRENT_POSTS),
         })
     }
 
     /// POSTs `body` as JSON. `Ok` for a 2xx status; any other status is
-    /// [`WebhookError::Status`]. The whole exchange is bounded by the timeout.
+    /// [`WebhookError::Status`]. At most [`MAX_CONCURRENT_POSTS`] run at once (a call
+    /// waits for its turn first); the exchange itself is bounded by the timeout.
     pub async fn post(&self, body: &Value) -> Result<(), WebhookError> {
         let json = serde_json::to_vec(body).map_err(|e| WebhookError::Body(e.to_string()))?;
         let request = self.request(&json);
+        // Never closed, so `acquire` cannot fail; if it ever did, post unbounded rather
+        // than lose the report.
+        let _slot = self.slots.acquire().await.ok();
         match tokio::time::timeout(self.timeout, self.exchange(&request)).await {
             Ok(result) => result,
             Err(_) => Err(WebhookError::Timeout(self.timeout)),
@@ -675,6 +686,49 @@ mod tests {
             .unwrap_err();
         assert_eq!(err, WebhookError::Timeout(Duration::from_millis(200)));
         assert!(started.elapsed() < Duration::from_secs(3));
+        server.abort();
+    }
+
+    /// Issue 8.6: a mass expiry posts thousands of bounces; at most
+    /// `MAX_CONCURRENT_POSTS` connections are open at once, and every post gets through.
+    #[tokio::test]
+    async fn posts_run_with_bounded_concurrency() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let open = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let (o, m) = (open.clone(), most.clone());
+        let server = tokio::spawn(async move {
+            loop {
+                let (mut s, _) = l.accept().await.unwrap();
+                let now = o.fetch_add(1, Ordering::SeqCst) + 1;
+                m.fetch_max(now, Ordering::SeqCst);
+                let o = o.clone();
+                tokio::spawn(async move {
+                    let _ = read_request(&mut s).await;
+                    // Each request takes a while, so posts would pile up unbounded.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    o.fetch_sub(1, Ordering::SeqCst);
+                    let _ = s.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await;
+                });
+            }
+        });
+        let w = Arc::new(hook(addr, Duration::from_secs(5)));
+        let posts: Vec<_> = (0..24)
+            .map(|i| {
+                let w = w.clone();
+                tokio::spawn(
+                    async move { w.post(&json!({ "email": format!("r{i}@x.example") })).await },
+                )
+            })
+            .collect();
+        for p in posts {
+            bounded(p).await.unwrap().unwrap().unwrap();
+        }
+        let most = most.load(Ordering::SeqCst);
+        println!("24 posts at once: at most {most} connections open");
+        assert!(most <= MAX_CONCURRENT_POSTS, "{most} connections at once");
         server.abort();
     }
 

@@ -13,15 +13,21 @@
 //! A failure in 1 or 2 fails every operation of the round that depended on it, deletes
 //! the bodies of that round's new messages and leaves the index untouched: nothing is
 //! acknowledged that is not on disk.
+//!
+//! A failure in 2 also means the database must be reopened (redb refuses everything
+//! after an I/O error until then): the next round reopens it first, and rounds in the
+//! following [`REOPEN_INTERVAL`] after a failed reopen fail at once with its error, so
+//! a flood of mailers on a full disk does not turn into a flood of reopens.
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
 
 use redb::ReadableTable;
 use tokio::sync::{mpsc, oneshot};
 
 use super::record::{RcptState, Record};
-use super::spool::{fsync_dir, Shared, TABLE};
+use super::spool::{fsync_dir, Shared, META, PAUSED_KEY, REOPEN_INTERVAL, TABLE};
 use super::{QueueId, SpoolError};
 
 /// Most operations committed in one transaction.
@@ -63,6 +69,8 @@ pub(crate) enum Op {
         now: u64,
         answer: Answer,
     },
+    /// Writes the spool's own state (the paused time) into the `meta` table.
+    SaveState { answer: Answer },
 }
 
 /// What a staged operation will do to the index once the transaction is committed.
@@ -79,7 +87,15 @@ struct Staged {
     new_body: Option<PathBuf>,
 }
 
+/// The database's condition after a failed commit: the error, and when a reopen was
+/// last tried (`None`: at the next round).
+struct Broken {
+    error: SpoolError,
+    tried: Option<Instant>,
+}
+
 pub(crate) fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Op>) {
+    let mut broken: Option<Broken> = None;
     while let Some(first) = rx.blocking_recv() {
         let mut ops = vec![first];
         while ops.len() < MAX_BATCH {
@@ -88,11 +104,47 @@ pub(crate) fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Op>) {
                 Err(_) => break,
             }
         }
-        round(&shared, ops);
+        if let Some(b) = &mut broken {
+            let due = match b.tried {
+                None => true,
+                Some(t) => t.elapsed() >= REOPEN_INTERVAL,
+            };
+            if due {
+                match shared.reopen() {
+                    Ok(()) => {
+                        tracing::debug!("spool database reopened after a write error");
+                        broken = None;
+                    }
+                    Err(e) => {
+                        tracing::debug!("spool database cannot be reopened yet: {e}");
+                        b.error = e;
+                        b.tried = Some(Instant::now());
+                    }
+                }
+            }
+        }
+        if let Some(b) = &broken {
+            fail_all(ops, &b.error);
+            continue;
+        }
+        if let Err(error) = round(&shared, ops) {
+            broken = Some(Broken { error, tried: None });
+        }
     }
 }
 
-fn round(shared: &Shared, mut ops: Vec<Op>) {
+/// Answers every operation with `err`, deleting the bodies of new messages.
+fn fail_all(ops: Vec<Op>, err: &SpoolError) {
+    for s in ops.into_iter().map(unanswered) {
+        if let Some(b) = &s.new_body {
+            remove_quietly(b);
+        }
+        let _ = s.answer.send(Err(err.clone()));
+    }
+}
+
+/// One round. `Err` when the database transaction failed (it must be reopened).
+fn round(shared: &Shared, mut ops: Vec<Op>) -> Result<(), SpoolError> {
     // 1. Make the renames of this round's bodies durable, once for all of them.
     if ops.iter().any(|op| matches!(op, Op::Insert { .. })) {
         if let Err(e) = fsync_dir(&shared.msg) {
@@ -108,7 +160,7 @@ fn round(shared: &Shared, mut ops: Vec<Op>) {
             }
             ops = rest;
             if ops.is_empty() {
-                return;
+                return Ok(());
             }
         }
     }
@@ -123,7 +175,7 @@ fn round(shared: &Shared, mut ops: Vec<Op>) {
                 }
                 let _ = s.answer.send(Err(err.clone()));
             }
-            return;
+            return Err(err);
         }
     };
 
@@ -155,6 +207,7 @@ fn round(shared: &Shared, mut ops: Vec<Op>) {
     for s in staged {
         let _ = s.answer.send(s.result.map(|(outcome, _)| outcome));
     }
+    Ok(())
 }
 
 /// Stages every operation in one write transaction and commits it. A storage error
@@ -165,7 +218,12 @@ fn stage_and_commit(
     ops: Vec<Op>,
 ) -> Result<Vec<Staged>, (SpoolError, Vec<Staged>)> {
     let mut staged: Vec<Staged> = Vec::with_capacity(ops.len());
-    let txn = match shared.db.begin_write() {
+    let db = shared.db_read();
+    let Some(db) = db.as_ref() else {
+        let err = SpoolError::Db("database not open".into());
+        return Err((err, ops.into_iter().map(unanswered).collect()));
+    };
+    let txn = match db.begin_write() {
         Ok(t) => t,
         Err(e) => {
             let err = SpoolError::db("begin transaction", e);
@@ -214,6 +272,7 @@ fn stage_and_commit(
                     };
                     (answer, None, retry_now(&mut table, &ids, id.is_some(), now))
                 }
+                Op::SaveState { answer } => (answer, None, save_state(&txn, shared)),
             };
             if let Err(e) = &result {
                 if e.is_storage() {
@@ -249,9 +308,10 @@ fn stage_and_commit(
 fn unanswered(op: Op) -> Staged {
     let (answer, new_body) = match op {
         Op::Insert { body, answer, .. } => (answer, Some(body)),
-        Op::Update { answer, .. } | Op::Remove { answer, .. } | Op::RetryNow { answer, .. } => {
-            (answer, None)
-        }
+        Op::Update { answer, .. }
+        | Op::Remove { answer, .. }
+        | Op::RetryNow { answer, .. }
+        | Op::SaveState { answer } => (answer, None),
     };
     Staged {
         answer,
@@ -293,7 +353,7 @@ fn update(
                 rec.rcpts.len()
             )));
         };
-        if r.state.is_final() {
+        if r.state.is_final() && !updates.iter().any(|(j, s)| j == i && *s == r.state) {
             return Err(SpoolError::Invalid(format!(
                 "recipient {i} of {id} already has a final state"
             )));
@@ -358,6 +418,18 @@ fn retry_now(
         }
     }
     Ok((Outcome::Count(changed.len()), Effect::Set(changed)))
+}
+
+fn save_state(
+    txn: &redb::WriteTransaction,
+    shared: &Shared,
+) -> Result<(Outcome, Effect), SpoolError> {
+    let mut meta = txn
+        .open_table(META)
+        .map_err(|e| SpoolError::db("open meta table", e))?;
+    meta.insert(PAUSED_KEY, shared.paused_ms())
+        .map_err(|e| SpoolError::db("save state", e))?;
+    Ok((Outcome::Done, Effect::Nothing))
 }
 
 fn remove_quietly(path: &std::path::Path) {

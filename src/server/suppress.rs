@@ -60,6 +60,14 @@ fn merge(marks: Vec<Option<Entry>>, upstream: Vec<Reply>) -> Vec<Reply> {
         .collect()
 }
 
+fn no_valid_recipients() -> Reply {
+    Reply::new(
+        554,
+        crate::smtp::EnhancedCode::new(5, 5, 1),
+        "No valid recipients",
+    )
+}
+
 impl<R: Relay + Clone, S: SuppressionStore> Relay for SuppressingRelay<R, S> {
     type Tx = SuppressingTx<R, S>;
 
@@ -101,6 +109,8 @@ pub struct SuppressingTx<R: Relay, S: SuppressionStore> {
 }
 
 impl<R: Relay + Clone, S: SuppressionStore> RelayTransaction for SuppressingTx<R, S> {
+    type Body = <R::Tx as RelayTransaction>::Body;
+
     async fn rcpt(&mut self, rcpts: Vec<String>) -> Result<Vec<Reply>, Reply> {
         let (marks, pass) = split(&self.list, rcpts);
         let replies = match (&mut self.inner, pass.is_empty()) {
@@ -118,14 +128,17 @@ impl<R: Relay + Clone, S: SuppressionStore> RelayTransaction for SuppressingTx<R
         Ok(merge(marks, replies))
     }
 
-    async fn data(&mut self, message: Vec<u8>) -> Reply {
+    async fn body(&mut self) -> Result<Self::Body, Reply> {
+        match &mut self.inner {
+            Some(tx) => tx.body().await,
+            None => Err(no_valid_recipients()),
+        }
+    }
+
+    async fn data(&mut self, message: Self::Body) -> Reply {
         match &mut self.inner {
             Some(tx) => tx.data(message).await,
-            None => Reply::new(
-                554,
-                crate::smtp::EnhancedCode::new(5, 5, 1),
-                "No valid recipients",
-            ),
+            None => no_valid_recipients(),
         }
     }
 
@@ -165,6 +178,10 @@ mod tests {
         }
     }
     impl RelayTransaction for RecTx {
+        type Body = Vec<u8>;
+        async fn body(&mut self) -> Result<Vec<u8>, Reply> {
+            Ok(Vec::new())
+        }
         async fn rcpt(&mut self, rcpts: Vec<String>) -> Result<Vec<Reply>, Reply> {
             let n = rcpts.len();
             self.0.lock().unwrap().extend(rcpts);

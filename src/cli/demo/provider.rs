@@ -247,6 +247,13 @@ impl Relay for SimProvider {
 }
 
 impl RelayTransaction for SimTx {
+    /// The simulated provider only counts messages; it takes them whole.
+    type Body = Vec<u8>;
+
+    async fn body(&mut self) -> Result<Vec<u8>, Reply> {
+        Ok(Vec::new())
+    }
+
     async fn rcpt(&mut self, rcpts: Vec<String>) -> Result<Vec<Reply>, Reply> {
         let mut st = self.inner.lock();
         Ok(rcpts
