@@ -79,6 +79,18 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     tokio::spawn(resume_on_hangup(policy.controller.clone()));
     match config.mode {
         Mode::Passthrough => {
+            // `mailvalve suppress ...` reaches the open list over the control socket.
+            #[cfg(unix)]
+            {
+                let instance =
+                    control::Instance::default().with_suppressions(policy.suppressions.clone());
+                match control::serve(instance, config.queue.dir.clone(), shutdown.clone()) {
+                    Ok(task) => drop(tokio::spawn(task)),
+                    Err(e) => tracing::warn!(
+                        "no control socket, `mailvalve suppress` cannot reach this instance: {e}"
+                    ),
+                }
+            }
             let relay = Arc::new(SuppressingRelay::new(
                 Passthrough::new(policy.admission.clone()),
                 policy.suppressions.clone(),
@@ -189,14 +201,14 @@ impl QueueMode {
                 delivery: delivery.clone(),
                 controller: policy.controller.clone(),
             });
-            let (spool, dir, stop) = (spool.clone(), qc.dir.clone(), shutdown.clone());
-            tokio::spawn(async move {
-                if let Err(e) = control::serve(spool, dir, hooks, stop).await {
-                    tracing::warn!(
-                        "queue: no control socket, `mailvalve queue` cannot reach this instance: {e}"
-                    );
-                }
-            });
+            let instance = control::Instance::queue(spool.clone(), hooks)
+                .with_suppressions(policy.suppressions.clone());
+            match control::serve(instance, qc.dir.clone(), shutdown.clone()) {
+                Ok(task) => drop(tokio::spawn(task)),
+                Err(e) => tracing::warn!(
+                    "queue: no control socket, `mailvalve queue` and `mailvalve suppress` cannot reach this instance: {e}"
+                ),
+            }
         }
         // Before the first delivery: messages sent before a restart count against the
         // hourly and daily quotas.
