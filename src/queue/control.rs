@@ -168,35 +168,7 @@ pub async fn execute(
                 .get(id)
                 .map_err(|e| e.to_string())?
                 .ok_or_else(|| format!("no message {id} in the spool"))?;
-            let mut out = String::new();
-            let _ = writeln!(out, "id:        {}", m.id);
-            let _ = writeln!(out, "from:      {}", sender(&m.envelope.from));
-            let _ = writeln!(out, "received:  {} ago", age(now, m.received));
-            let _ = writeln!(out, "size:      {} bytes", m.body_len);
-            for r in &m.rcpts {
-                let state = match &r.state {
-                    RcptState::Pending {
-                        attempts,
-                        next_attempt,
-                        last_reply,
-                    } => format!(
-                        "pending, {attempts} attempt(s), next {}{}",
-                        if *next_attempt <= now {
-                            "now".to_string()
-                        } else {
-                            format!("in {}", human(next_attempt - now))
-                        },
-                        last_reply
-                            .as_ref()
-                            .map(|r| format!(", last reply: {}", r))
-                            .unwrap_or_default()
-                    ),
-                    RcptState::Delivered { reply } => format!("delivered: {}", reply),
-                    RcptState::Failed { reply } => format!("failed: {}", reply),
-                };
-                let _ = writeln!(out, "rcpt:      {}  {}", r.address, state);
-            }
-            Ok(out)
+            Ok(show(&m, now))
         }
         Command::Retry(which) => {
             if let Which::One(id) = which {
@@ -249,6 +221,40 @@ pub async fn execute(
             Ok(out)
         }
     }
+}
+
+/// `mailvalve queue show`: one message's envelope and every recipient's state, never the
+/// body. Pure (`now` in unix ms), so any stored record can be shown.
+pub fn show(m: &Message, now: u64) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "id:        {}", m.id);
+    let _ = writeln!(out, "from:      {}", sender(&m.envelope.from));
+    let _ = writeln!(out, "received:  {} ago", age(now, m.received));
+    let _ = writeln!(out, "size:      {} bytes", m.body_len);
+    for r in &m.rcpts {
+        let state = match &r.state {
+            RcptState::Pending {
+                attempts,
+                next_attempt,
+                last_reply,
+            } => format!(
+                "pending, {attempts} attempt(s), next {}{}",
+                if *next_attempt <= now {
+                    "now".to_string()
+                } else {
+                    format!("in {}", human(next_attempt - now))
+                },
+                last_reply
+                    .as_ref()
+                    .map(|r| format!(", last reply: {}", r))
+                    .unwrap_or_default()
+            ),
+            RcptState::Delivered { reply } => format!("delivered: {}", reply),
+            RcptState::Failed { reply } => format!("failed: {}", reply),
+        };
+        let _ = writeln!(out, "rcpt:      {}  {}", r.address, state);
+    }
+    out
 }
 
 /// Runs a long synchronous read (decoding every record of a big spool) without stalling
