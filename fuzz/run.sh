@@ -32,7 +32,8 @@ for t in "${targets[@]}"; do
     mkdir -p "$work/$t" "artifacts/$t"
     log="$work/$t.log"
     start=$(date +%s)
-    cargo +nightly fuzz run "${flags[@]}" "$t" "$work/$t" "corpus/$t" -- \
+    # libFuzzer stops itself after -max_total_time; the outer timeout is a backstop.
+    timeout $((seconds + 300)) cargo +nightly fuzz run "${flags[@]}" "$t" "$work/$t" "corpus/$t" -- \
         -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 \
         >"$log" 2>&1
     rc=$?

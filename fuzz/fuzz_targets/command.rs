@@ -18,7 +18,9 @@ fuzz_target!(|data: &[u8]| {
                 assert!((2..=line::MAX_COMMAND_LINE).contains(&n) && n <= buf.len());
                 let l = &buf[..n];
                 assert!(l.ends_with(b"\r\n"));
-                assert!(!l[..n - 2].iter().any(|&b| b == b'\r' || b == b'\n' || b == 0));
+                assert!(!l[..n - 2]
+                    .iter()
+                    .any(|&b| b == b'\r' || b == b'\n' || b == 0));
                 match command::parse(l) {
                     Ok(cmd) => {
                         let _ = format!("{cmd:?}");

@@ -11,7 +11,10 @@ pub fn crlf_only(wire: &[u8], what: &str) {
             _ => {}
         }
     }
-    assert!(wire.is_empty() || wire.ends_with(b"\r\n"), "{what}: no final CRLF");
+    assert!(
+        wire.is_empty() || wire.ends_with(b"\r\n"),
+        "{what}: no final CRLF"
+    );
 }
 
 /// A reply as written to the wire: CRLF only, and every line carries the same code.
@@ -20,7 +23,10 @@ pub fn reply_wire(r: &mailvalve::smtp::Reply) {
     crlf_only(&wire, "reply");
     let code = format!("{:03}", r.code);
     for line in wire.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-        assert!(line.starts_with(code.as_bytes()), "reply line without its code");
+        assert!(
+            line.starts_with(code.as_bytes()),
+            "reply line without its code"
+        );
     }
 }
 

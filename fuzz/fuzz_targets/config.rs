@@ -50,11 +50,17 @@ fuzz_target!(|data: &[u8]| {
             }
             said.push_str(&format!("{c:?}"));
             said.push_str(&serde_json::to_string(&c).unwrap_or_default());
-            assert!(may_leak || !said.contains(SECRET), "password leaked: {said}");
+            assert!(
+                may_leak || !said.contains(SECRET),
+                "password leaked: {said}"
+            );
         }
         Err(e) => {
             let said = e.to_string();
-            assert!(may_leak || !said.contains(SECRET), "password leaked: {said}");
+            assert!(
+                may_leak || !said.contains(SECRET),
+                "password leaked: {said}"
+            );
         }
     }
 });

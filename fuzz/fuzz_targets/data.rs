@@ -59,7 +59,11 @@ fn decode(wire: &[u8], cuts: &mut Option<Cuts>, max: usize, limit: usize) -> Out
     }
     let problem = d.problem();
     // A message with a problem is not kept, whatever was written so far.
-    let out = if result.is_ok() && problem.is_none() { out } else { Vec::new() };
+    let out = if result.is_ok() && problem.is_none() {
+        out
+    } else {
+        Vec::new()
+    };
     // After a framing error the session answers the same whatever the error (bare CR,
     // bare LF or NUL) and closes: only that there was one must agree, not which one a
     // line held first, nor how much went before it.
@@ -120,7 +124,9 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(whole, cut, "outcome depends on how the bytes were cut");
     assert!(whole.consumed <= rest.len());
     if whole.result == Ok(true) {
-        assert!(rest[..whole.consumed].ends_with(b"\r\n.\r\n") || rest[..whole.consumed] == *b".\r\n");
+        assert!(
+            rest[..whole.consumed].ends_with(b"\r\n.\r\n") || rest[..whole.consumed] == *b".\r\n"
+        );
     }
 
     // 2. Round trip of what we send.
@@ -135,7 +141,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     assert_eq!(got.result, Ok(true), "stuffed message not framed");
-    assert_eq!(got.consumed, stuffed, "decoder did not stop at the terminator");
+    assert_eq!(
+        got.consumed, stuffed,
+        "decoder did not stop at the terminator"
+    );
     let want = normalised(rest);
     let too_long = want
         .split(|&b| b == b'\n')

@@ -29,7 +29,10 @@ pub fn check_report(report: &[u8]) {
     let delimiter = format!("--{b}");
     let lines: Vec<&str> = text.split("\r\n").collect();
     let opening = lines.iter().filter(|l| **l == delimiter).count();
-    let closing = lines.iter().filter(|l| **l == format!("{delimiter}--")).count();
+    let closing = lines
+        .iter()
+        .filter(|l| **l == format!("{delimiter}--"))
+        .count();
     assert_eq!((opening, closing), (3, 1), "MIME structure");
     assert_eq!(text.matches(b).count(), 5, "boundary occurs elsewhere");
 }
@@ -44,7 +47,12 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(uuid, uuid.to_ascii_lowercase());
     }
     let campaign = webhook::campaign_uuid(block).unwrap_or_default();
-    let payload = webhook::payload_for_campaign("a@example.net", &campaign, !bounce, &serde_json::Value::Null);
+    let payload = webhook::payload_for_campaign(
+        "a@example.net",
+        &campaign,
+        !bounce,
+        &serde_json::Value::Null,
+    );
     let _ = serde_json::to_string(&payload);
 
     let mut lines = data.split(|&b| b == b'\n');

@@ -63,7 +63,11 @@ fn spool_record(bytes: &[u8]) {
     });
     common::crlf_only(&report, "bounce report");
     for line in report.split(|&b| b == b'\n') {
-        assert!(line.len() <= dsn::MAX_LINE + 1, "line of {} octets", line.len());
+        assert!(
+            line.len() <= dsn::MAX_LINE + 1,
+            "line of {} octets",
+            line.len()
+        );
     }
 }
 

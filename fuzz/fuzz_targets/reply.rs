@@ -76,7 +76,10 @@ fuzz_target!(|data: &[u8]| {
             // up to the whitespace after an enhanced code, which the wire form cannot
             // keep for a line that had no code of its own (RFC 2034 repeats it on each).
             let wire = r.to_wire();
-            if wire.split(|&b| b == b'\n').all(|l| l.len() <= MAX_REPLY_LINE) {
+            if wire
+                .split(|&b| b == b'\n')
+                .all(|l| l.len() <= MAX_REPLY_LINE)
+            {
                 let (again, used) = Reply::parse(&wire)
                     .expect("our own wire form parses")
                     .expect("complete");
