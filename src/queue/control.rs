@@ -699,6 +699,14 @@ async fn request_raw(
         }
         Err(e) => return Err(e),
     };
+    if body.len() as u64 > MAX_SUPPRESS_BODY {
+        // Said here rather than by the instance, which stops reading at its limit.
+        return Ok(Some(Err(format!(
+            "{} MiB of entries is more than a running instance takes at once ({} MiB): split the file",
+            body.len() >> 20,
+            MAX_SUPPRESS_BODY >> 20
+        ))));
+    }
     let mut out = Vec::with_capacity(line.len() + 1 + body.len());
     out.extend_from_slice(line.as_bytes());
     out.push(b'\n');
