@@ -82,6 +82,18 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 config.server.passthrough_buffer,
                 config.server.passthrough_buffer_wait,
             );
+            // `mailvalve suppress ...` reaches the open list over the control socket.
+            #[cfg(unix)]
+            {
+                let instance =
+                    control::Instance::default().with_suppressions(policy.suppressions.clone());
+                match control::serve(instance, config.queue.dir.clone(), shutdown.clone()) {
+                    Ok(task) => drop(tokio::spawn(task)),
+                    Err(e) => tracing::warn!(
+                        "no control socket, `mailvalve suppress` cannot reach this instance: {e}"
+                    ),
+                }
+            }
             let relay = Arc::new(SuppressingRelay::new(
                 Passthrough::new(policy.admission.clone()).with_buffer(buffer),
                 policy.suppressions.clone(),
@@ -192,14 +204,14 @@ impl QueueMode {
                 delivery: delivery.clone(),
                 controller: policy.controller.clone(),
             });
-            let (spool, dir, stop) = (spool.clone(), qc.dir.clone(), shutdown.clone());
-            tokio::spawn(async move {
-                if let Err(e) = control::serve(spool, dir, hooks, stop).await {
-                    tracing::warn!(
-                        "queue: no control socket, `mailvalve queue` cannot reach this instance: {e}"
-                    );
-                }
-            });
+            let instance = control::Instance::queue(spool.clone(), hooks)
+                .with_suppressions(policy.suppressions.clone());
+            match control::serve(instance, qc.dir.clone(), shutdown.clone()) {
+                Ok(task) => drop(tokio::spawn(task)),
+                Err(e) => tracing::warn!(
+                    "queue: no control socket, `mailvalve queue` and `mailvalve suppress` cannot reach this instance: {e}"
+                ),
+            }
         }
         // Before the first delivery: messages sent before a restart count against the
         // hourly and daily quotas.

@@ -1,9 +1,16 @@
 //! `mailvalve suppress ...`: list, add, remove, import and export the suppression list
 //! (the redb file named by `suppression.path`). An import checks the whole file first
 //! and changes nothing if any line is bad.
+//!
+//! While an instance runs it holds the database (redb locks it), so the command goes to
+//! the instance over its control socket (`<queue.dir>/control.sock`, both modes) and the
+//! instance changes its open list — a `suppress add` takes effect for the next RCPT.
+//! With no instance running the database is opened directly. Both ways run
+//! `queue::control::execute_suppress`, so the output is the same.
 
 use crate::config::Config;
 use crate::policy::suppression::{normalize, Entry, SoftPolicy, Source, Suppressions};
+use crate::queue::control::{self, SuppressRequest};
 use crate::store::suppression::RedbStore;
 use crate::store::suppression_csv;
 use anyhow::{bail, Context};
@@ -47,10 +54,9 @@ pub fn open(cfg: &Config) -> anyhow::Result<Suppressions<RedbStore>> {
 }
 
 pub fn run(cmd: SuppressCmd, cfg: &Config) -> anyhow::Result<()> {
-    let list = open(cfg)?;
     match cmd {
         SuppressCmd::List => {
-            let entries: Vec<Entry> = list.list().into_iter().filter(|e| e.suppressed).collect();
+            let entries: Vec<Entry> = entries(cfg)?.into_iter().filter(|e| e.suppressed).collect();
             for e in &entries {
                 println!(
                     "{}\t{} {}\t{}\t{}\tcount={}",
@@ -66,30 +72,34 @@ pub fn run(cmd: SuppressCmd, cfg: &Config) -> anyhow::Result<()> {
         }
         SuppressCmd::Add { address, reason } => {
             let address = normalize(&address);
-            if !address.contains('@') {
+            if !address.contains('@') || address.chars().any(char::is_control) {
                 bail!("{address:?} is not an email address");
             }
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0);
-            list.add_all(vec![Entry {
-                address: address.clone(),
-                code: 550,
-                enhanced: Some("5.1.1".into()),
-                text: reason,
-                first_seen: now,
-                last_seen: now,
-                count: 1,
-                source: Source::Manual,
-                suppressed: true,
-                soft_times: Vec::new(),
-                soft_marks: Vec::new(),
-            }])?;
+            perform(
+                cfg,
+                SuppressRequest::Add(vec![Entry {
+                    address: address.clone(),
+                    code: 550,
+                    enhanced: Some("5.1.1".into()),
+                    text: reason,
+                    first_seen: now,
+                    last_seen: now,
+                    count: 1,
+                    source: Source::Manual,
+                    suppressed: true,
+                    soft_times: Vec::new(),
+                    soft_marks: Vec::new(),
+                }]),
+            )?;
             println!("suppressed {address}");
         }
         SuppressCmd::Remove { address } => {
-            if list.remove(&address)? {
+            let answer = perform(cfg, SuppressRequest::Remove(address.clone()))?;
+            if answer.trim() == "true" {
                 println!("removed {}", normalize(&address));
             } else {
                 bail!("{} is not on the suppression list", normalize(&address));
@@ -101,7 +111,7 @@ pub fn run(cmd: SuppressCmd, cfg: &Config) -> anyhow::Result<()> {
             match suppression_csv::import(f, SystemTime::now()) {
                 Ok(entries) => {
                     let n = entries.len();
-                    list.add_all(entries)?;
+                    perform(cfg, SuppressRequest::Add(entries))?;
                     println!("imported {n} addresses from {}", file.display());
                 }
                 Err(errors) => {
@@ -117,7 +127,7 @@ pub fn run(cmd: SuppressCmd, cfg: &Config) -> anyhow::Result<()> {
             }
         }
         SuppressCmd::Export { output } => {
-            let entries = list.list();
+            let entries = entries(cfg)?;
             match output {
                 Some(path) => {
                     let f = std::fs::File::create(&path)
@@ -129,4 +139,39 @@ pub fn run(cmd: SuppressCmd, cfg: &Config) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Every entry of the list, from the running instance or the database.
+fn entries(cfg: &Config) -> anyhow::Result<Vec<Entry>> {
+    let text = perform(cfg, SuppressRequest::List)?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str::<Entry>(l).context("unreadable answer from the instance"))
+        .collect()
+}
+
+/// Runs `req` on the running instance's list if one answers on the control socket, else
+/// on the database opened directly. `Ok` is the answer text of `execute_suppress`.
+fn perform(cfg: &Config, req: SuppressRequest) -> anyhow::Result<String> {
+    #[cfg(unix)]
+    {
+        let dir = &cfg.queue.dir;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?;
+        let answer = rt
+            .block_on(control::request_suppress(dir, &req))
+            .with_context(|| {
+                format!(
+                    "cannot talk to the running instance ({})",
+                    control::socket_path(dir).display()
+                )
+            })?;
+        if let Some(answer) = answer {
+            return answer.map_err(|e| anyhow::anyhow!("suppress (running instance): {e}"));
+        }
+    }
+    let list = open(cfg)?;
+    control::execute_suppress(&list, req).map_err(|e| anyhow::anyhow!("suppress: {e}"))
 }

@@ -65,18 +65,49 @@ pub fn load_from<I>(path: Option<&Path>, env: I) -> Result<Loaded, ConfigError>
 where
     I: IntoIterator<Item = (String, String)>,
 {
-    let vars = EnvVars::new(env);
     let file = match path {
         Some(p) => Some(read_file(p)?),
         None => None,
     };
+    load_text(
+        file.as_ref().map(|f| f.text.as_str()),
+        path,
+        file_origin(path),
+        env,
+    )
+}
+
+/// Load from configuration text instead of a file (errors name `origin` where they
+/// would name the file), with `env` on top. Does not validate; relative paths stay
+/// relative. For tests and the fuzz target of the loader (`fuzz/`): the same code path
+/// as [`load_from`] after the file is read.
+pub fn load_str<I>(text: &str, origin: &str, env: I) -> Result<Loaded, ConfigError>
+where
+    I: IntoIterator<Item = (String, String)>,
+{
+    load_text(Some(text), None, origin.to_owned(), env)
+}
+
+fn load_text<I>(
+    text: Option<&str>,
+    path: Option<&Path>,
+    origin: String,
+    env: I,
+) -> Result<Loaded, ConfigError>
+where
+    I: IntoIterator<Item = (String, String)>,
+{
+    let vars = EnvVars::new(env);
+    let file = text.map(|text| FileText {
+        text: text.to_owned(),
+    });
     let mut secrets = vars.secrets();
     if let Some(f) = &file {
         secrets.extend(secrets_in_text(&f.text));
     }
     let ctx = Ctx {
         vars: &vars,
-        file_origin: file_origin(path),
+        file_origin: origin,
         secrets: Secrets::new(secrets),
     };
 
@@ -537,6 +568,28 @@ mod tests {
     use std::time::Duration;
 
     const PASSWORD: &str = "s3cr3t-Pa55w0rd";
+
+    #[test]
+    fn load_str_is_load_from_without_the_file() {
+        let text = "[upstream]\nhost = \"smtp.example.org\"\nport = 587\n";
+        let env = vec![("MAILVALVE__UPSTREAM__PORT".to_owned(), "465".to_owned())];
+        let loaded = load_str(text, "fuzz input", env).unwrap();
+        assert_eq!(loaded.config.upstream.host, "smtp.example.org");
+        assert_eq!(loaded.config.upstream.port, 465);
+        assert_eq!(loaded.env_overrides, ["MAILVALVE__UPSTREAM__PORT"]);
+        let e = load_str(
+            &format!("[upstream]\npassword = \"{PASSWORD}\"\nport = \"x\"\n"),
+            "fuzz input",
+            Vec::new(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("fuzz input") && e.contains("upstream.port"),
+            "{e}"
+        );
+        assert!(!e.contains(PASSWORD), "{e}");
+    }
 
     fn write(dir: &tempfile::TempDir, text: &str) -> PathBuf {
         let path = dir.path().join("mailvalve.toml");

@@ -1,18 +1,27 @@
-//! Operator commands on the queue (`mailvalve queue list | show | retry | delete | pause
-//! | resume | status`), one implementation for both ways of reaching a spool:
+//! Operator commands on a running instance, one implementation for both ways of reaching
+//! its state:
 //!
-//! - a running instance listens on a Unix socket in its spool directory
-//!   (`<dir>/control.sock`, mode 0600 like the spool itself); the CLI sends one command
-//!   line and reads the answer until EOF — the first line is `ok` or `error: ...`;
-//! - with no instance running, the CLI opens the spool itself (redb locks it, so the two
-//!   can never write at once) and runs the same [`execute`].
+//! - `mailvalve queue list | show | retry | delete | pause | resume | status` (queue
+//!   mode) and `mailvalve suppress list | add | remove | import | export` (both modes);
+//! - a running instance listens on a Unix socket, `<queue.dir>/control.sock` (the spool
+//!   directory; in passthrough mode the directory is created for the socket alone). The
+//!   socket is bound so that it never exists with permissions wider than 0600
+//!   ([`bind_private`]). The CLI sends one command line (and, for `suppress add`, a body
+//!   up to EOF) and reads the answer until EOF — the first line is `ok` or `error: ...`;
+//! - with no instance running, the CLI opens the spool or the suppression database
+//!   itself (redb locks both, so the two can never write at once) and runs the same
+//!   [`execute`] / [`execute_suppress`].
 //!
 //! The operator's pause is a file, `<dir>/paused`, so it survives restarts and works
 //! offline; the delivery engine sends nothing while it exists.
 //!
+//! On systems without Unix sockets there is no control socket: stop the instance to use
+//! these commands (they then open the files directly).
+//!
 //! This module must never change a recipient's state except through the spool's own
-//! durable operations, never block the caller longer than one spool commit, and never
-//! print message bodies (they may be personal data): only envelopes and replies.
+//! durable operations, never change the suppression list except through the list's own
+//! durable operations, never block the caller longer than one commit, and never print
+//! message bodies (they may be personal data): only envelopes and replies.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -23,6 +32,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use super::record::{Message, RcptState, StoredReply};
 use super::spool::now_ms;
 use super::{QueueId, Spool, Which};
+use crate::policy::suppression::{normalize, Entry, SuppressionStore, Suppressions};
 
 /// The socket a running instance listens on.
 pub fn socket_path(dir: &Path) -> PathBuf {
@@ -158,35 +168,7 @@ pub async fn execute(
                 .get(id)
                 .map_err(|e| e.to_string())?
                 .ok_or_else(|| format!("no message {id} in the spool"))?;
-            let mut out = String::new();
-            let _ = writeln!(out, "id:        {}", m.id);
-            let _ = writeln!(out, "from:      {}", sender(&m.envelope.from));
-            let _ = writeln!(out, "received:  {} ago", age(now, m.received));
-            let _ = writeln!(out, "size:      {} bytes", m.body_len);
-            for r in &m.rcpts {
-                let state = match &r.state {
-                    RcptState::Pending {
-                        attempts,
-                        next_attempt,
-                        last_reply,
-                    } => format!(
-                        "pending, {attempts} attempt(s), next {}{}",
-                        if *next_attempt <= now {
-                            "now".to_string()
-                        } else {
-                            format!("in {}", human(next_attempt - now))
-                        },
-                        last_reply
-                            .as_ref()
-                            .map(|r| format!(", last reply: {}", r))
-                            .unwrap_or_default()
-                    ),
-                    RcptState::Delivered { reply } => format!("delivered: {}", reply),
-                    RcptState::Failed { reply } => format!("failed: {}", reply),
-                };
-                let _ = writeln!(out, "rcpt:      {}  {}", r.address, state);
-            }
-            Ok(out)
+            Ok(show(&m, now))
         }
         Command::Retry(which) => {
             if let Which::One(id) = which {
@@ -239,6 +221,40 @@ pub async fn execute(
             Ok(out)
         }
     }
+}
+
+/// `mailvalve queue show`: one message's envelope and every recipient's state, never the
+/// body. Pure (`now` in unix ms), so any stored record can be shown.
+pub fn show(m: &Message, now: u64) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "id:        {}", m.id);
+    let _ = writeln!(out, "from:      {}", sender(&m.envelope.from));
+    let _ = writeln!(out, "received:  {} ago", age(now, m.received));
+    let _ = writeln!(out, "size:      {} bytes", m.body_len);
+    for r in &m.rcpts {
+        let state = match &r.state {
+            RcptState::Pending {
+                attempts,
+                next_attempt,
+                last_reply,
+            } => format!(
+                "pending, {attempts} attempt(s), next {}{}",
+                if *next_attempt <= now {
+                    "now".to_string()
+                } else {
+                    format!("in {}", human(next_attempt - now))
+                },
+                last_reply
+                    .as_ref()
+                    .map(|r| format!(", last reply: {}", r))
+                    .unwrap_or_default()
+            ),
+            RcptState::Delivered { reply } => format!("delivered: {}", reply),
+            RcptState::Failed { reply } => format!("failed: {}", reply),
+        };
+        let _ = writeln!(out, "rcpt:      {}  {}", r.address, state);
+    }
+    out
 }
 
 /// Runs a long synchronous read (decoding every record of a big spool) without stalling
@@ -306,19 +322,260 @@ fn human(ms: u64) -> String {
     }
 }
 
-/// Serves operator commands on `<dir>/control.sock` until `shutdown`. A stale socket
-/// file from a killed instance is replaced (the spool's lock proves no other instance
-/// owns this directory).
+// ---------------------------------------------------------------------------------------
+// The suppression list over the socket (`mailvalve suppress ...`).
+
+/// Largest `suppress add` body a running instance reads (JSON lines of entries): about
+/// half a million addresses. A bigger import is refused with this figure in the error.
+pub const MAX_SUPPRESS_BODY: u64 = 64 << 20;
+
+/// What the control socket needs of the running instance's suppression list. The list's
+/// own durable operations do the work; this adds nothing but the wire.
+pub trait SuppressionList: Send + Sync {
+    /// Every entry (suppressed ones and soft failures still being counted).
+    fn entries(&self) -> Vec<Entry>;
+    /// Adds `entries` all or nothing (durable before it returns).
+    fn add(&self, entries: Vec<Entry>) -> Result<(), String>;
+    /// `Ok(true)` when the address was on the list.
+    fn remove(&self, address: &str) -> Result<bool, String>;
+}
+
+impl<S: SuppressionStore> SuppressionList for Suppressions<S> {
+    fn entries(&self) -> Vec<Entry> {
+        self.list()
+    }
+    fn add(&self, entries: Vec<Entry>) -> Result<(), String> {
+        self.add_all(entries).map_err(|e| e.to_string())
+    }
+    fn remove(&self, address: &str) -> Result<bool, String> {
+        Suppressions::remove(self, address).map_err(|e| e.to_string())
+    }
+}
+
+/// One operation on the suppression list. The CLI builds it; a running instance (over
+/// the socket) or the CLI itself (list opened directly) runs it with
+/// [`execute_suppress`], so the answer is the same either way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SuppressRequest {
+    /// Answer: one JSON [`Entry`] per line.
+    List,
+    /// Add (or replace) these entries, all or nothing. Answer: the number added.
+    Add(Vec<Entry>),
+    /// Answer: `true` when the address was listed.
+    Remove(String),
+}
+
+impl SuppressRequest {
+    /// The command line, and for `Add` the body sent after it (one JSON entry per line).
+    pub fn to_wire(&self) -> (String, Vec<u8>) {
+        match self {
+            Self::List => ("suppress list".into(), Vec::new()),
+            Self::Add(entries) => {
+                let mut body = Vec::new();
+                for e in entries {
+                    // Serialising a plain struct of strings and numbers cannot fail.
+                    if serde_json::to_writer(&mut body, e).is_ok() {
+                        body.push(b'\n');
+                    }
+                }
+                ("suppress add".into(), body)
+            }
+            // JSON-quoted: an address may hold spaces (a quoted local part).
+            Self::Remove(a) => (
+                format!("suppress remove {}", serde_json::Value::String(a.clone())),
+                Vec::new(),
+            ),
+        }
+    }
+
+    /// Parses a command line after `suppress `, and the body for `add`.
+    fn parse(rest: &str, body: &[u8]) -> Result<Self, String> {
+        let (verb, arg) = match rest.split_once(' ') {
+            Some((v, a)) => (v, a.trim()),
+            None => (rest, ""),
+        };
+        match (verb, arg) {
+            ("list", "") => Ok(Self::List),
+            ("remove", a) if !a.is_empty() => serde_json::from_str::<String>(a)
+                .map(Self::Remove)
+                .map_err(|e| format!("suppress remove: the address must be a JSON string: {e}")),
+            ("add", "") => {
+                let mut entries = Vec::new();
+                for (i, line) in body.split(|&b| b == b'\n').enumerate() {
+                    if line.iter().all(u8::is_ascii_whitespace) {
+                        continue;
+                    }
+                    let mut e: Entry = serde_json::from_slice(line)
+                        .map_err(|err| format!("suppress add: entry {}: {err}", i + 1))?;
+                    e.address = normalize(&e.address);
+                    if e.address.is_empty() || !e.address.contains('@') {
+                        return Err(format!(
+                            "suppress add: entry {}: {:?} is not an email address",
+                            i + 1,
+                            e.address
+                        ));
+                    }
+                    entries.push(e);
+                }
+                Ok(Self::Add(entries))
+            }
+            _ => Err(format!("unknown command: \"suppress {rest}\"")),
+        }
+    }
+}
+
+/// Runs a suppression request against `list`; the text is what goes back over the
+/// socket (see [`SuppressRequest`] for its shape per request). Blocking (a commit): call
+/// it off the async workers.
+pub fn execute_suppress(
+    list: &dyn SuppressionList,
+    req: SuppressRequest,
+) -> Result<String, String> {
+    match req {
+        SuppressRequest::List => {
+            let mut out = String::new();
+            for e in list.entries() {
+                if let Ok(line) = serde_json::to_string(&e) {
+                    out.push_str(&line);
+                    out.push('\n');
+                }
+            }
+            Ok(out)
+        }
+        SuppressRequest::Add(entries) => {
+            let n = entries.len();
+            list.add(entries)?;
+            Ok(format!("{n}\n"))
+        }
+        SuppressRequest::Remove(address) => Ok(format!("{}\n", list.remove(&address)?)),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The socket.
+
+/// What a running instance serves on its control socket.
+#[derive(Clone, Default)]
+pub struct Instance {
+    /// Queue mode: the spool and the live hooks. `None` in passthrough mode, where
+    /// queue commands are refused with a message saying so.
+    pub queue: Option<(std::sync::Arc<Spool>, std::sync::Arc<dyn Hooks>)>,
+    /// The instance's open suppression list: `mailvalve suppress ...` cannot open the
+    /// database while the instance holds it, so it asks the instance.
+    pub suppressions: Option<std::sync::Arc<dyn SuppressionList>>,
+}
+
+impl Instance {
+    /// A queue-mode instance.
+    pub fn queue(spool: std::sync::Arc<Spool>, hooks: std::sync::Arc<dyn Hooks>) -> Self {
+        Self {
+            queue: Some((spool, hooks)),
+            suppressions: None,
+        }
+    }
+
+    /// Also serve `mailvalve suppress ...` against `list`.
+    pub fn with_suppressions(mut self, list: std::sync::Arc<dyn SuppressionList>) -> Self {
+        self.suppressions = Some(list);
+        self
+    }
+
+    /// Runs one request (`line` without its line end; `body` what followed it).
+    async fn answer(&self, dir: &Path, line: &str, body: &[u8]) -> Result<String, String> {
+        if let Some(rest) = line.strip_prefix("suppress ") {
+            let req = SuppressRequest::parse(rest.trim(), body)?;
+            let list = self
+                .suppressions
+                .clone()
+                .ok_or("this instance serves no suppression list")?;
+            return tokio::task::spawn_blocking(move || execute_suppress(list.as_ref(), req))
+                .await
+                .map_err(|e| format!("suppression task failed: {e}"))?;
+        }
+        let cmd = Command::parse(line)?;
+        match &self.queue {
+            Some((spool, hooks)) => execute(spool, dir, cmd, hooks.as_ref()).await,
+            None => Err("this instance runs in passthrough mode: there is no queue".into()),
+        }
+    }
+}
+
+/// Longest command line read from a client.
+const MAX_LINE: u64 = 4096;
+
+/// Creates `dir` (0700) if missing: in passthrough mode nothing else creates it.
 #[cfg(unix)]
-pub async fn serve(
-    spool: std::sync::Arc<Spool>,
+fn ensure_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Binds a Unix socket at `path` such that `path` never exists with permissions wider
+/// than 0600: the socket is bound inside a fresh private (0700) directory next to `path`,
+/// chmod 0600 there, and only then renamed to `path` (one atomic rename on the same file
+/// system, which also replaces a stale socket left by a killed instance). Setting the
+/// umask around `bind` would do the same, but the umask is per process and other threads
+/// create files meanwhile.
+///
+/// Refuses (`AddrInUse`) when an instance already answers on `path`.
+#[cfg(unix)]
+pub fn bind_private(path: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
+    use std::io::{Error, ErrorKind};
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(Error::new(
+            ErrorKind::AddrInUse,
+            format!("another instance is listening on {}", path.display()),
+        ));
+    }
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::new(ErrorKind::InvalidInput, "socket path has no file name"))?;
+    // Short, so the temporary path fits sun_path whenever the final one does.
+    let private = parent.join(format!(".cs{}", std::process::id()));
+    // Left over by a crash of a process that had our pid: ours to remove (it is
+    // not followed if it is a symlink).
+    if std::fs::symlink_metadata(&private).is_ok() {
+        std::fs::remove_dir_all(&private)?;
+    }
+    std::fs::DirBuilder::new().mode(0o700).create(&private)?;
+    let bound = (|| -> std::io::Result<_> {
+        let tmp = private.join(name);
+        let listener = std::os::unix::net::UnixListener::bind(&tmp)?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&tmp, path)?;
+        Ok(listener)
+    })();
+    let cleaned = std::fs::remove_dir_all(&private);
+    let listener = bound?;
+    cleaned?;
+    Ok(listener)
+}
+
+/// Binds `<dir>/control.sock` now (so a caller that goes on to accept mail is reachable
+/// by the CLI from then on) and returns the task that serves operator commands on it
+/// until `shutdown`: queue commands (when `instance` has a queue) and suppression-list
+/// requests (when it has a list). The socket is bound with [`bind_private`], so it is
+/// never reachable with wider permissions than 0600; `dir` is created (0700) if
+/// missing. The task removes the socket when it ends.
+#[cfg(unix)]
+pub fn serve(
+    instance: Instance,
     dir: PathBuf,
-    hooks: std::sync::Arc<dyn Hooks>,
     shutdown: tokio_util::sync::CancellationToken,
-) -> std::io::Result<()> {
+) -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
     use std::os::unix::fs::PermissionsExt;
-    // The socket is chmod 0600 right after bind; until then only the directory guards
-    // it (the spool directory is created 0700).
+    ensure_dir(&dir)?;
     if let Ok(meta) = std::fs::metadata(&dir) {
         if meta.permissions().mode() & 0o077 != 0 {
             tracing::warn!(
@@ -328,47 +585,85 @@ pub async fn serve(
         }
     }
     let path = socket_path(&dir);
-    let _ = std::fs::remove_file(&path);
-    let listener = tokio::net::UnixListener::bind(&path)?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-    loop {
-        let (stream, _) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!("control socket accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.cancelled() => break,
-        };
-        let spool = spool.clone();
-        let dir = dir.clone();
-        let hooks = hooks.clone();
-        tokio::spawn(async move {
-            let (rd, mut wr) = stream.into_split();
-            let mut line = String::new();
-            // One short command line; a client that sends nothing for 10 s is dropped.
-            let mut rd = BufReader::new(rd.take(1024));
-            let got = tokio::time::timeout(Duration::from_secs(10), rd.read_line(&mut line)).await;
-            let answer = match got {
-                Ok(Ok(_)) => match Command::parse(line.trim()) {
-                    Ok(cmd) => execute(&spool, &dir, cmd, hooks.as_ref()).await,
-                    Err(e) => Err(e),
+    let std_listener = bind_private(&path)?;
+    std_listener.set_nonblocking(true)?;
+    let listener = tokio::net::UnixListener::from_std(std_listener)?;
+    let instance = std::sync::Arc::new(instance);
+    Ok(async move {
+        loop {
+            let (stream, _) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!("control socket accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
                 },
-                _ => Err("no command received".into()),
+                _ = shutdown.cancelled() => break,
             };
-            let text = match answer {
-                Ok(t) => format!("ok\n{t}"),
-                Err(e) => format!("error: {e}\n"),
-            };
-            let _ = wr.write_all(text.as_bytes()).await;
-            let _ = wr.shutdown().await;
-        });
+            let instance = instance.clone();
+            let dir = dir.clone();
+            tokio::spawn(async move {
+                let (rd, mut wr) = stream.into_split();
+                let answer = match read_request(rd).await {
+                    Ok((line, body)) => instance.answer(&dir, &line, &body).await,
+                    Err(e) => Err(e),
+                };
+                let text = match answer {
+                    Ok(t) => format!("ok\n{t}"),
+                    Err(e) => format!("error: {e}\n"),
+                };
+                let _ = wr.write_all(text.as_bytes()).await;
+                let _ = wr.shutdown().await;
+            });
+        }
+        let _ = std::fs::remove_file(&path);
+    })
+}
+
+/// One command line (a client that sends nothing for 10 s is dropped) and, for `suppress
+/// add`, the body after it, up to EOF (bounded in size and time).
+#[cfg(unix)]
+async fn read_request(rd: tokio::net::unix::OwnedReadHalf) -> Result<(String, Vec<u8>), String> {
+    let mut rd = BufReader::new(rd);
+    let mut line = Vec::new();
+    let got = tokio::time::timeout(
+        Duration::from_secs(10),
+        (&mut rd).take(MAX_LINE).read_until(b'\n', &mut line),
+    )
+    .await;
+    match got {
+        Ok(Ok(n)) if n > 0 => {}
+        _ => return Err("no command received".into()),
     }
-    let _ = std::fs::remove_file(&path);
-    Ok(())
+    if line.last() != Some(&b'\n') && line.len() as u64 >= MAX_LINE {
+        return Err(format!("command line longer than {MAX_LINE} bytes"));
+    }
+    let line = String::from_utf8(line)
+        .map_err(|_| "the command line is not UTF-8".to_string())?
+        .trim()
+        .to_string();
+    let mut body = Vec::new();
+    if line == "suppress add" {
+        let got = tokio::time::timeout(
+            Duration::from_secs(120),
+            (&mut rd).take(MAX_SUPPRESS_BODY + 1).read_to_end(&mut body),
+        )
+        .await;
+        match got {
+            Ok(Ok(_)) if body.len() as u64 > MAX_SUPPRESS_BODY => {
+                return Err(format!(
+                    "suppress add: more than {} MiB of entries; split the file",
+                    MAX_SUPPRESS_BODY >> 20
+                ))
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(format!("suppress add: reading the entries: {e}")),
+            Err(_) => return Err("suppress add: the entries did not arrive within 120 s".into()),
+        }
+    }
+    Ok((line, body))
 }
 
 /// Sends `cmd` to the instance listening in `dir`. `Ok(None)`: no instance is running
@@ -376,6 +671,25 @@ pub async fn serve(
 /// the instance's answer.
 #[cfg(unix)]
 pub async fn request(dir: &Path, cmd: Command) -> std::io::Result<Option<Result<String, String>>> {
+    request_raw(dir, &cmd.to_line(), &[]).await
+}
+
+/// [`request`] for the suppression list.
+#[cfg(unix)]
+pub async fn request_suppress(
+    dir: &Path,
+    req: &SuppressRequest,
+) -> std::io::Result<Option<Result<String, String>>> {
+    let (line, body) = req.to_wire();
+    request_raw(dir, &line, &body).await
+}
+
+#[cfg(unix)]
+async fn request_raw(
+    dir: &Path,
+    line: &str,
+    body: &[u8],
+) -> std::io::Result<Option<Result<String, String>>> {
     use std::io::ErrorKind;
     let path = socket_path(dir);
     let mut stream = match tokio::net::UnixStream::connect(&path).await {
@@ -385,11 +699,23 @@ pub async fn request(dir: &Path, cmd: Command) -> std::io::Result<Option<Result<
         }
         Err(e) => return Err(e),
     };
-    stream
-        .write_all(format!("{}\n", cmd.to_line()).as_bytes())
-        .await?;
+    if body.len() as u64 > MAX_SUPPRESS_BODY {
+        // Said here rather than by the instance, which stops reading at its limit.
+        return Ok(Some(Err(format!(
+            "{} MiB of entries is more than a running instance takes at once ({} MiB): split the file",
+            body.len() >> 20,
+            MAX_SUPPRESS_BODY >> 20
+        ))));
+    }
+    let mut out = Vec::with_capacity(line.len() + 1 + body.len());
+    out.extend_from_slice(line.as_bytes());
+    out.push(b'\n');
+    out.extend_from_slice(body);
+    stream.write_all(&out).await?;
+    // EOF ends a body; the instance answers after it.
+    stream.shutdown().await?;
     let mut text = String::new();
-    tokio::time::timeout(Duration::from_secs(30), stream.read_to_string(&mut text))
+    tokio::time::timeout(Duration::from_secs(120), stream.read_to_string(&mut text))
         .await
         .map_err(|_| std::io::Error::new(ErrorKind::TimedOut, "no answer from the instance"))??;
     Ok(Some(match text.strip_prefix("ok\n") {
@@ -501,19 +827,16 @@ mod tests {
             "nobody running"
         );
         let stop = tokio_util::sync::CancellationToken::new();
-        let task = tokio::spawn(serve(
-            spool.clone(),
-            dir.path().to_path_buf(),
-            std::sync::Arc::new(Offline),
-            stop.clone(),
-        ));
-        // The listener binds asynchronously: bounded wait for the socket.
-        for _ in 0..200 {
-            if socket_path(dir.path()).exists() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let task = tokio::spawn(
+            serve(
+                Instance::queue(spool.clone(), std::sync::Arc::new(Offline)),
+                dir.path().to_path_buf(),
+                stop.clone(),
+            )
+            .unwrap(),
+        );
+        // Bound before `serve` returned.
+        assert!(socket_path(dir.path()).exists());
         let list = request(dir.path(), Command::List)
             .await
             .unwrap()
@@ -530,8 +853,227 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), task)
             .await
             .unwrap()
-            .unwrap()
             .unwrap();
         assert!(!socket_path(dir.path()).exists());
+    }
+
+    fn entry(address: &str) -> Entry {
+        Entry {
+            address: address.into(),
+            code: 550,
+            enhanced: Some("5.1.1".into()),
+            text: "gone".into(),
+            first_seen: 1,
+            last_seen: 2,
+            count: 1,
+            source: crate::policy::suppression::Source::Manual,
+            suppressed: true,
+            soft_times: Vec::new(),
+            soft_marks: Vec::new(),
+        }
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn suppression_requests_over_the_socket_change_the_open_list() {
+        use crate::policy::suppression::{MemoryStore, SoftPolicy};
+        let dir = tempfile::tempdir().unwrap();
+        let sock_dir = dir.path().join("not-yet-there");
+        let list = std::sync::Arc::new(
+            Suppressions::open(MemoryStore::default(), SoftPolicy::default()).unwrap(),
+        );
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(
+            serve(
+                Instance::default().with_suppressions(list.clone()),
+                sock_dir.clone(),
+                stop.clone(),
+            )
+            .unwrap(),
+        );
+        let ask = |req: SuppressRequest| {
+            let d = sock_dir.clone();
+            async move { request_suppress(&d, &req).await.unwrap().unwrap() }
+        };
+        // A quoted local part with a space survives the wire.
+        let added = ask(SuppressRequest::Add(vec![
+            entry("A@Example.org"),
+            entry("\"x y\"@example.org"),
+        ]))
+        .await
+        .unwrap();
+        assert_eq!(added.trim(), "2");
+        assert!(
+            list.is_suppressed("a@example.org"),
+            "added to the open list"
+        );
+        assert!(list.is_suppressed("\"x y\"@example.org"));
+        let listed = ask(SuppressRequest::List).await.unwrap();
+        assert_eq!(
+            listed,
+            execute_suppress(list.as_ref(), SuppressRequest::List).unwrap()
+        );
+        assert_eq!(listed.lines().count(), 2, "{listed}");
+        let removed = ask(SuppressRequest::Remove("\"x y\"@example.org".into()))
+            .await
+            .unwrap();
+        assert_eq!(removed.trim(), "true");
+        assert!(!list.is_suppressed("\"x y\"@example.org"));
+        let again = ask(SuppressRequest::Remove("\"x y\"@example.org".into()))
+            .await
+            .unwrap();
+        assert_eq!(again.trim(), "false");
+
+        // Bad input gets an error naming the problem, and changes nothing.
+        let mut bad = entry("no-at-sign");
+        bad.address = "no-at-sign".into();
+        let e = ask(SuppressRequest::Add(vec![entry("ok@example.org"), bad]))
+            .await
+            .unwrap_err();
+        assert!(
+            e.contains("entry 2") && e.contains("not an email address"),
+            "{e}"
+        );
+        assert!(!list.is_suppressed("ok@example.org"), "all or nothing");
+        // No queue in passthrough mode: said plainly.
+        let e = request(&sock_dir, Command::List)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap_err();
+        assert!(e.contains("passthrough mode"), "{e}");
+
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    #[test]
+    fn suppress_wire_round_trips_and_refuses_garbage() {
+        for req in [
+            SuppressRequest::List,
+            SuppressRequest::Remove("a b@c".into()),
+            SuppressRequest::Add(vec![entry("a@b.example"), entry("c@d.example")]),
+        ] {
+            let (line, body) = req.to_wire();
+            let rest = line.strip_prefix("suppress ").unwrap();
+            assert_eq!(SuppressRequest::parse(rest, &body), Ok(req));
+        }
+        assert!(
+            SuppressRequest::parse("remove a@b", b"").is_err(),
+            "not JSON"
+        );
+        assert!(SuppressRequest::parse("remove", b"").is_err());
+        assert!(SuppressRequest::parse("list extra", b"").is_err());
+        assert!(SuppressRequest::parse("add", b"{not json}\n").is_err());
+        assert!(SuppressRequest::parse("frobnicate", b"").is_err());
+    }
+
+    /// The socket must never be reachable with wider permissions than 0600, not even for
+    /// an instant: watched with inotify, the name `control.sock` must first appear by a
+    /// rename (of a socket already 0600) and never be created in place or chmod-ed there
+    /// (bind-then-chmod shows as IN_CREATE then IN_ATTRIB). A stale socket file is
+    /// replaced the same way.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn control_socket_never_exists_wider_than_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        // A stale socket left by a killed instance (bound, then its listener dropped).
+        drop(std::os::unix::net::UnixListener::bind(socket_path(dir.path())).unwrap());
+        let watch = inotify::Watch::new(dir.path());
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(
+            serve(Instance::default(), dir.path().to_path_buf(), stop.clone()).unwrap(),
+        );
+        let events = watch.events();
+        let ours: Vec<u32> = events
+            .iter()
+            .filter(|(_, name)| name == "control.sock")
+            .map(|(mask, _)| *mask)
+            .collect();
+        assert!(!ours.is_empty(), "no event for control.sock: {events:?}");
+        assert!(
+            ours.iter().all(|m| m & inotify::MOVED_TO != 0),
+            "control.sock was created or changed in place: {events:?}"
+        );
+        let mode = std::fs::metadata(socket_path(dir.path()))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // Nothing left behind but the socket.
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["control.sock"]);
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    /// Just enough inotify for the test above (std links libc; the `libc` crate is not a
+    /// dependency of this crate).
+    #[cfg(target_os = "linux")]
+    mod inotify {
+        use std::ffi::CString;
+        use std::io::Read;
+        use std::os::fd::FromRawFd;
+        use std::os::unix::ffi::OsStrExt;
+
+        pub const MOVED_TO: u32 = 0x80;
+        const ATTRIB: u32 = 0x4;
+        const CREATE: u32 = 0x100;
+        const NONBLOCK: i32 = 0o4000;
+
+        extern "C" {
+            fn inotify_init1(flags: i32) -> i32;
+            fn inotify_add_watch(fd: i32, path: *const std::ffi::c_char, mask: u32) -> i32;
+        }
+
+        pub struct Watch(std::fs::File);
+
+        impl Watch {
+            pub fn new(dir: &std::path::Path) -> Self {
+                let path = CString::new(dir.as_os_str().as_bytes()).unwrap();
+                // SAFETY: plain syscalls; the fd is checked and then owned by the File.
+                unsafe {
+                    let fd = inotify_init1(NONBLOCK);
+                    assert!(fd >= 0, "inotify_init1 failed");
+                    let wd = inotify_add_watch(fd, path.as_ptr(), CREATE | ATTRIB | MOVED_TO);
+                    assert!(wd >= 0, "inotify_add_watch failed");
+                    Watch(std::fs::File::from_raw_fd(fd))
+                }
+            }
+
+            /// The events queued so far: (mask, name).
+            pub fn events(mut self) -> Vec<(u32, String)> {
+                let mut buf = vec![0u8; 64 * 1024];
+                let n = match self.0.read(&mut buf) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+                    Err(e) => panic!("inotify read: {e}"),
+                };
+                let mut out = Vec::new();
+                let mut pos = 0;
+                // struct inotify_event { int wd; u32 mask; u32 cookie; u32 len; char name[]; }
+                while pos + 16 <= n {
+                    let word = |i: usize| {
+                        u32::from_ne_bytes(buf[pos + i..pos + i + 4].try_into().unwrap())
+                    };
+                    let (mask, len) = (word(4), word(12) as usize);
+                    let name = &buf[pos + 16..pos + 16 + len];
+                    let name = name.split(|&b| b == 0).next().unwrap_or_default();
+                    out.push((mask, String::from_utf8_lossy(name).into_owned()));
+                    pos += 16 + len;
+                }
+                out
+            }
+        }
     }
 }

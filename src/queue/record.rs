@@ -172,6 +172,13 @@ impl Message {
     }
 }
 
+/// Decodes the bytes the spool stores for message `id` (what recovery, `get` and `list`
+/// read back from the database). An error is a record that cannot be read; it never
+/// panics, whatever the bytes. Public for the fuzz target of spool records (`fuzz/`).
+pub fn decode(id: QueueId, bytes: &[u8]) -> Result<Message, serde_json::Error> {
+    serde_json::from_slice::<Record>(bytes).map(|r| r.into_message(id))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

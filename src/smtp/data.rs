@@ -68,7 +68,7 @@ impl DataDecoder {
                 // No complete line yet. Check what we have; swallow an over-long tail so
                 // the buffer stays bounded (keep a trailing CR: its LF may follow).
                 check_bytes(rest, true)?;
-                if rest.len() >= MAX_TEXT_LINE {
+                if rest.len() >= line_limit(rest) {
                     let keep = usize::from(rest.last() == Some(&b'\r'));
                     self.in_long_line = true;
                     self.problem.get_or_insert(DataProblem::LineTooLong);
@@ -91,7 +91,7 @@ impl DataDecoder {
                 out.extend_from_slice(&input[run]);
                 return Ok((pos, true));
             }
-            if line.len() > MAX_TEXT_LINE {
+            if line.len() > line_limit(line) {
                 self.problem.get_or_insert(DataProblem::LineTooLong);
                 continue;
             }
@@ -122,6 +122,12 @@ impl DataDecoder {
     pub fn size(&self) -> usize {
         self.size
     }
+}
+
+/// The longest a line may be on the wire, CRLF included: [`MAX_TEXT_LINE`], plus the
+/// dot a sender doubled for transparency, which RFC 5321 4.5.3.1.6 does not count.
+fn line_limit(line: &[u8]) -> usize {
+    MAX_TEXT_LINE + usize::from(line.first() == Some(&b'.'))
 }
 
 /// `bytes` must contain no CR (none is allowed inside a line: the line's own CRLF has
@@ -239,6 +245,40 @@ mod tests {
         let (_, done) = d.feed(b"123456\r\n.\r\n", &mut Vec::new()).unwrap();
         assert!(done);
         assert_eq!(d.problem(), Some(DataProblem::TooBig));
+    }
+
+    /// Found by fuzzing (fuzz/ target `data`): a 998-octet line that starts with a dot
+    /// is legal, but goes over the wire as 999 octets plus CRLF; the doubled dot must not
+    /// count against the 1000-octet limit (RFC 5321 4.5.3.1.6), else we refuse with
+    /// `500 5.5.6` a message our own `dot_stuff` (and every MTA) sends.
+    #[test]
+    fn a_doubled_dot_does_not_count_against_the_line_limit() {
+        let mut legal = vec![b'.'];
+        legal.extend_from_slice(&[b'y'; 997]);
+        legal.extend_from_slice(b"\r\n");
+        let mut wire = Vec::new();
+        dot_stuff(&legal, &mut wire);
+        assert_eq!(wire.iter().position(|&b| b == b'\r'), Some(999));
+        for cut in [1, 7, 1000, wire.len()] {
+            let mut d = DataDecoder::new(1 << 20);
+            let (mut out, mut buf, mut done) = (Vec::new(), Vec::new(), false);
+            for chunk in wire.chunks(cut) {
+                buf.extend_from_slice(chunk);
+                let (n, end) = d.feed(&buf, &mut out).unwrap();
+                buf.drain(..n);
+                done = end;
+            }
+            assert!(done);
+            assert_eq!(d.problem(), None, "cut {cut}");
+            assert_eq!(out, legal);
+        }
+        // One octet more is too long, doubled dot or not.
+        let mut long = b"..".to_vec();
+        long.extend_from_slice(&[b'y'; 998]);
+        long.extend_from_slice(b"\r\n.\r\n");
+        let mut d = DataDecoder::new(1 << 20);
+        assert_eq!(d.feed(&long, &mut Vec::new()).unwrap(), (long.len(), true));
+        assert_eq!(d.problem(), Some(DataProblem::LineTooLong));
     }
 
     #[test]

@@ -33,16 +33,72 @@ fn err(e: impl std::fmt::Display) -> StoreError {
 }
 
 impl RedbFile {
-    /// Opens (or creates) the database at `path`; the parent directory must exist.
+    /// Opens (or creates) the database at `path`; the parent directory must exist. A new
+    /// file is created with mode 0600 (it holds addresses), and the directory entry is
+    /// made durable. An existing file readable by others is used as it is, with a
+    /// warning. Another process holding the database (a running mailvalve) is an error
+    /// that says so.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Database::create(path)
-            .map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
+        let cannot =
+            |e: &dyn std::fmt::Display| StoreError(format!("cannot open {}: {e}", path.display()));
+        let (file, created) = open_file(path).map_err(|e| cannot(&e))?;
+        let db = redb::Builder::new().create_file(file).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError(format!(
+                "{} is in use by another process (a running mailvalve that did not answer on its control socket?)",
+                path.display()
+            )),
+            e => cannot(&e),
+        })?;
+        if created {
+            sync_parent(path).map_err(|e| cannot(&e))?;
+        }
         // Create the table so that reads on a fresh database find it.
         let tx = db.begin_write().map_err(err)?;
         tx.open_table(TABLE).map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(Self { db })
     }
+}
+
+/// The database file, created 0600 in the same `open` that creates it (no window with
+/// wider permissions); `true` when it was created now. Portable path: elsewhere the
+/// file gets the platform's default permissions.
+fn open_file(path: &Path) -> std::io::Result<(std::fs::File, bool)> {
+    let mut o = std::fs::OpenOptions::new();
+    o.read(true).write(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    match o.clone().create_new(true).open(path) {
+        Ok(f) => return Ok((f, true)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let f = o.open(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if f.metadata()?.permissions().mode() & 0o077 != 0 {
+            tracing::warn!(
+                path = %path.display(),
+                "the suppression database is accessible by other users; `chmod 600` it (it holds addresses)"
+            );
+        }
+    }
+    Ok((f, false))
+}
+
+fn sync_parent(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 impl SuppressionStore for RedbFile {
@@ -94,6 +150,31 @@ mod tests {
     use super::*;
     use crate::policy::suppression::{SoftPolicy, Suppressions};
     use crate::smtp::{EnhancedCode, Reply};
+
+    #[cfg(unix)]
+    #[test]
+    fn database_file_is_created_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let store = RedbStore::open(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "created {mode:o}");
+        drop(store);
+        // Reopening keeps it (and the data).
+        RedbStore::open(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn a_second_open_says_the_list_is_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let _first = RedbStore::open(&path).unwrap();
+        let e = RedbStore::open(&path).err().unwrap();
+        assert!(e.0.contains("in use by another process"), "{e}");
+    }
 
     #[test]
     fn survives_reopen() {

@@ -32,8 +32,15 @@ impl std::fmt::Display for LineError {
     }
 }
 
+/// 9999-12-31T23:59:59Z: the last time RFC 3339 (and so the import) can write.
+const MAX_TIME: u64 = 253_402_300_799;
+
+/// RFC 3339 seconds. A stored time past the year 9999 (only a corrupt entry or a wild
+/// clock has one) is written as [`MAX_TIME`]: humantime's formatter fails on it (and
+/// `to_string` then panics), and the export must never panic.
 fn fmt_time(secs: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs.min(MAX_TIME)))
+        .to_string()
 }
 
 fn parse_time(s: &str) -> Result<u64, String> {
@@ -232,6 +239,22 @@ mod tests {
         export(&entries, &mut out).unwrap();
         let again = import(out.as_slice(), now).unwrap();
         assert_eq!(again, entries);
+    }
+
+    /// Found by fuzzing (fuzz/ target `record`): an entry stored with a time past the
+    /// year 9999 made `suppress export` panic.
+    #[test]
+    fn export_of_a_time_past_9999_does_not_panic() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let mut e = import("a@x.example\n".as_bytes(), now).unwrap().remove(0);
+        e.last_seen = 99_999_999_910_000_050;
+        e.first_seen = u64::MAX;
+        let mut out = Vec::new();
+        export(&[e], &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("9999-12-31T23:59:59Z"), "{text}");
+        let back = import(text.as_bytes(), now).unwrap();
+        assert_eq!(back[0].last_seen, MAX_TIME);
     }
 
     #[test]
