@@ -14,6 +14,7 @@
 //! recipient is written in RFC 6533's 7-bit `utf-8;` form (`\x{E9}`). [`needs_8bitmime`]
 //! tells the sender whether to ask for `BODY=8BITMIME`.
 
+use super::headers;
 use super::record::StoredReply;
 use super::QueueId;
 use crate::smtp::EnhancedCode;
@@ -130,23 +131,8 @@ pub fn build(input: &DsnInput) -> Vec<u8> {
     out
 }
 
-/// The header section of `message`: everything before the first empty line, including the
-/// line end of the last header line. A message without an empty line is all header; one
-/// that starts with an empty line has none. Tolerates bare-LF line ends.
-pub fn header_block(message: &[u8]) -> &[u8] {
-    let mut pos = 0;
-    while pos < message.len() {
-        let rest = &message[pos..];
-        if rest.starts_with(b"\r\n") || rest.starts_with(b"\n") {
-            return &message[..pos];
-        }
-        match rest.iter().position(|&b| b == b'\n') {
-            Some(nl) => pos += nl + 1,
-            None => return message,
-        }
-    }
-    message
-}
+/// The header section of `message` (see [`headers::header_block`]).
+pub use super::headers::header_block;
 
 /// True when a message is itself a bounce or an automatic reply, which must never get a
 /// report of its own: a null envelope sender (`""` or `"<>"`), a `Content-Type` of
@@ -159,19 +145,8 @@ pub fn is_bounce(envelope_from: &str, message: &[u8]) -> bool {
     if from.is_empty() || from == "<>" {
         return true;
     }
-    for (name, value) in unfolded_headers(header_block(message)) {
-        if name.eq_ignore_ascii_case("content-type") && is_delivery_report(&value) {
-            return true;
-        }
-        if name.eq_ignore_ascii_case("auto-submitted") {
-            let v = strip_comments(&value);
-            let v = v.trim().to_ascii_lowercase();
-            if v.starts_with("auto-replied") {
-                return true;
-            }
-        }
-    }
-    false
+    let fields = headers::Fields::of(message);
+    fields.is_delivery_report() || fields.is_auto_replied()
 }
 
 /// True when the report holds 8-bit octets (from the original headers or a non-ASCII
@@ -580,67 +555,6 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     (y, m, d)
 }
 
-// ---------------------------------------------------------------------------------------
-// Reading headers (for is_bounce).
-
-/// (name, unfolded value) for each header field of a header section.
-fn unfolded_headers(block: &[u8]) -> Vec<(String, String)> {
-    let mut fields: Vec<(String, String)> = Vec::new();
-    for raw in block.split(|&b| b == b'\n') {
-        let line = raw.strip_suffix(b"\r").unwrap_or(raw);
-        if line.is_empty() {
-            continue;
-        }
-        let text = String::from_utf8_lossy(line);
-        if line[0] == b' ' || line[0] == b'\t' {
-            if let Some((_, v)) = fields.last_mut() {
-                v.push(' ');
-                v.push_str(text.trim());
-            }
-            continue;
-        }
-        if let Some((name, value)) = text.split_once(':') {
-            fields.push((name.trim().to_string(), value.trim().to_string()));
-        }
-    }
-    fields
-}
-
-/// `multipart/report` whose `report-type` parameter is `delivery-status`.
-fn is_delivery_report(content_type: &str) -> bool {
-    let v = strip_comments(content_type);
-    let mut params = v.split(';');
-    let mime = params.next().unwrap_or("").trim();
-    if !mime.eq_ignore_ascii_case("multipart/report") {
-        return false;
-    }
-    params.any(|p| match p.split_once('=') {
-        Some((k, val)) => {
-            k.trim().eq_ignore_ascii_case("report-type")
-                && val
-                    .trim()
-                    .trim_matches('"')
-                    .eq_ignore_ascii_case("delivery-status")
-        }
-        None => false,
-    })
-}
-
-/// Removes RFC 5322 comments `( ... )` (nesting aware, ignores quoting subtleties).
-fn strip_comments(s: &str) -> String {
-    let mut depth = 0u32;
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '(' => depth += 1,
-            ')' if depth > 0 => depth -= 1,
-            _ if depth == 0 => out.push(c),
-            _ => {}
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -983,16 +897,7 @@ mod tests {
     }
 
     #[test]
-    fn header_block_edges() {
-        assert_eq!(
-            header_block(b"A: 1\r\nB: 2\r\n\r\nbody"),
-            b"A: 1\r\nB: 2\r\n"
-        );
-        assert_eq!(header_block(b"\r\nbody"), b"");
-        assert_eq!(header_block(b"A: 1\r\n"), b"A: 1\r\n");
-        assert_eq!(header_block(b"A: 1"), b"A: 1");
-        assert_eq!(header_block(b"A: 1\nB: 2\n\nbody"), b"A: 1\nB: 2\n");
-        assert_eq!(header_block(b""), b"");
+    fn headers_part_edges() {
         // A bare-LF original still yields CRLF lines in the report.
         assert_eq!(headers_part(b"A: 1\nB: 2\n\nbody"), b"A: 1\r\nB: 2\r\n");
         let long = format!("X-Long: {}\r\n\r\n", "y".repeat(2500));

@@ -4,6 +4,7 @@
 //! Must never send a `campaign_uuid` that is not a UUID (listmonk casts it and would fail
 //! the whole request).
 
+use crate::queue::headers::Fields;
 use serde_json::{json, Value};
 
 /// What `source` says in every payload.
@@ -40,16 +41,9 @@ pub fn payload_for_campaign(email: &str, campaign_uuid: &str, hard: bool, meta: 
 /// The campaign UUID listmonk puts into every campaign mail (`X-Listmonk-Campaign`), read
 /// from a header section (e.g. `dsn::header_block(message)`).
 pub fn campaign_uuid(headers: &[u8]) -> Option<String> {
-    for raw in headers.split(|&b| b == b'\n') {
-        let line = String::from_utf8_lossy(raw);
-        if let Some((name, value)) = line.split_once(':') {
-            if name.trim().eq_ignore_ascii_case("x-listmonk-campaign") {
-                let v = value.trim();
-                return is_uuid(v).then(|| v.to_ascii_lowercase());
-            }
-        }
-    }
-    None
+    let fields = Fields::of(headers);
+    let v = fields.listmonk_campaign()?;
+    is_uuid(v).then(|| v.to_ascii_lowercase())
 }
 
 fn is_uuid(s: &str) -> bool {
