@@ -13,11 +13,28 @@
 //! envelope sender in `To:` (which needs SMTPUTF8 to be delivered anyway). A non-ASCII
 //! recipient is written in RFC 6533's 7-bit `utf-8;` form (`\x{E9}`). [`needs_8bitmime`]
 //! tells the sender whether to ask for `BODY=8BITMIME`.
+//!
+//! mail-builder writes the message: its header section (addresses, `Date`, `Message-ID`),
+//! the `multipart/report` structure and each part's MIME header. Hand-written, and why:
+//! the body of each part. The `message/delivery-status` fields (RFC 3464 §2.2, §2.3) are
+//! header-like lines mail-builder has no type for, and they carry provider text that must
+//! be folded and, past 998 octets, cut ([`header`]); the notification is wrapped text we
+//! write in 7-bit; the original header section is copied octet for octet. So each part
+//! is given to mail-builder as it is, with its transfer encoding named. The boundary is
+//! ours too ([`pick_boundary`]): one that occurs nowhere in the parts, and the same for
+//! the same input. mail-builder writes no preamble before the first part (RFC 2046
+//! readers ignore it).
 
 use super::headers;
 use super::record::StoredReply;
 use super::QueueId;
 use crate::smtp::EnhancedCode;
+use mail_builder::headers::address::Address;
+use mail_builder::headers::content_type::ContentType;
+use mail_builder::headers::date::Date;
+use mail_builder::headers::raw::Raw;
+use mail_builder::mime::{BodyPart, MimePart};
+use mail_builder::MessageBuilder;
 
 /// RFC 5322's hard limit on a line, without the CRLF.
 pub const MAX_LINE: usize = 998;
@@ -67,67 +84,63 @@ pub fn build(input: &DsnInput) -> Vec<u8> {
     let eight_bit_headers = headers.iter().any(|&b| b >= 0x80);
     let boundary = pick_boundary(input, &id, &[&human, &status, &headers, input.original]);
 
-    let mut out = Vec::with_capacity(human.len() + status.len() + headers.len() + 1024);
-    header(
-        &mut out,
-        "From",
-        &format!("Mail Delivery System <MAILER-DAEMON@{mta}>"),
-    );
     let to = sanitize_line(input.envelope_from.trim());
     let to = to.trim_start_matches('<').trim_end_matches('>');
-    if to.is_empty() {
-        header(&mut out, "To", "undisclosed-recipients:;");
+    let to = if to.is_empty() {
+        Address::new_group(Some("undisclosed-recipients"), Vec::new())
     } else {
-        header(&mut out, "To", &format!("<{to}>"));
-    }
-    header(&mut out, "Subject", "Undelivered Mail Returned to Sender");
-    header(&mut out, "Date", &rfc5322_date(input.now_ms));
-    header(&mut out, "Message-ID", &message_id(input, &mta, &id));
-    header(&mut out, "Auto-Submitted", "auto-replied");
-    header(&mut out, "MIME-Version", "1.0");
-    header(
-        &mut out,
-        "Content-Type",
-        &format!("multipart/report; report-type=delivery-status; boundary=\"{boundary}\""),
-    );
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(b"This is a MIME-encapsulated delivery status notification.\r\n");
-
-    let part = |out: &mut Vec<u8>, head: &[(&str, &str)], body: &[u8]| {
-        out.extend_from_slice(format!("\r\n--{boundary}\r\n").as_bytes());
-        for (name, value) in head {
-            header(out, name, value);
-        }
-        out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(body);
+        Address::new_address(None::<&str>, to)
     };
-    part(
-        &mut out,
-        &[
-            ("Content-Type", "text/plain; charset=us-ascii"),
-            ("Content-Description", "Notification"),
+    // Each part's body is written by us (wrapped, folded, 7-bit or the original header
+    // octets as they are); an explicit transfer encoding makes mail-builder copy it as it
+    // is instead of choosing quoted-printable or base64.
+    let part = |ctype: ContentType<'static>,
+                description: &'static str,
+                cte: &'static str,
+                body: Vec<u8>| {
+        MimePart::new(ctype, BodyPart::Binary(body.into()))
+            .header("Content-Description", Raw::new(description))
+            .transfer_encoding(cte)
+    };
+    let report = MimePart::new(
+        ContentType::new("multipart/report")
+            .attribute("report-type", "delivery-status")
+            .attribute("boundary", boundary),
+        vec![
+            part(
+                ContentType::new("text/plain").attribute("charset", "us-ascii"),
+                "Notification",
+                "7bit",
+                human,
+            ),
+            part(
+                ContentType::new("message/delivery-status"),
+                "Delivery report",
+                "7bit",
+                status,
+            ),
+            part(
+                ContentType::new("text/rfc822-headers"),
+                "Undelivered message headers",
+                if eight_bit_headers { "8bit" } else { "7bit" },
+                headers,
+            ),
         ],
-        &human,
     );
-    part(
-        &mut out,
-        &[
-            ("Content-Type", "message/delivery-status"),
-            ("Content-Description", "Delivery report"),
-        ],
-        &status,
-    );
-    let cte = if eight_bit_headers { "8bit" } else { "7bit" };
-    part(
-        &mut out,
-        &[
-            ("Content-Type", "text/rfc822-headers"),
-            ("Content-Description", "Undelivered message headers"),
-            ("Content-Transfer-Encoding", cte),
-        ],
-        &headers,
-    );
-    out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let message = MessageBuilder::new()
+        .from(Address::new_address(
+            Some("Mail Delivery System"),
+            format!("MAILER-DAEMON@{mta}"),
+        ))
+        .to(to)
+        .subject("Undelivered Mail Returned to Sender")
+        .date(Date::new(unix_secs(input.now_ms)))
+        .message_id(message_id(input, &mta, &id))
+        .header("Auto-Submitted", Raw::new("auto-replied"))
+        .body(report);
+    let mut out = Vec::new();
+    // Writing into a Vec cannot fail; if it ever did, what was written is still a report.
+    let _ = message.write_to(&mut out);
     out
 }
 
@@ -323,7 +336,7 @@ fn xtext_addr(addr: &str) -> String {
     s
 }
 
-/// `<dsn.{queue id}.{now}.{hash of the recipients}@{mta}>`: unique per message, time and
+/// `dsn.{queue id}.{now}.{hash of the recipients}@{mta}` (the brackets come with the header): unique per message, time and
 /// set of failed recipients, and deterministic (the module has no clock of its own).
 fn message_id(input: &DsnInput, mta: &str, id: &str) -> String {
     let mut h = Fnv::default();
@@ -331,7 +344,7 @@ fn message_id(input: &DsnInput, mta: &str, id: &str) -> String {
         h.write(f.address.as_bytes());
         h.write(b"\0");
     }
-    format!("<dsn.{id}.{}.{:08x}@{mta}>", input.now_ms, h.0 as u32)
+    format!("dsn.{id}.{}.{:08x}@{mta}", input.now_ms, h.0 as u32)
 }
 
 /// A boundary that occurs in none of `parts` (nor, so, in the original message).
@@ -402,9 +415,10 @@ fn sanitize_host(s: &str) -> String {
     }
 }
 
-/// Writes `Name: value` folded at whitespace near 78 columns. A word longer than that
-/// stands on a line of its own; one that would pass [`MAX_LINE`] is cut (with a folding
-/// space), which only happens to provider text.
+/// Writes `Name: value` (a field of the `message/delivery-status` part) folded at
+/// whitespace near 78 columns. A word longer than that stands on a line of its own; one
+/// that would pass [`MAX_LINE`] is cut (with a folding space), which only happens to
+/// provider text.
 fn header(out: &mut Vec<u8>, name: &str, value: &str) {
     out.extend_from_slice(name.as_bytes());
     out.push(b':');
@@ -520,39 +534,14 @@ fn age(ms: u64) -> String {
 // ---------------------------------------------------------------------------------------
 // Dates.
 
-/// RFC 5322 date-time in UTC: `Tue, 14 Apr 2026 08:05:09 +0000`.
+/// RFC 5322 date-time in UTC: `Tue, 14 Apr 2026 08:05:09 +0000` (mail-builder's, as in
+/// the report's `Date:`).
 pub fn rfc5322_date(unix_ms: u64) -> String {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let secs = unix_ms / 1000;
-    let days = secs / 86_400;
-    let tod = secs % 86_400;
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{}, {d} {} {y} {:02}:{:02}:{:02} +0000",
-        DAYS[(days % 7) as usize],
-        MONTHS[(m - 1) as usize],
-        tod / 3600,
-        tod / 60 % 60,
-        tod % 60
-    )
+    Date::new(unix_secs(unix_ms)).to_rfc822()
 }
 
-/// Days since 1970-01-01 to (year, month 1-12, day 1-31), proleptic Gregorian
-/// (Howard Hinnant's `civil_from_days`, for non-negative day counts).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + u64::from(m <= 2);
-    (y, m, d)
+fn unix_secs(unix_ms: u64) -> i64 {
+    i64::try_from(unix_ms / 1000).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]
@@ -828,8 +817,11 @@ mod tests {
             "reply text started a line of its own"
         );
         assert!(s.contains("Gr??e"), "non-ASCII becomes '?'");
+        // The only control characters are line ends and the TAB that starts a folded
+        // header line (mail-builder folds with CRLF TAB).
         assert!(
-            !s.bytes().any(|b| b < 0x20 && b != b'\r' && b != b'\n'),
+            s.split("\r\n")
+                .all(|l| !l.trim_start_matches('\t').bytes().any(|b| b < 0x20)),
             "control characters from the reply reached the report"
         );
         let m = MessageParser::default().parse(&dsn).unwrap();
