@@ -103,8 +103,10 @@ pub fn build(input: &DsnInput) -> Vec<u8> {
             .transfer_encoding(cte)
     };
     let report = MimePart::new(
-        ContentType::new("multipart/report")
-            .attribute("report-type", "delivery-status")
+        // `report-type=delivery-status` unquoted, as Postfix and every MTA write it: some
+        // bounce processors match that text as it is. mail-builder quotes every
+        // attribute it writes, so this one goes with the type.
+        ContentType::new("multipart/report; report-type=delivery-status")
             .attribute("boundary", boundary),
         vec![
             part(
