@@ -12,8 +12,9 @@
 //! would be stored as a JSON string, not as the metadata). Authentication is HTTP Basic
 //! with an API user and its token.
 //!
-//! - [`payload`]: the JSON body and the campaign UUID (pure).
-//! - [`client`]: the HTTP POST ([`Webhook`]).
+//! - `payload`: the JSON body and the campaign UUID (pure).
+//! - `client`: the HTTP POST ([`Webhook`]), through reqwest.
+//! - `url`: the URL check, by hand.
 //!
 //! This module must never put the password in an error, a log line or `Debug` output
 //! (it is a `Secret`, and credentials inside the URL are refused), never wait longer
@@ -21,6 +22,7 @@
 
 mod client;
 mod payload;
+mod url;
 
 pub use client::{Webhook, WebhookError, MAX_CONCURRENT_POSTS};
 pub use payload::{campaign_uuid, payload, payload_for_campaign, SOURCE};
