@@ -18,10 +18,10 @@
 //! the `multipart/report` structure and each part's MIME header. Hand-written, and why:
 //! the body of each part. The `message/delivery-status` fields (RFC 3464 §2.2, §2.3) are
 //! header-like lines mail-builder has no type for, and they carry provider text that must
-//! be folded and, past 998 octets, cut ([`header`]); the notification is wrapped text we
+//! be folded and, past 998 octets, cut (`text::header`); the notification is wrapped text we
 //! write in 7-bit; the original header section is copied octet for octet. So each part
 //! is given to mail-builder as it is, with its transfer encoding named. The boundary is
-//! ours too ([`pick_boundary`]): one that occurs nowhere in the parts, and the same for
+//! ours too (`fields::pick_boundary`): one that occurs nowhere in the parts, and the same for
 //! the same input. mail-builder writes no preamble before the first part (RFC 2046
 //! readers ignore it).
 
