@@ -129,7 +129,7 @@ pub fn classify_error(_phase: Phase) -> Verdict {
     Verdict::ProtocolError
 }
 
-const NO_RULE: &str = "no rule matched";
+pub(crate) const NO_RULE: &str = "no rule matched";
 
 impl Classifier {
     /// Compiles `user` rules, then `profile` rules, then the built-in defaults.

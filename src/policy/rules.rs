@@ -26,7 +26,5 @@ mod spec;
 
 pub(crate) use builtin::BUILTIN;
 pub(crate) use compile::{compile, enhanced_matches, Rule, RuleParts};
-#[cfg(test)]
-pub(crate) use matchers::VerdictKind;
 pub(crate) use matchers::{phase_bit, EnhPat};
 pub use spec::{RuleError, RuleSource, RuleSpec};

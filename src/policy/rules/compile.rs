@@ -306,3 +306,169 @@ fn generated_description(p: &RuleParts<'_>) -> String {
     }
     format!("{} → {}", parts.join(", "), p.verdict)
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::policy::classify::tests::*;
+    use crate::policy::classify::Classifier;
+    use crate::policy::rules::{RuleSource, RuleSpec};
+    use crate::policy::verdict::Phase::*;
+
+    #[test]
+    fn user_suppress_rules_are_confined() {
+        // No phase given: implicitly RCPT / DATA-end, 5xx only.
+        let rules = [spec("xxx", Some("gone"), "suppress")];
+        let c = Classifier::new(&rules, &[]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.classify(Rcpt, &reply(550, "", "gone")).verdict, SUP);
+        assert_ne!(c.classify(Mail, &reply(550, "", "gone")).verdict, SUP);
+        assert_ne!(c.classify(Rcpt, &reply(450, "", "gone")).verdict, SUP);
+        assert_eq!(c.classify(Rcpt, &reply(250, "", "gone")).verdict, ACC);
+    }
+
+    #[test]
+    fn rule_errors_name_the_rule_and_field() {
+        let bad_regex = [
+            spec("450", Some("ok"), "defer"),
+            spec("450", Some("(unclosed"), "defer"),
+        ];
+        let e = Classifier::new(&[], &bad_regex)
+            .err()
+            .unwrap_or_else(|| panic!("must fail"));
+        assert_eq!(
+            (e.origin, e.index, e.field),
+            (RuleSource::Profile, 1, "text")
+        );
+        assert!(
+            e.to_string()
+                .starts_with("profile rules[1].text: bad regex"),
+            "{e}"
+        );
+
+        let cases: Vec<(RuleSpec, &str)> = vec![
+            (spec("4y1", None, "defer"), "code"),
+            (spec("4211", None, "defer"), "code"),
+            (spec("421", None, "slow-down"), "verdict"),
+            (
+                RuleSpec {
+                    enhanced: Some("5.1".into()),
+                    verdict: "defer".into(),
+                    ..RuleSpec::default()
+                },
+                "enhanced",
+            ),
+            (
+                RuleSpec {
+                    enhanced: Some("7.1.1".into()),
+                    verdict: "defer".into(),
+                    ..RuleSpec::default()
+                },
+                "enhanced",
+            ),
+            (
+                RuleSpec {
+                    enhanced: Some("5.2.255-251".into()),
+                    verdict: "defer".into(),
+                    ..RuleSpec::default()
+                },
+                "enhanced",
+            ),
+            (
+                RuleSpec {
+                    phase: Some(vec!["rcpt".into(), "helo-world".into()]),
+                    verdict: "defer".into(),
+                    ..RuleSpec::default()
+                },
+                "phase",
+            ),
+            (
+                RuleSpec {
+                    phase: Some(vec!["mail".into()]),
+                    verdict: "suppress".into(),
+                    ..RuleSpec::default()
+                },
+                "phase",
+            ),
+            (spec("4xx", None, "suppress"), "code"),
+            (
+                RuleSpec {
+                    hint: Some("soon".into()),
+                    verdict: "defer".into(),
+                    ..RuleSpec::default()
+                },
+                "hint",
+            ),
+            (
+                RuleSpec {
+                    hint: Some("5m".into()),
+                    verdict: "throttle-rate".into(),
+                    ..RuleSpec::default()
+                },
+                "hint",
+            ),
+            (
+                RuleSpec {
+                    until: Some("1h".into()),
+                    verdict: "defer".into(),
+                    ..RuleSpec::default()
+                },
+                "until",
+            ),
+        ];
+        for (i, (s, field)) in cases.into_iter().enumerate() {
+            let user = [spec("250", None, "accept"), s.clone()];
+            match Classifier::new(&user, &[]) {
+                Ok(_) => panic!("case {i} {s:?} must fail"),
+                Err(e) => {
+                    assert_eq!(
+                        (e.origin, e.index, e.field),
+                        (RuleSource::User, 1, field),
+                        "case {i}: {e}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn accept_rules_are_confined_to_2xx_for_users_and_profiles() {
+        for (origin, code) in [
+            (RuleSource::User, "550"),
+            (RuleSource::User, "5xx"),
+            (RuleSource::User, "354"),
+            (RuleSource::User, "250,450"),
+            (RuleSource::Profile, "334"),
+            (RuleSource::Profile, "xxx"),
+        ] {
+            let rule = [spec(code, Some("ok"), "accept")];
+            let (user, profile): (&[RuleSpec], &[RuleSpec]) = match origin {
+                RuleSource::User => (&rule, &[]),
+                _ => (&[], &rule),
+            };
+            let e = Classifier::new(user, profile)
+                .err()
+                .unwrap_or_else(|| panic!("accept for {code} must be refused"));
+            assert_eq!((e.origin, e.index, e.field), (origin, 0, "code"), "{e}");
+            assert!(e.message.contains("2xx"), "{e}");
+        }
+        // No code at all would match every reply.
+        let any = [RuleSpec {
+            text: Some("ok".into()),
+            verdict: "accept".into(),
+            ..RuleSpec::default()
+        }];
+        assert!(Classifier::new(&any, &[]).is_err());
+        for code in ["250", "2xx", "25x", "250,251"] {
+            let c = Classifier::new(&[spec(code, Some("ok"), "accept")], &[])
+                .unwrap_or_else(|e| panic!("{code}: {e}"));
+            assert_eq!(c.classify(DataEnd, &reply(250, "", "ok")).verdict, ACC);
+        }
+        assert_eq!(
+            Classifier::problems(
+                &[spec("550", None, "accept"), spec("2xx", None, "accept")],
+                &[]
+            )
+            .len(),
+            1
+        );
+    }
+}

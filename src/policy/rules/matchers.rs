@@ -233,3 +233,29 @@ impl EnhPat {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::VerdictKind;
+
+    #[test]
+    fn verdict_names_are_the_rule_spellings() {
+        for name in [
+            "accept",
+            "throttle-connections",
+            "throttle-rate",
+            "defer",
+            "suppress",
+            "soft-bounce",
+            "reject-message",
+            "policy-block",
+            "pause-auth",
+            "pause-quota",
+            "pause-policy",
+            "protocol-error",
+        ] {
+            let kind = VerdictKind::parse(name).unwrap();
+            assert_eq!(kind.verdict(None).name(), name);
+        }
+    }
+}

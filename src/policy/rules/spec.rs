@@ -75,3 +75,42 @@ pub struct RuleError {
     pub field: &'static str,
     pub message: String,
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::policy::classify::tests::*;
+    use crate::policy::classify::Classifier;
+    use crate::policy::rules::RuleSpec;
+    use crate::policy::verdict::Phase::*;
+
+    #[test]
+    fn rules_deserialize_from_toml() {
+        #[derive(serde::Deserialize)]
+        struct File {
+            rules: Vec<RuleSpec>,
+        }
+        let f: File = toml::from_str(
+            r#"
+            [[rules]]
+            code = "450"
+            text = "Mail send limit exceeded"
+            verdict = "throttle-rate"
+
+            [[rules]]
+            phase = ["rcpt", "data-end"]
+            enhanced = "5.2.251-255"
+            verdict = "pause-quota"
+            until = "24h"
+            description = "Microsoft sender throttled"
+            "#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(f.rules.len(), 2);
+        let c = Classifier::new(&[], &f.rules).unwrap_or_else(|e| panic!("{e}"));
+        let got = c.classify(Rcpt, &reply(550, "5.2.253", "x"));
+        assert_eq!((got.verdict, got.index), (pq(24 * H), 1));
+        let unknown_key: Result<File, _> =
+            toml::from_str("[[rules]]\nverdict = \"defer\"\ncolour = 1\n");
+        assert!(unknown_key.is_err());
+    }
+}
