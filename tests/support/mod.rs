@@ -3,5 +3,6 @@
 
 pub mod client;
 pub mod harness;
+pub mod inbound;
 pub mod provider;
 pub mod sink;
