@@ -4,6 +4,7 @@
 //! harness with a global log capture, a raw SMTP client, and the TLS material for
 //! STARTTLS. Every wait is bounded by [`WAIT`].
 
+pub use super::capture::Capture;
 use base64::Engine as _;
 use mailvalve::config::{Secret, ServerConfig, ServerTls, User};
 use mailvalve::server::{Relay, RelayTransaction, Server, ServerError, SessionStats};
@@ -354,24 +355,4 @@ pub async fn tls_upgrade(
         .unwrap()
         .unwrap();
     Client::new(tls)
-}
-
-#[derive(Clone, Default)]
-pub struct Capture(pub Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Capture {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
-    type Writer = Capture;
-    fn make_writer(&'a self) -> Capture {
-        self.clone()
-    }
 }
