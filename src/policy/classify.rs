@@ -401,7 +401,7 @@ impl Classifier {
         let hits = self.set.matches(text.as_bytes());
         for rule in &self.rules {
             if rule.matches_head(phase, reply.code, reply.enhanced)
-                && rule.text.map_or(true, |t| hits.matched(t))
+                && rule.text.is_none_or(|t| hits.matched(t))
             {
                 return self.decide(rule, reply);
             }
