@@ -9,6 +9,10 @@
 # entries go to $FUZZ_WORK/<target> (default: a fresh temporary directory), never into
 # the seed corpora in fuzz/corpus/, which are only read.
 #
+# FUZZ_SEED=N fixes libFuzzer's random seed, so a short run (CI's) walks the same inputs
+# every time and fails only on a regression, not on the luck of the draw; long runs by
+# hand leave it unset and explore.
+#
 # Built without a sanitizer: the targets are safe Rust, and what we look for (panics,
 # arithmetic overflow — the build keeps debug assertions and overflow checks —, hangs,
 # unbounded memory) needs none; it doubles the executions per second.
@@ -35,6 +39,7 @@ for t in "${targets[@]}"; do
     # libFuzzer stops itself after -max_total_time; the outer timeout is a backstop.
     timeout $((seconds + 300)) cargo +nightly fuzz run "${flags[@]}" "$t" "$work/$t" "corpus/$t" -- \
         -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 \
+        ${FUZZ_SEED:+-seed="$FUZZ_SEED"} \
         >"$log" 2>&1
     rc=$?
     took=$(( $(date +%s) - start ))

@@ -44,6 +44,8 @@ use text::{age, header, sanitize_host, sanitize_line, Text};
 
 /// RFC 5322's hard limit on a line, without the CRLF.
 pub const MAX_LINE: usize = 998;
+/// RFC 5321 §4.5.3.1.3: the longest reverse- or forward-path, brackets included.
+const MAX_PATH: usize = 256;
 /// Where we fold what we write ourselves (RFC 5322's "SHOULD").
 const FOLD_AT: usize = 78;
 
@@ -92,7 +94,11 @@ pub fn build(input: &DsnInput) -> Vec<u8> {
 
     let to = sanitize_line(input.envelope_from.trim());
     let to = to.trim_start_matches('<').trim_end_matches('>');
-    let to = if to.is_empty() {
+    // An address longer than RFC 5321's path limit (256 octets with the brackets) cannot
+    // be a real mailbox, and mail-builder would write it on one line past 998 octets;
+    // such a sender (only a damaged record can hold one) gets the group form. The
+    // report still goes to the envelope sender; only the header leaves it out.
+    let to = if to.is_empty() || to.len() > MAX_PATH - 2 {
         Address::new_group(Some("undisclosed-recipients"), Vec::new())
     } else {
         Address::new_address(None::<&str>, to)

@@ -403,3 +403,33 @@ fn age_and_enhanced_validation() {
     assert_eq!(status_code(&reply(550, Some("2.0.0"), ""), false), "5.0.0");
     assert_eq!(status_code(&reply(421, None, ""), true), "4.0.0");
 }
+
+/// Found by the `record` fuzzer: a damaged spool record can hold an envelope sender far
+/// past RFC 5321's path limit, which mail-builder wrote into `To:` on one 1,500-octet
+/// line. Long addresses anywhere in the report keep every line within 998 octets.
+#[test]
+fn addresses_past_the_path_limit_keep_every_line_short() {
+    let r = reply(550, Some("5.1.1"), "no such user");
+    let long_from = format!("{}@example.org", "n".repeat(1500));
+    let long_rcpt = format!("{}@example.net", "r".repeat(1500));
+    let non_ascii = format!("{}@example.net", "\u{e9}".repeat(800));
+    for (from, rcpt) in [
+        (long_from.as_str(), "reader@example.net"),
+        (non_ascii.as_str(), "reader@example.net"),
+        ("news@example.org", long_rcpt.as_str()),
+        ("news@example.org", non_ascii.as_str()),
+    ] {
+        let failed = [one(rcpt, &r)];
+        let mut i = input(&failed, NEWSLETTER.as_bytes());
+        i.envelope_from = from;
+        let out = build(&i);
+        assert_lines(&out);
+        let parsed = MessageParser::default().parse(&out[..]).expect("parses");
+        assert!(parsed.subject().is_some(), "header section intact");
+    }
+    // A sender within the limit is still named in To:.
+    let failed = [one("reader@example.net", &r)];
+    let out = build(&input(&failed, NEWSLETTER.as_bytes()));
+    let head = String::from_utf8_lossy(&out);
+    assert!(head.contains("To: <news@example.org>"), "{head}");
+}
