@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 use super::schema::TlsMode;
+use crate::policy::rules::RuleSpec;
 
 /// One built-in profile: its name and the TOML text it was built from.
 const BUILTIN: &[(&str, &str)] = &[
@@ -56,9 +57,10 @@ pub struct Profile {
     pub tls: Option<TlsMode>,
     #[serde(default)]
     pub limits: Limits,
-    /// Provider-specific reply rules, tried before the built-in defaults.
+    /// Provider-specific reply rules, tried before the built-in defaults; the same
+    /// schema as the user's `[[rules]]` (`hint` for defer, `until` for pause-*).
     #[serde(default)]
-    pub rules: Vec<RuleConfig>,
+    pub rules: Vec<RuleSpec>,
 }
 
 /// A provider's limits. Every field is optional: unset means "not limited by the
@@ -97,44 +99,6 @@ impl Limits {
             messages_per_connection,
             max_message_size
         )
-    }
-}
-
-/// A reply rule as written in TOML (profile `[[rules]]` or the user's `[[rules]]`).
-/// Compiled and checked by the policy's classifier; kept as plain data here.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct RuleConfig {
-    /// Phases the rule applies to (`greeting`, `ehlo`, `starttls`, `auth`, `mail`,
-    /// `rcpt`, `data`, `data-end`); empty = all.
-    #[serde(default)]
-    pub phase: Vec<String>,
-    /// `421`, or a class such as `4xx`.
-    pub code: Option<String>,
-    /// Enhanced status code, `*` allowed per component: `5.1.*`.
-    pub enhanced: Option<String>,
-    /// Case-insensitive regex over the reply text.
-    pub text: Option<String>,
-    /// What to do: accept, throttle-connections, throttle-rate, defer, suppress,
-    /// soft-bounce, reject-message, policy-block, pause-auth, pause-quota.
-    pub verdict: String,
-    /// For pause-quota / defer: how long (`24h`, `1h`, `90s`).
-    pub until: Option<String>,
-}
-
-impl RuleConfig {
-    /// The rule in the classifier's vocabulary (a profile rule has no `hint` or
-    /// `description`; an empty phase list means every phase).
-    pub fn to_spec(&self) -> crate::policy::rules::RuleSpec {
-        crate::policy::rules::RuleSpec {
-            phase: (!self.phase.is_empty()).then(|| self.phase.clone()),
-            code: self.code.clone(),
-            enhanced: self.enhanced.clone(),
-            text: self.text.clone(),
-            verdict: self.verdict.clone(),
-            until: self.until.clone(),
-            ..crate::policy::rules::RuleSpec::default()
-        }
     }
 }
 

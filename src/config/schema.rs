@@ -21,7 +21,7 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub suppression: SuppressionConfig,
     /// Queue mode: the spool, retries, bounce reports, delivery log.
-    pub queue: crate::queue::QueueConfig,
+    pub queue: super::queue::QueueConfig,
     pub log: LogConfig,
     /// Your own reply rules, tried before the provider profile's and the built-in ones.
     pub rules: Vec<crate::policy::rules::RuleSpec>,
@@ -34,7 +34,7 @@ impl Default for Config {
             server: ServerConfig::default(),
             upstream: UpstreamConfig::default(),
             suppression: SuppressionConfig::default(),
-            queue: crate::queue::QueueConfig::default(),
+            queue: super::queue::QueueConfig::default(),
             log: LogConfig::default(),
             rules: Vec::new(),
         }

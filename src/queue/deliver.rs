@@ -1315,9 +1315,9 @@ mod tests {
                 });
             }
         });
-        let hook = Webhook::new(webhook::WebhookConfig {
+        let hook = Webhook::new(crate::config::webhook::WebhookConfig {
             url: format!("http://{addr}/webhooks/bounce"),
-            ..webhook::WebhookConfig::default()
+            ..crate::config::webhook::WebhookConfig::default()
         })
         .unwrap();
         (hook, seen)

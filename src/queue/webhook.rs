@@ -22,14 +22,13 @@
 //! (it is a `Secret`, and credentials inside the URL are refused), never wait longer
 //! than the configured timeout, and never skip certificate verification.
 
+use crate::config::webhook::{WebhookConfig, WebhookTarget};
 use crate::config::Secret;
 use base64::Engine as _;
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::fmt;
-use std::net::Ipv6Addr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -38,68 +37,12 @@ use tokio_rustls::TlsConnector;
 
 /// What `source` says in every payload.
 pub const SOURCE: &str = "mailvalve";
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest status line (and interim response) we read before giving up.
 const MAX_RESPONSE_HEAD: usize = 16 * 1024;
 /// Most POSTs (connections) at once; the rest wait their turn. A mass expiry fails
 /// thousands of recipients in one go, and the tool behind the webhook must not see
 /// thousands of connections for it.
 pub const MAX_CONCURRENT_POSTS: usize = 4;
-
-fn default_timeout() -> Duration {
-    DEFAULT_TIMEOUT
-}
-
-/// `[queue.webhook]` (or wherever the caller mounts it).
-#[derive(Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct WebhookConfig {
-    /// e.g. `https://listmonk.example.org/webhooks/bounce`. No credentials in it.
-    pub url: String,
-    /// HTTP Basic user (listmonk: the API user).
-    #[serde(default)]
-    pub username: Option<String>,
-    /// HTTP Basic password (listmonk: the API user's token).
-    #[serde(default)]
-    pub password: Option<Secret>,
-    /// The whole request, connect to status line, must finish within this.
-    #[serde(default = "default_timeout", with = "humantime_serde")]
-    pub timeout: Duration,
-}
-
-impl Default for WebhookConfig {
-    fn default() -> Self {
-        Self {
-            url: String::new(),
-            username: None,
-            password: None,
-            timeout: DEFAULT_TIMEOUT,
-        }
-    }
-}
-
-impl fmt::Debug for WebhookConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WebhookConfig")
-            .field("url", &redact_userinfo(&self.url))
-            .field("username", &self.username)
-            .field("password", &self.password)
-            .field("timeout", &self.timeout)
-            .finish()
-    }
-}
-
-/// The URL with anything between `://` and `@` in the authority replaced by `***`.
-fn redact_userinfo(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..end].rfind('@') {
-        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
-        None => url.to_string(),
-    }
-}
 
 /// listmonk's bounce payload for one recipient, without a campaign.
 pub fn payload(email: &str, hard: bool, meta: &Value) -> Value {
@@ -178,7 +121,7 @@ fn io_err(e: std::io::Error) -> WebhookError {
 
 /// A validated webhook, ready to POST.
 pub struct Webhook {
-    target: Target,
+    target: WebhookTarget,
     /// The whole `Authorization` header value, when a username is configured.
     authorization: Option<String>,
     timeout: Duration,
@@ -197,53 +140,19 @@ impl fmt::Debug for Webhook {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Target {
-    https: bool,
-    /// For connecting: a name or an IP address, without brackets.
-    host: String,
-    port: u16,
-    /// `Host:` header value: brackets around IPv6, the port when it is not the default.
-    host_header: String,
-    /// Path and query, at least `/`.
-    path: String,
-}
-
 impl Webhook {
-    /// Validates the configuration (URL `http://` or `https://` with a host and an optional
-    /// port; no credentials in the URL; a username without `:`; a timeout above 0) and, for
-    /// https, loads the trusted roots. The error names the key and never the password.
+    /// Checks the configuration ([`WebhookConfig::check`]) and, for https, loads the
+    /// trusted roots. The error names the key and never the password.
     pub fn new(cfg: WebhookConfig) -> Result<Self, String> {
-        let target = parse_url(&cfg.url)?;
-        if cfg.timeout.is_zero() {
-            return Err("webhook.timeout must be more than 0".into());
-        }
-        let authorization = match (&cfg.username, &cfg.password) {
-            (Some(u), p) => {
-                if u.contains(':') || u.chars().any(char::is_control) {
-                    return Err(
-                        "webhook.username must not contain ':' or control characters".into(),
-                    );
-                }
-                let pass = p.as_ref().map(Secret::expose).unwrap_or("");
-                let token = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{pass}"));
-                Some(format!("Basic {token}"))
-            }
-            (None, Some(_)) => {
-                return Err("webhook.password is set but webhook.username is not".into())
-            }
-            (None, None) => None,
-        };
-        let tls = if target.https {
-            let name = ServerName::try_from(target.host.clone()).map_err(|e| {
-                format!(
-                    "webhook.url: {:?} is not a valid TLS server name: {e}",
-                    target.host
-                )
-            })?;
-            Some((tls_connector()?, name))
-        } else {
-            None
+        let target = cfg.check()?;
+        let authorization = cfg.username.as_ref().map(|u| {
+            let pass = cfg.password.as_ref().map(Secret::expose).unwrap_or("");
+            let token = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{pass}"));
+            format!("Basic {token}")
+        });
+        let tls = match &target.server_name {
+            Some(name) => Some((tls_connector()?, name.clone())),
+            None => None,
         };
         Ok(Self {
             target,
@@ -408,104 +317,6 @@ fn truncate(s: &str, max: usize) -> &str {
         Some((i, _)) => &s[..i],
         None => s,
     }
-}
-
-fn parse_url(url: &str) -> Result<Target, String> {
-    let url = url.trim();
-    if url.is_empty() {
-        return Err("webhook.url is empty".into());
-    }
-    if url.chars().any(|c| c.is_control() || c == ' ') {
-        return Err("webhook.url must not contain spaces or control characters".into());
-    }
-    let (scheme, rest) = url
-        .split_once("://")
-        .ok_or("webhook.url must start with http:// or https://")?;
-    let https = match scheme.to_ascii_lowercase().as_str() {
-        "http" => false,
-        "https" => true,
-        _ => return Err("webhook.url must start with http:// or https://".into()),
-    };
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    if authority.contains('@') {
-        // Not echoed: it holds a password.
-        return Err(
-            "webhook.url must not contain credentials; use webhook.username and webhook.password"
-                .into(),
-        );
-    }
-    let (host, port, bracketed) = if let Some(r) = authority.strip_prefix('[') {
-        let (h, after) = r
-            .split_once(']')
-            .ok_or("webhook.url: unclosed '[' in the host")?;
-        h.parse::<Ipv6Addr>()
-            .map_err(|_| format!("webhook.url: {h:?} is not an IPv6 address"))?;
-        let port = match after {
-            "" => None,
-            p => Some(
-                p.strip_prefix(':')
-                    .ok_or("webhook.url: unexpected text after ']'")?,
-            ),
-        };
-        (h, port, true)
-    } else {
-        match authority.split_once(':') {
-            Some((h, p)) => (h, Some(p), false),
-            None => (authority, None, false),
-        }
-    };
-    if host.is_empty() {
-        return Err("webhook.url has no host".into());
-    }
-    if !bracketed
-        && !host
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
-    {
-        return Err(format!(
-            "webhook.url: {host:?} is not a valid host name (IPv6 addresses go in brackets)"
-        ));
-    }
-    let default_port = if https { 443 } else { 80 };
-    let port = match port {
-        None => default_port,
-        Some(p) => match p.parse::<u16>() {
-            Ok(n) if n > 0 && p.bytes().all(|b| b.is_ascii_digit()) => n,
-            _ => {
-                return Err(format!(
-                    "webhook.url: port {p:?} is not a number from 1 to 65535"
-                ))
-            }
-        },
-    };
-    let shown = if bracketed {
-        format!("[{host}]")
-    } else {
-        host.to_ascii_lowercase()
-    };
-    let host_header = if port == default_port {
-        shown
-    } else {
-        format!("{shown}:{port}")
-    };
-    let tail = tail.split('#').next().unwrap_or("");
-    let path = if tail.starts_with('/') {
-        tail.to_string()
-    } else {
-        format!("/{tail}")
-    };
-    Ok(Target {
-        https,
-        host: if bracketed {
-            host.to_string()
-        } else {
-            host.to_ascii_lowercase()
-        },
-        port,
-        host_header,
-        path,
-    })
 }
 
 /// Certificate verification is always on, against `net::system_roots` (the same roots
@@ -745,101 +556,18 @@ mod tests {
     }
 
     #[test]
-    fn url_validation() {
-        let t = parse_url("https://Listmonk.Example.org/webhooks/bounce?x=1#frag").unwrap();
-        assert!(t.https);
-        assert_eq!(t.host, "listmonk.example.org");
-        assert_eq!(t.port, 443);
-        assert_eq!(t.host_header, "listmonk.example.org");
-        assert_eq!(t.path, "/webhooks/bounce?x=1");
-        let t = parse_url("http://127.0.0.1:9000").unwrap();
-        assert_eq!(
-            (t.port, t.path.as_str(), t.host_header.as_str()),
-            (9000, "/", "127.0.0.1:9000")
-        );
-        let t = parse_url("http://[::1]:8080/h").unwrap();
-        assert_eq!(
-            (t.host.as_str(), t.host_header.as_str()),
-            ("::1", "[::1]:8080")
-        );
-        for bad in [
-            "",
-            "listmonk.example.org/webhooks/bounce",
-            "ftp://example.org/",
-            "http:///path",
-            "http://:80/",
-            "http://example.org:0/",
-            "http://example.org:65536/",
-            "http://example.org:+80/",
-            "http://example.org:/",
-            "http://exa mple.org/",
-            "http://example.org/\r\nX-Injected: 1",
-            "http://[::1/",
-            "http://[nope]/",
-            "http://a:b:c/",
-        ] {
-            assert!(parse_url(bad).is_err(), "{bad:?} was accepted");
-        }
-        let err = parse_url("https://api:hunter2@example.org/").unwrap_err();
-        assert!(!err.contains("hunter2"), "{err}");
-    }
-
-    #[test]
-    fn config_from_toml_and_redaction() {
-        let c: WebhookConfig = toml::from_str(
-            "url = \"https://lm.example.org/webhooks/bounce\"\nusername = \"api\"\npassword = \"hunter2\"\ntimeout = \"3s\"",
-        )
-        .unwrap();
-        assert_eq!(c.timeout, Duration::from_secs(3));
-        assert_eq!(c.password.as_ref().map(Secret::expose), Some("hunter2"));
-        let c: WebhookConfig = toml::from_str("url = \"http://127.0.0.1:9000/x\"").unwrap();
-        assert_eq!(c.timeout, DEFAULT_TIMEOUT);
-        assert_eq!(WebhookConfig::default().timeout, DEFAULT_TIMEOUT);
-        assert!(toml::from_str::<WebhookConfig>("url = \"http://x/\"\npasswd = \"a\"").is_err());
-
-        let c = WebhookConfig {
-            url: "https://api:hunter2@lm.example.org/".into(),
-            username: Some("api".into()),
-            password: Some(Secret::new("hunter2")),
-            timeout: DEFAULT_TIMEOUT,
-        };
-        let shown = format!("{c:?}");
-        assert!(!shown.contains("hunter2"), "{shown}");
-        let err = Webhook::new(c.clone()).unwrap_err();
-        assert!(!err.contains("hunter2"), "{err}");
+    fn the_client_never_shows_the_password() {
         let w = Webhook::new(WebhookConfig {
             url: "https://lm.example.org/webhooks/bounce".into(),
-            ..c
+            username: Some("api".into()),
+            password: Some(Secret::new("hunter2")),
+            timeout: crate::config::webhook::DEFAULT_TIMEOUT,
         })
         .unwrap();
         let shown = format!("{w:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
         let b64 = base64::engine::general_purpose::STANDARD.encode("api:hunter2");
         assert!(!shown.contains(&b64), "{shown}");
-    }
-
-    #[test]
-    fn new_rejects_bad_credentials_and_timeouts() {
-        let base = WebhookConfig {
-            url: "http://127.0.0.1:9000/webhooks/bounce".into(),
-            ..WebhookConfig::default()
-        };
-        assert!(Webhook::new(base.clone()).is_ok());
-        assert!(Webhook::new(WebhookConfig {
-            timeout: Duration::ZERO,
-            ..base.clone()
-        })
-        .is_err());
-        assert!(Webhook::new(WebhookConfig {
-            username: Some("a:b".into()),
-            ..base.clone()
-        })
-        .is_err());
-        assert!(Webhook::new(WebhookConfig {
-            password: Some(Secret::new("p")),
-            ..base
-        })
-        .is_err());
     }
 
     #[test]
