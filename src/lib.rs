@@ -27,9 +27,11 @@
 
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod net;
 pub mod policy;
 pub mod queue;
+pub mod relay;
 pub mod server;
 pub mod smtp;
 pub mod store;

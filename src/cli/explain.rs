@@ -5,7 +5,6 @@
 //! It must never panic on what a person types: anything that is not a reply is an
 //! [`ExplainError`] naming the problem.
 
-use super::wiring;
 use crate::config::profile;
 use crate::policy::classify::{retry_hint, Classifier};
 use crate::policy::verdict::{PauseScope, Phase, ThrottleKind, Verdict};
@@ -163,7 +162,7 @@ pub fn explain(
             let p = profile::builtin(name)
                 .ok_or_else(|| ExplainError::BadProfile(name.to_string()))?
                 .map_err(|e| ExplainError::Rules(e.to_string()))?;
-            wiring::classifier(&crate::config::Config::default(), &p)
+            crate::relay::limits::classifier(&crate::config::Config::default(), &p)
                 .map_err(|e| ExplainError::Rules(e.to_string()))?
         }
         None => Classifier::builtin().map_err(|e| ExplainError::Rules(e.to_string()))?,

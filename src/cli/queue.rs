@@ -83,7 +83,7 @@ pub fn run(cmd: QueueCmd, cfg: &Config) -> anyhow::Result<()> {
             .await
             .context("spool open task failed")?
             .with_context(|| format!("cannot open the spool in {}", dir.display()))?;
-        Ok(control::execute(&spool, &dir, command, &Offline).await)
+        Ok(control::execute(&Offline::new(spool, &dir), command).await)
     })?;
     match answer {
         Ok(text) => {

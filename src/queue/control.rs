@@ -12,6 +12,9 @@
 //!   itself (redb locks both, so the two can never write at once) and runs the same
 //!   [`execute`] / [`execute_suppress`].
 //!
+//! Every queue command goes through a [`Hooks`]: the running relay's handle
+//! (`relay::RelayHandle`, which also steers the delivery engine) or [`Offline`].
+//!
 //! The operator's pause is a file, `<dir>/paused`, so it survives restarts and works
 //! offline; the delivery engine sends nothing while it exists.
 //!
@@ -27,12 +30,16 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
+
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
+use super::deliver::StatsSnapshot;
 use super::record::{Message, RcptState, StoredReply};
 use super::spool::now_ms;
 use super::{QueueId, Spool, Which};
 use crate::policy::suppression::{normalize, Entry, SuppressionStore, Suppressions};
+use crate::policy::verdict::PauseScope;
 
 /// The socket a running instance listens on.
 pub fn socket_path(dir: &Path) -> PathBuf {
@@ -98,33 +105,140 @@ impl Command {
     }
 }
 
-/// What the running instance adds to the spool operations: live pause/resume and a
-/// status line. Offline, [`Offline`] only writes the flag file.
+/// What operator commands act on: the running relay (`relay::RelayHandle` implements
+/// this) or, with no instance running, the spool the CLI opened ([`Offline`]). Reads go
+/// to the spool; every change goes through here, so a running instance's delivery engine
+/// hears of it at once.
 pub trait Hooks: Send + Sync {
-    /// The operator's pause flag changed (`true` = paused); the file is already written.
-    fn set_paused(&self, paused: bool);
-    /// Extra status lines (delivery counters, controller state).
-    fn status(&self) -> String;
+    /// The spool (list, show, status read it); `None` in passthrough mode.
+    fn spool(&self) -> Option<&Spool>;
+    /// The spool directory (the operator's pause flag lives there).
+    fn dir(&self) -> &Path;
+    /// Pauses (`true`) or resumes delivery: the flag file, and in a running instance the
+    /// delivery engine (a resume also ends an account pause).
+    fn set_paused(&self, paused: bool) -> Result<(), String>;
+    /// Makes one message (or all) due now; returns how many.
+    fn retry(&self, which: Which) -> BoxFuture<'_, Result<usize, String>>;
+    /// Removes a message without delivering it (no bounce report).
+    fn delete(&self, id: QueueId) -> BoxFuture<'_, Result<(), String>>;
+    /// The running instance's counters and limits; `None` offline.
+    fn live(&self) -> Option<LiveStatus>;
 }
 
-/// Hooks for a spool opened by the CLI with no instance running.
-pub struct Offline;
+/// The answer to a queue command in passthrough mode.
+pub const NO_QUEUE: &str = "this instance runs in passthrough mode: there is no queue";
 
-impl Hooks for Offline {
-    fn set_paused(&self, _paused: bool) {}
-    fn status(&self) -> String {
-        "instance: not running (spool opened directly)\n".into()
+/// What `status` shows of a running instance.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LiveStatus {
+    pub delivery: StatsSnapshot,
+    /// Dispatching halted: the spool cannot be written (outcomes kept in memory).
+    pub halted: bool,
+    pub concurrency_limit: usize,
+    pub concurrency_ceiling: Option<usize>,
+    /// Messages per second; `None` = unlimited.
+    pub rate: Option<f64>,
+    /// Why the account is paused, if it is.
+    pub account_pause: Option<PauseScope>,
+}
+
+impl LiveStatus {
+    fn text(&self) -> String {
+        let d = &self.delivery;
+        let halted = if self.halted {
+            "delivery: halted, the spool cannot be written (outcomes kept in memory)\n"
+        } else {
+            ""
+        };
+        format!(
+            "instance: running\n{halted}since start: {} delivered, {} deferred, {} failed, {} bounce report(s), {} transaction(s)\nconnections: limit {} (ceiling {})\nrate: {}\naccount pause: {}\n",
+            d.delivered,
+            d.deferred,
+            d.failed,
+            d.bounces,
+            d.transactions,
+            self.concurrency_limit,
+            self.concurrency_ceiling
+                .map_or("none".into(), |n| n.to_string()),
+            self.rate
+                .map_or("unlimited".into(), |r| format!("{:.2} msg/s", r)),
+            self.account_pause
+                .map_or("off".into(), |scope| format!("{scope:?}"))
+        )
     }
 }
 
-/// Runs `cmd` against `spool` (in `dir`). `Ok` is the text for the operator, `Err` the
-/// error message.
-pub async fn execute(
-    spool: &Spool,
-    dir: &Path,
-    cmd: Command,
-    hooks: &dyn Hooks,
-) -> Result<String, String> {
+/// A spool opened by the CLI with no instance running.
+pub struct Offline {
+    spool: Spool,
+    dir: PathBuf,
+}
+
+impl Offline {
+    pub fn new(spool: Spool, dir: &Path) -> Self {
+        Self {
+            spool,
+            dir: dir.to_path_buf(),
+        }
+    }
+}
+
+impl Hooks for Offline {
+    fn spool(&self) -> Option<&Spool> {
+        Some(&self.spool)
+    }
+    fn dir(&self) -> &Path {
+        &self.dir
+    }
+    fn set_paused(&self, paused: bool) -> Result<(), String> {
+        set_pause_flag(&self.dir, paused)
+    }
+    fn retry(&self, which: Which) -> BoxFuture<'_, Result<usize, String>> {
+        Box::pin(retry(&self.spool, which))
+    }
+    fn delete(&self, id: QueueId) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(delete(&self.spool, id))
+    }
+    fn live(&self) -> Option<LiveStatus> {
+        None
+    }
+}
+
+/// Writes (`true`) or removes the operator's pause flag in `dir`, durably.
+pub fn set_pause_flag(dir: &Path, paused: bool) -> Result<(), String> {
+    if paused {
+        return write_flag(&pause_flag(dir))
+            .map_err(|e| format!("cannot write the pause flag: {e}"));
+    }
+    match std::fs::remove_file(pause_flag(dir)) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("cannot remove the pause flag: {e}")),
+    }
+}
+
+/// `retry`: one message (which must exist) or all made due now; how many.
+pub async fn retry(spool: &Spool, which: Which) -> Result<usize, String> {
+    if let Which::One(id) = which {
+        if spool.get(id).map_err(|e| e.to_string())?.is_none() {
+            return Err(format!("no message {id} in the spool"));
+        }
+    }
+    spool.retry_now(which).await.map_err(|e| e.to_string())
+}
+
+/// `delete`: removes a message that exists.
+pub async fn delete(spool: &Spool, id: QueueId) -> Result<(), String> {
+    if spool.get(id).map_err(|e| e.to_string())?.is_none() {
+        return Err(format!("no message {id} in the spool"));
+    }
+    spool.delete(id).await.map_err(|e| e.to_string())
+}
+
+/// Runs `cmd` through `hooks`. `Ok` is the text for the operator, `Err` the error
+/// message.
+pub async fn execute(hooks: &dyn Hooks, cmd: Command) -> Result<String, String> {
+    let (spool, dir) = (hooks.spool().ok_or(NO_QUEUE)?, hooks.dir());
     let now = now_ms();
     match cmd {
         Command::List => {
@@ -171,34 +285,19 @@ pub async fn execute(
             Ok(show(&m, now))
         }
         Command::Retry(which) => {
-            if let Which::One(id) = which {
-                if spool.get(id).map_err(|e| e.to_string())?.is_none() {
-                    return Err(format!("no message {id} in the spool"));
-                }
-            }
-            let n = spool.retry_now(which).await.map_err(|e| e.to_string())?;
+            let n = hooks.retry(which).await?;
             Ok(format!("{n} message(s) due now\n"))
         }
         Command::Delete(id) => {
-            if spool.get(id).map_err(|e| e.to_string())?.is_none() {
-                return Err(format!("no message {id} in the spool"));
-            }
-            spool.delete(id).await.map_err(|e| e.to_string())?;
+            hooks.delete(id).await?;
             Ok(format!("deleted {id} (no bounce report is sent)\n"))
         }
         Command::Pause => {
-            write_flag(&pause_flag(dir))
-                .map_err(|e| format!("cannot write the pause flag: {e}"))?;
-            hooks.set_paused(true);
+            hooks.set_paused(true)?;
             Ok("delivery paused; mail is still accepted and queued\n".into())
         }
         Command::Resume => {
-            match std::fs::remove_file(pause_flag(dir)) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(format!("cannot remove the pause flag: {e}")),
-            }
-            hooks.set_paused(false);
+            hooks.set_paused(false)?;
             Ok("delivery resumed\n".into())
         }
         Command::Status => {
@@ -217,7 +316,10 @@ pub async fn execute(
                     "off"
                 }
             );
-            out.push_str(&hooks.status());
+            match hooks.live() {
+                Some(live) => out.push_str(&live.text()),
+                None => out.push_str("instance: not running (spool opened directly)\n"),
+            }
             Ok(out)
         }
     }
@@ -457,9 +559,9 @@ pub fn execute_suppress(
 /// What a running instance serves on its control socket.
 #[derive(Clone, Default)]
 pub struct Instance {
-    /// Queue mode: the spool and the live hooks. `None` in passthrough mode, where
-    /// queue commands are refused with a message saying so.
-    pub queue: Option<(std::sync::Arc<Spool>, std::sync::Arc<dyn Hooks>)>,
+    /// What queue commands act on (the running relay's handle). In passthrough mode, or
+    /// `None`, queue commands are refused with a message saying so.
+    pub queue: Option<std::sync::Arc<dyn Hooks>>,
     /// The instance's open suppression list: `mailvalve suppress ...` cannot open the
     /// database while the instance holds it, so it asks the instance.
     pub suppressions: Option<std::sync::Arc<dyn SuppressionList>>,
@@ -467,9 +569,9 @@ pub struct Instance {
 
 impl Instance {
     /// A queue-mode instance.
-    pub fn queue(spool: std::sync::Arc<Spool>, hooks: std::sync::Arc<dyn Hooks>) -> Self {
+    pub fn queue(hooks: std::sync::Arc<dyn Hooks>) -> Self {
         Self {
-            queue: Some((spool, hooks)),
+            queue: Some(hooks),
             suppressions: None,
         }
     }
@@ -481,7 +583,7 @@ impl Instance {
     }
 
     /// Runs one request (`line` without its line end; `body` what followed it).
-    async fn answer(&self, dir: &Path, line: &str, body: &[u8]) -> Result<String, String> {
+    async fn answer(&self, line: &str, body: &[u8]) -> Result<String, String> {
         if let Some(rest) = line.strip_prefix("suppress ") {
             let req = SuppressRequest::parse(rest.trim(), body)?;
             let list = self
@@ -494,8 +596,8 @@ impl Instance {
         }
         let cmd = Command::parse(line)?;
         match &self.queue {
-            Some((spool, hooks)) => execute(spool, dir, cmd, hooks.as_ref()).await,
-            None => Err("this instance runs in passthrough mode: there is no queue".into()),
+            Some(hooks) => execute(hooks.as_ref(), cmd).await,
+            None => Err(NO_QUEUE.into()),
         }
     }
 }
@@ -603,11 +705,10 @@ pub fn serve(
                 _ = shutdown.cancelled() => break,
             };
             let instance = instance.clone();
-            let dir = dir.clone();
             tokio::spawn(async move {
                 let (rd, mut wr) = stream.into_split();
                 let answer = match read_request(rd).await {
-                    Ok((line, body)) => instance.answer(&dir, &line, &body).await,
+                    Ok((line, body)) => instance.answer(&line, &body).await,
                     Err(e) => Err(e),
                 };
                 let text = match answer {
@@ -770,48 +871,34 @@ mod tests {
             )
             .await
             .unwrap();
-        let list = execute(&spool, dir.path(), Command::List, &Offline)
-            .await
-            .unwrap();
+        let offline = Offline::new(spool, dir.path());
+        let spool = offline.spool().unwrap();
+        let list = execute(&offline, Command::List).await.unwrap();
         assert!(list.contains(&id.to_string()), "{list}");
         assert!(
             list.contains("1 message(s), 1 recipient(s) pending"),
             "{list}"
         );
-        let show = execute(&spool, dir.path(), Command::Show(id), &Offline)
-            .await
-            .unwrap();
+        let show = execute(&offline, Command::Show(id)).await.unwrap();
         assert!(
             show.contains("a@example.org  pending, 0 attempt(s), next now"),
             "{show}"
         );
         assert!(!show.contains("body"), "never prints the message");
 
-        execute(&spool, dir.path(), Command::Pause, &Offline)
-            .await
-            .unwrap();
+        execute(&offline, Command::Pause).await.unwrap();
         assert!(pause_flag(dir.path()).exists());
-        let st = execute(&spool, dir.path(), Command::Status, &Offline)
-            .await
-            .unwrap();
+        let st = execute(&offline, Command::Status).await.unwrap();
         assert!(st.contains("operator pause: on"), "{st}");
-        execute(&spool, dir.path(), Command::Resume, &Offline)
-            .await
-            .unwrap();
+        execute(&offline, Command::Resume).await.unwrap();
         assert!(!pause_flag(dir.path()).exists());
 
-        let n = execute(&spool, dir.path(), Command::Retry(Which::All), &Offline)
-            .await
-            .unwrap();
+        let n = execute(&offline, Command::Retry(Which::All)).await.unwrap();
         assert!(n.contains("due now"), "{n}");
         let other = QueueId::from_u64(42);
-        let e = execute(&spool, dir.path(), Command::Delete(other), &Offline)
-            .await
-            .unwrap_err();
+        let e = execute(&offline, Command::Delete(other)).await.unwrap_err();
         assert!(e.contains("no message"), "{e}");
-        execute(&spool, dir.path(), Command::Delete(id), &Offline)
-            .await
-            .unwrap();
+        execute(&offline, Command::Delete(id)).await.unwrap();
         assert!(spool.is_empty());
     }
 
@@ -820,7 +907,6 @@ mod tests {
     async fn commands_over_the_socket() {
         let dir = tempfile::tempdir().unwrap();
         let (spool, _) = Spool::open(dir.path()).unwrap();
-        let spool = std::sync::Arc::new(spool);
         assert_eq!(
             request(dir.path(), Command::List).await.unwrap(),
             None,
@@ -829,7 +915,7 @@ mod tests {
         let stop = tokio_util::sync::CancellationToken::new();
         let task = tokio::spawn(
             serve(
-                Instance::queue(spool.clone(), std::sync::Arc::new(Offline)),
+                Instance::queue(std::sync::Arc::new(Offline::new(spool, dir.path()))),
                 dir.path().to_path_buf(),
                 stop.clone(),
             )
