@@ -372,7 +372,7 @@ async fn one_message(adm: &Admission) -> (Reply, usize) {
         .unwrap();
     let n = lease.transactions_done();
     within(lease.release()).await;
-    (r, n)
+    (r.reply, n)
 }
 
 #[tokio::test]
@@ -742,11 +742,12 @@ impl mailvalve::upstream::observer::Observer for Recording {
         reply: &Reply,
         _rcpt: Option<&str>,
         _message: Option<&str>,
-    ) {
+    ) -> Option<mailvalve::policy::verdict::Verdict> {
         self.0
             .lock()
             .unwrap()
             .push(format!("reply {phase:?} {}", reply.code));
+        None
     }
     fn failure(&self, phase: Option<mailvalve::policy::verdict::Phase>, e: &UpstreamError) {
         let kind = match e {

@@ -36,19 +36,17 @@ use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use super::delivery_log::{Action, DeliveryLog, Outcome as LogOutcome};
+use super::delivery_log::{Action, DeliveryLog, LogEntry};
 use super::dsn::{self, DsnInput, FailedRcpt};
 use super::record::{Message, RcptState, StoredReply};
 use super::schedule::{self, Decision, FailKind};
 use super::spool::now_ms;
-use super::transport::{LocalKind, Outcome, Transport};
+use super::transport::{LocalKind, RcptOutcome, Transport};
 use super::webhook::{self, Webhook};
 use super::{QueueId, Spool, SpoolError};
-use crate::policy::classify::Classifier;
 use crate::policy::clock::Clock;
 use crate::policy::controller::Controller;
 use crate::policy::pause::PauseState;
-use crate::policy::verdict::Phase;
 use crate::smtp::{EnhancedCode, Envelope, Reply};
 
 /// What the engine needs of the controller: pause state and retry timing.
@@ -156,7 +154,6 @@ pub struct Delivery<T: Transport, P: Pacing> {
     spool: Arc<Spool>,
     transport: Arc<T>,
     pacing: Arc<P>,
-    classifier: Arc<Classifier>,
     suppressed: Option<Arc<SuppressedFn>>,
     params: DeliveryParams,
     wake: Arc<Notify>,
@@ -235,14 +232,12 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
         spool: Arc<Spool>,
         transport: Arc<T>,
         pacing: Arc<P>,
-        classifier: Arc<Classifier>,
         params: DeliveryParams,
     ) -> Self {
         Self {
             spool,
             transport,
             pacing,
-            classifier,
             suppressed: None,
             params,
             wake: Arc::new(Notify::new()),
@@ -664,6 +659,16 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
             self.stats.transactions.fetch_add(1, Ordering::Relaxed);
             let outcomes = self.transport.deliver(&msg.envelope, &addrs, &body).await;
             let now = now_ms();
+            // Read only when it matters (a lock on the controller).
+            let backing_off = outcomes.iter().any(|o| {
+                matches!(
+                    o,
+                    RcptOutcome::Local {
+                        kind: LocalKind::Unreachable,
+                        ..
+                    }
+                )
+            }) && self.pacing.connect_wait().is_some();
             let mut held = false;
             for (k, &i) in chunk.iter().enumerate() {
                 let rcpt = &msg.rcpts[i];
@@ -675,7 +680,7 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
                     tracing::error!(%id, "queue: transport returned too few outcomes");
                     continue;
                 };
-                let (decision, verdict) = self.decide(out, attempts, chunk.len());
+                let (decision, verdict) = schedule::decide(out, attempts, chunk.len(), backing_off);
                 let reply = StoredReply::from(out.reply());
                 match decision {
                     Decision::Delivered => {
@@ -685,7 +690,7 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
                             &rcpt.address,
                             Action::Delivered,
                             &reply,
-                            &verdict,
+                            verdict,
                             attempts + 1,
                             None,
                         );
@@ -698,7 +703,7 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
                             reply,
                             kind,
                             attempts + 1,
-                            &verdict,
+                            verdict,
                             &mut updates,
                             &mut failures,
                         );
@@ -711,7 +716,7 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
                             reply,
                             FailKind::Expired,
                             attempts + 1,
-                            &verdict,
+                            verdict,
                             &mut updates,
                             &mut failures,
                         );
@@ -728,7 +733,7 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
                             &rcpt.address,
                             Action::Deferred,
                             &reply,
-                            &verdict,
+                            verdict,
                             attempts,
                             Some(next),
                         );
@@ -745,7 +750,7 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
                         held = true;
                         let is_busy = matches!(
                             out,
-                            Outcome::Local {
+                            RcptOutcome::Local {
                                 kind: LocalKind::Busy,
                                 ..
                             }
@@ -757,7 +762,7 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
                                 &rcpt.address,
                                 Action::Held,
                                 &reply,
-                                &verdict,
+                                verdict,
                                 attempts,
                                 None,
                             );
@@ -820,54 +825,6 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
             attempts,
         });
         updates.push((i, RcptState::Failed { reply }));
-    }
-
-    /// The decision for one outcome of a transaction with `rcpts` recipients, and the
-    /// verdict's name for the log.
-    fn decide(&self, out: &Outcome, attempts: u32, rcpts: usize) -> (Decision, String) {
-        match out {
-            Outcome::Reply { phase, reply } => {
-                let v = self.classifier.classify(*phase, reply).verdict;
-                // After DATA one reply answers for every recipient of the transaction:
-                // it cannot say which address is bad.
-                let whole = rcpts > 1 && matches!(phase, Phase::Data | Phase::DataEnd);
-                let d = schedule::decide(&v, *phase, reply, attempts, whole);
-                (d, v.name().to_string())
-            }
-            Outcome::Local { kind, .. } => match kind {
-                LocalKind::Paused => (Decision::Hold, "paused".into()),
-                // No update at all: the recipient stays due and is picked up again as
-                // soon as a slot is free, or (unreachable) when the upstream's connect
-                // backoff has passed.
-                LocalKind::Busy => (Decision::Hold, "busy".into()),
-                // Without an upstream backoff in force (a failure the controller does
-                // not count as a connect failure), delay the message instead, so a
-                // broken upstream is never retried in a tight loop.
-                LocalKind::Unreachable if self.pacing.connect_wait().is_some() => {
-                    (Decision::Hold, "unreachable".into())
-                }
-                LocalKind::Unreachable => (
-                    Decision::Retry {
-                        counts: false,
-                        hint: None,
-                    },
-                    "unreachable".into(),
-                ),
-                // Counted, so that a message that breaks the connection every time
-                // backs off further and further instead of being re-sent every few
-                // seconds for days (attempts only steer the backoff).
-                LocalKind::Broken => (
-                    Decision::Retry {
-                        counts: true,
-                        hint: None,
-                    },
-                    "connection-lost".into(),
-                ),
-                LocalKind::BadAddress => {
-                    (Decision::Failed(FailKind::Address), "bad-address".into())
-                }
-            },
-        }
     }
 
     /// Writes outcomes of `msg`: bounce report first (so a crash between the two sends
@@ -1060,7 +1017,7 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
         attempts: u32,
         next: Option<u64>,
     ) {
-        self.log.write(&LogOutcome {
+        self.log.write(&LogEntry {
             ts_ms: now_ms(),
             queue_id: msg.id,
             from: &msg.envelope.from,
@@ -1090,6 +1047,7 @@ fn expired_reply(last: Option<&StoredReply>) -> StoredReply {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::classify::Classifier;
     use crate::policy::verdict::Phase;
     use std::sync::atomic::AtomicU32;
     use std::time::Instant;
@@ -1109,10 +1067,11 @@ mod tests {
         log: Mutex<Vec<Vec<String>>>,
         /// Like the controller after a quota reply: paused for 400 ms from then.
         pause: Arc<Mutex<Option<Instant>>>,
+        classifier: Classifier,
     }
 
     impl Transport for Scripted {
-        async fn deliver(&self, _env: &Envelope, rcpts: &[String], _m: &[u8]) -> Vec<Outcome> {
+        async fn deliver(&self, _env: &Envelope, rcpts: &[String], _m: &[u8]) -> Vec<RcptOutcome> {
             let n = self.calls.fetch_add(1, Ordering::SeqCst);
             self.log.lock().unwrap().push(rcpts.to_vec());
             if self.block_from.is_some_and(|b| n >= b) {
@@ -1121,7 +1080,7 @@ mod tests {
             if self.always_busy {
                 let reply = Reply::new(451, EnhancedCode::new(4, 7, 0), "Provider busy");
                 return vec![
-                    Outcome::Local {
+                    RcptOutcome::Local {
                         kind: LocalKind::Busy,
                         reply
                     };
@@ -1145,9 +1104,12 @@ mod tests {
                     } else {
                         (Phase::DataEnd, "250 2.0.0 Ok")
                     };
-                    Outcome::Reply {
+                    // Classified where it arrives, as the upstream observer does.
+                    let reply = Reply::parse_lenient(text).unwrap();
+                    RcptOutcome::Reply {
                         phase,
-                        reply: Reply::parse_lenient(text).unwrap(),
+                        verdict: self.classifier.classify(phase, &reply).verdict,
+                        reply,
                     }
                 })
                 .collect()
@@ -1222,9 +1184,9 @@ mod tests {
                 release: Arc::new(Semaphore::new(0)),
                 log: Mutex::new(Vec::new()),
                 pause: pause.clone(),
+                classifier: Classifier::builtin().unwrap(),
             }),
             Arc::new(FakePacing { until: pause }),
-            Arc::new(Classifier::builtin().unwrap()),
             params,
         )
         .with_webhook(webhook);

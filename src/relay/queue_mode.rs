@@ -96,7 +96,6 @@ impl QueueMode {
                 spool.clone(),
                 Arc::new(AdmissionTransport::new(policy.admission.clone())),
                 policy.controller.clone(),
-                policy.classifier.clone(),
                 params,
             )
             .with_suppression(suppressed)

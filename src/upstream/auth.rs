@@ -79,7 +79,7 @@ pub(crate) async fn authenticate(
 }
 
 /// `r` is negative or `235` (the guard refused anything else positive).
-fn finish(r: crate::smtp::Reply) -> Result<(), UpstreamError> {
+fn finish(r: super::Answer) -> Result<(), UpstreamError> {
     if r.code == 235 {
         tracing::debug!("authenticated with the provider");
         Ok(())

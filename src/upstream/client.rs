@@ -26,6 +26,7 @@
 //! carried `SMTPUTF8`, which needs the provider to advertise it; otherwise that address
 //! gets a local `553 5.6.7` and is never sent (a non-ASCII sender: MAIL itself gets it).
 
+use super::answer::Answer;
 use super::auth;
 use super::error::{phase_name, UpstreamError};
 use super::observer::Observer;
@@ -311,7 +312,7 @@ impl Connection {
             )
             .await?;
         if r.class() == 2 {
-            self.caps = Capabilities::from_ehlo(&r);
+            self.caps = Capabilities::from_ehlo(&r.reply);
             return Ok(());
         }
         if r.class() == 5 {
@@ -352,7 +353,7 @@ impl Connection {
         &mut self,
         env: &Envelope,
         rcpts: &[String],
-    ) -> Result<(Reply, Vec<Reply>), UpstreamError> {
+    ) -> Result<(Answer, Vec<Answer>), UpstreamError> {
         self.ensure_usable()?;
         check_arg(&env.from)?;
         for r in rcpts {
@@ -363,7 +364,7 @@ impl Connection {
         self.accepted.clear();
         if !self.sendable(&env.from) {
             tracing::info!("non-ASCII sender and the provider offers no SMTPUTF8; not sent");
-            return Ok((no_utf8_reply("sender"), Vec::new()));
+            return Ok((Answer::local(no_utf8_reply("sender")), Vec::new()));
         }
         let mut mail = String::with_capacity(env.from.len() + 48);
         mail.push_str("MAIL FROM:<");
@@ -412,7 +413,7 @@ impl Connection {
 
     /// More recipients in the open transaction; one reply each (pipelined when offered).
     /// A non-ASCII address the transaction cannot carry gets a local `553 5.6.7`.
-    pub async fn rcpt(&mut self, rcpts: &[String]) -> Result<Vec<Reply>, UpstreamError> {
+    pub async fn rcpt(&mut self, rcpts: &[String]) -> Result<Vec<Answer>, UpstreamError> {
         self.ensure_usable()?;
         for r in rcpts {
             check_arg(r)?;
@@ -431,12 +432,15 @@ impl Connection {
         for r in rcpts {
             if !self.usable {
                 // The provider said 421 and is closing: answer the rest the same way.
-                let last = replies.last().cloned().unwrap_or_else(closing_reply);
+                let last = replies
+                    .last()
+                    .cloned()
+                    .unwrap_or_else(|| Answer::local(closing_reply()));
                 replies.push(last);
                 continue;
             }
             if !self.sendable(r) {
-                replies.push(no_utf8_reply("recipient"));
+                replies.push(Answer::local(no_utf8_reply("recipient")));
                 continue;
             }
             self.reply_for = Some(r.clone());
@@ -458,15 +462,18 @@ impl Connection {
 
     /// The replies to the RCPTs of `rcpts` that were sent (in order), with the local
     /// `553 5.6.7` in the place of each one that was not.
-    async fn read_rcpt_replies(&mut self, rcpts: &[String]) -> Result<Vec<Reply>, UpstreamError> {
-        let mut replies: Vec<Reply> = Vec::with_capacity(rcpts.len());
+    async fn read_rcpt_replies(&mut self, rcpts: &[String]) -> Result<Vec<Answer>, UpstreamError> {
+        let mut replies: Vec<Answer> = Vec::with_capacity(rcpts.len());
         for r in rcpts {
             if !self.sendable(r) {
-                replies.push(no_utf8_reply("recipient"));
+                replies.push(Answer::local(no_utf8_reply("recipient")));
                 continue;
             }
             if !self.usable {
-                let last = replies.last().cloned().unwrap_or_else(closing_reply);
+                let last = replies
+                    .last()
+                    .cloned()
+                    .unwrap_or_else(|| Answer::local(closing_reply()));
                 replies.push(last);
                 continue;
             }
@@ -493,7 +500,7 @@ impl Connection {
     /// positive reply than 354 is [`UpstreamError::Unexpected`]. A lost connection or a
     /// timeout after DATA is an `Err`: the message must not be reported as sent. `Ok`
     /// with a 2xx is the provider's acceptance of the message, and nothing else is.
-    pub async fn data(&mut self, message: &[u8]) -> Result<Reply, UpstreamError> {
+    pub async fn data(&mut self, message: &[u8]) -> Result<Answer, UpstreamError> {
         self.ensure_usable()?;
         let start = Instant::now();
         let r = self
@@ -538,7 +545,8 @@ impl Connection {
         self.ensure_usable()?;
         let r = self
             .command("RSET", Phase::Rset, Expect::RSET, self.timeouts.command)
-            .await?;
+            .await?
+            .reply;
         if r.class() == 2 {
             self.dirty = false;
         } else {
@@ -634,7 +642,7 @@ impl Connection {
         phase: Phase,
         expect: Expect,
         wait: Duration,
-    ) -> Result<Reply, UpstreamError> {
+    ) -> Result<Answer, UpstreamError> {
         self.command_redacted(line, line, phase, expect, wait).await
     }
 
@@ -646,7 +654,7 @@ impl Connection {
         phase: Phase,
         expect: Expect,
         wait: Duration,
-    ) -> Result<Reply, UpstreamError> {
+    ) -> Result<Answer, UpstreamError> {
         tracing::trace!("> {shown}");
         let mut out = Vec::with_capacity(line.len() + 2);
         push_line(&mut out, line);
@@ -711,7 +719,7 @@ impl Connection {
         phase: Phase,
         expect: Expect,
         wait: Duration,
-    ) -> Result<Reply, UpstreamError> {
+    ) -> Result<Answer, UpstreamError> {
         let res = timeout(wait, self.read_reply_inner()).await;
         let res = match res {
             Ok(Ok(r)) if !expect.allows(&r) => Err(UpstreamError::Unexpected { phase, reply: r }),
@@ -719,6 +727,7 @@ impl Connection {
             Err(_) => Err(UpstreamError::Timeout { phase }),
         };
         let rcpt = self.reply_for.take();
+        let mut verdict = None;
         if let Some(obs) = &self.observer {
             match &res {
                 Ok(r) => {
@@ -729,7 +738,7 @@ impl Connection {
                         }
                         _ => None,
                     };
-                    obs.reply(phase, r, about, self.identity.as_deref());
+                    verdict = obs.reply(phase, r, about, self.identity.as_deref());
                 }
                 Err(e) => obs.failure(Some(phase), e),
             }
@@ -746,7 +755,7 @@ impl Connection {
                     );
                     self.usable = false;
                 }
-                Ok(r)
+                Ok(Answer::provider(r, verdict))
             }
             Err(e) => {
                 if matches!(e, UpstreamError::Unexpected { .. }) {

@@ -5,6 +5,7 @@
 //! module must never put a secret (password, AUTH exchange) into an error or a reply, and
 //! `to_reply` must never answer 2xx or 5xx: a local failure is never the message's fault.
 
+use super::answer::Answer;
 use crate::policy::verdict::{PauseScope, Phase};
 use crate::smtp::{EnhancedCode, Reply, ReplyError};
 use std::io;
@@ -24,19 +25,19 @@ pub enum UpstreamError {
     Tls(String),
     /// The greeting was not 2xx (e.g. `421 Too many connections`).
     #[error("provider refused the connection: {0}")]
-    Greeting(Reply),
+    Greeting(Answer),
     /// Neither EHLO nor HELO was accepted.
     #[error("provider refused EHLO/HELO: {0}")]
-    Ehlo(Reply),
+    Ehlo(Answer),
     /// STARTTLS required but not offered (`None`) or refused (`Some(reply)`).
     #[error("provider STARTTLS failed: {}", .0.as_ref().map_or("not offered".to_string(), |r| r.to_string()))]
-    StartTls(Option<Reply>),
+    StartTls(Option<Answer>),
     /// Credentials are configured, but the provider offers neither AUTH PLAIN nor LOGIN.
     #[error("provider offers no AUTH mechanism mailvalve supports (PLAIN, LOGIN)")]
     NoAuthMechanism,
     /// The provider rejected the credentials. Holds the provider's reply, never the secret.
     #[error("provider rejected the credentials: {0}")]
-    Auth(Reply),
+    Auth(Answer),
     /// The provider sent something that is not an SMTP reply.
     #[error("provider protocol error: {0}")]
     Protocol(#[from] ReplyError),
@@ -286,11 +287,11 @@ mod tests {
                 phase: Phase::DataEnd,
             },
             UpstreamError::Tls("bad\r\ncert".into()),
-            UpstreamError::Greeting(Reply::plain(421, "Too many")),
-            UpstreamError::Ehlo(Reply::plain(550, "no")),
+            UpstreamError::Greeting(Answer::provider(Reply::plain(421, "Too many"), None)),
+            UpstreamError::Ehlo(Answer::provider(Reply::plain(550, "no"), None)),
             UpstreamError::StartTls(None),
             UpstreamError::NoAuthMechanism,
-            UpstreamError::Auth(Reply::plain(535, "bad")),
+            UpstreamError::Auth(Answer::provider(Reply::plain(535, "bad"), None)),
             UpstreamError::Protocol(ReplyError::LineTooLong),
             UpstreamError::Unexpected {
                 phase: Phase::Data,

@@ -6,7 +6,8 @@
 //!   connect, implicit TLS or STARTTLS (plaintext after the 220 discarded, EHLO again),
 //!   AUTH PLAIN/LOGIN, MAIL+RCPT pipelined when offered, DATA with re-dot-stuffing, RSET,
 //!   QUIT. Every read is bounded by its RFC 5321 timeout. It reports replies verbatim
-//!   and decides nothing; the latency to 354 and to the final reply is recorded.
+//!   and decides nothing; the latency to 354 and to the final reply is recorded. Each
+//!   reply comes back as an [`Answer`], with the verdict the observer reached for it.
 //! - [`Admission`] (`admission.rs`, `rate_limit.rs`, `concurrency.rs`, `pool.rs`): the one
 //!   way to get a connection — a tower stack of rate limit → concurrency limit → pool,
 //!   returning a [`Lease`] that holds its permit until released.
@@ -18,6 +19,7 @@
 //! `max_connections` leases.
 
 pub mod admission;
+pub mod answer;
 mod auth;
 pub mod client;
 pub mod concurrency;
@@ -32,6 +34,7 @@ mod stream;
 pub mod tls;
 
 pub use admission::{Admission, AdmissionRequest};
+pub use answer::Answer;
 pub use client::Connection;
 pub use concurrency::{ConcurrencyLimit, Permit};
 pub use error::UpstreamError;
