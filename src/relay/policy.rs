@@ -49,7 +49,7 @@ impl Policy {
         );
         let controller = Arc::new(Controller::new(params, SystemClock::new()));
         let suppressions = Arc::new(open_suppressions(config)?);
-        let limit = ConcurrencyLimit::new(controller.concurrency_limit());
+        let limit = ConcurrencyLimit::following(controller.watch_limit());
         let mut upstream = config.upstream.clone();
         upstream.rate = limits::fixed_rates(config, profile);
         let observer = Arc::new(PolicyObserver::new(

@@ -9,8 +9,9 @@
 //!
 //! The deadline travels in the request ([`AdmissionRequest`]) rather than in a
 //! `tower::timeout::Timeout` around the stack, so only the *waiting* is bounded by
-//! `admission_wait`; connecting has its own `timeouts.connect`. A future pause gate or
-//! adaptive limit slots in as another layer, or by resizing [`Admission::limit`].
+//! `admission_wait`; connecting has its own `timeouts.connect`. With the policy, the
+//! policy gate (pause, adaptive rate) is the outermost layer and the concurrency limit
+//! follows the controller's ([`ConcurrencyLimit::following`]).
 //!
 //! This module must never hand out more leases than the concurrency limit, and never let
 //! a caller wait past its deadline for a rate slot or a permit.
@@ -76,8 +77,8 @@ impl Admission {
 
     /// The stack with the policy in front: pause gate and adaptive rate (the
     /// controller), then the configured fixed limits, the adaptive concurrency limit
-    /// (resized by the observer after every reply) and the pool. `settings` should carry
-    /// the observer that feeds `controller`.
+    /// (`limit`, following the controller's) and the pool. `settings` should carry the
+    /// observer that feeds `controller`.
     pub fn with_policy(
         settings: Arc<Settings>,
         controller: Arc<Controller>,
@@ -148,7 +149,7 @@ impl Admission {
         }
     }
 
-    /// The concurrency limit, shared: resize it with `set_limit`.
+    /// The concurrency limit, shared (without the policy, resize it with `set_limit`).
     pub fn limit(&self) -> &Arc<ConcurrencyLimit> {
         &self.limit
     }

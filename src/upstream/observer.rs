@@ -2,8 +2,8 @@
 //! [`Observer`] for every reply of every phase, every connection failure and timeout,
 //! and the 354 / final-reply latencies; [`PolicyObserver`] classifies each reply once,
 //! hands the verdict back to the client (it travels with the reply), feeds it to the
-//! controller, resizes the admission's concurrency limit to the
-//! controller's, and records suppressions for the recipient the reply answered.
+//! controller (whose connection limit admission observes), and records suppressions for
+//! the recipient the reply answered.
 //!
 //! A transaction accepted at the end of DATA is counted once, by the reply itself
 //! (`Controller::on_reply(DataEnd, Accept)`); there is no second "delivered" signal.
@@ -69,7 +69,6 @@ impl PolicyObserver {
         suppression: Option<Arc<dyn Recorder>>,
         limit: Arc<ConcurrencyLimit>,
     ) -> Self {
-        limit.set_limit(controller.concurrency_limit());
         Self {
             classifier,
             controller,
@@ -92,14 +91,6 @@ impl PolicyObserver {
             } else {
                 established
             },
-        }
-    }
-
-    fn sync_limit(&self) {
-        let want = self.controller.concurrency_limit();
-        if want != self.limit.limit() {
-            tracing::info!(connections = want, "concurrency limit changed");
-            self.limit.set_limit(want);
         }
     }
 }
@@ -145,7 +136,6 @@ impl Observer for PolicyObserver {
                 Err(e) => tracing::error!(rcpt, "cannot record suppression: {e}"),
             }
         }
-        self.sync_limit();
         Some(verdict)
     }
 
@@ -193,7 +183,6 @@ impl Observer for PolicyObserver {
             }
             _ => {}
         }
-        self.sync_limit();
     }
 
     fn connect_started(&self) {
@@ -216,7 +205,6 @@ impl Observer for PolicyObserver {
         if self.controller.on_latency(kind, sample) {
             tracing::info!(?kind, ?sample, "provider slowed down; one connection fewer");
         }
-        self.sync_limit();
     }
 }
 
