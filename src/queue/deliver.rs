@@ -40,7 +40,6 @@ use super::delivery_log::{Action, DeliveryLog, LogEntry};
 use super::dsn::{self, DsnInput, FailedRcpt};
 use super::record::{Message, RcptState, StoredReply};
 use super::schedule::{self, Decision, FailKind};
-use super::spool::now_ms;
 use super::transport::{LocalKind, RcptOutcome, Transport};
 use super::webhook::{self, Webhook};
 use super::{QueueId, Spool, SpoolError};
@@ -49,8 +48,10 @@ use crate::policy::controller::Controller;
 use crate::policy::pause::PauseState;
 use crate::smtp::{EnhancedCode, Envelope, Reply};
 
-/// What the engine needs of the controller: pause state and retry timing.
+/// What the engine needs of the controller: the time, pause state and retry timing.
 pub trait Pacing: Send + Sync + 'static {
+    /// Now, Unix ms: the controller's injected clock, the engine's only reading of time.
+    fn now_ms(&self) -> u64;
     /// `Some(remaining)` while the account is paused (`None` inside: until resumed).
     fn paused_for(&self) -> Option<Option<Duration>>;
     /// Delay before counted retry number `attempt` (0-based), at least `hint`.
@@ -62,6 +63,9 @@ pub trait Pacing: Send + Sync + 'static {
 }
 
 impl<C: Clock + 'static> Pacing for Controller<C> {
+    fn now_ms(&self) -> u64 {
+        self.clock().unix_ms()
+    }
     fn paused_for(&self) -> Option<Option<Duration>> {
         match self.pause_state() {
             PauseState::Paused { until, .. } => {
@@ -331,7 +335,7 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
                 }
                 continue;
             }
-            let now = now_ms();
+            let now = self.pacing.now_ms();
             // Paused by the operator or the account: nothing is taken from the spool,
             // nothing changes, and the time does not count towards `max_age` (a
             // weekend with refused credentials must not expire the whole queue, not
@@ -345,9 +349,9 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
                 let nap = remaining
                     .unwrap_or(Duration::from_secs(1))
                     .clamp(Duration::from_millis(10), Duration::from_secs(1));
-                let started = std::time::Instant::now();
+                let started = self.pacing.now_ms();
                 self.sleep(nap, &shutdown).await;
-                let slept = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                let slept = self.pacing.now_ms().saturating_sub(started);
                 self.spool.add_paused(slept);
                 unsaved_pause = unsaved_pause.saturating_add(slept);
                 if unsaved_pause >= PAUSE_SAVE_MS || shutdown.is_cancelled() {
@@ -384,9 +388,9 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
                 },
                 _ = shutdown.cancelled() => break,
             };
-            let Some((id, idxs)) = self.next_job(now_ms()) else {
+            let Some((id, idxs)) = self.next_job(self.pacing.now_ms()) else {
                 drop(permit);
-                let now = now_ms();
+                let now = self.pacing.now_ms();
                 let nap = match self.spool.next_due() {
                     Some(t) if t > now => Duration::from_millis(t - now),
                     // Due but in flight, or nothing queued, or halted: a finished
@@ -399,7 +403,7 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
             let me = Arc::clone(&self);
             tokio::spawn(async move {
                 let round = me.deliver(id, idxs).await;
-                me.after_round(id, round, now_ms());
+                me.after_round(id, round, me.pacing.now_ms());
                 me.lock_in_flight().remove(&id);
                 drop(permit);
                 me.wake.notify_one();
@@ -650,7 +654,7 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
         }
         let per_tx = self.params.rcpts_per_message.max(1);
         // Time spent paused does not count (see `run`).
-        let age = Duration::from_millis(msg.age_ms(now_ms(), self.spool.paused_ms()));
+        let age = Duration::from_millis(msg.age_ms(self.pacing.now_ms(), self.spool.paused_ms()));
         for chunk in todo.chunks(per_tx) {
             let addrs: Vec<String> = chunk
                 .iter()
@@ -658,7 +662,7 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
                 .collect();
             self.stats.transactions.fetch_add(1, Ordering::Relaxed);
             let outcomes = self.transport.deliver(&msg.envelope, &addrs, &body).await;
-            let now = now_ms();
+            let now = self.pacing.now_ms();
             // Read only when it matters (a lock on the controller).
             let backing_off = outcomes.iter().any(|o| {
                 matches!(
@@ -960,7 +964,7 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
             job.bounced = true;
             return Ok(());
         }
-        let now = now_ms();
+        let now = self.pacing.now_ms();
         let rcpts: Vec<FailedRcpt> = job
             .failures
             .iter()
@@ -1018,7 +1022,7 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
         next: Option<u64>,
     ) {
         self.log.write(&LogEntry {
-            ts_ms: now_ms(),
+            ts_ms: self.pacing.now_ms(),
             queue_id: msg.id,
             from: &msg.envelope.from,
             rcpt,
@@ -1122,6 +1126,9 @@ mod tests {
     }
 
     impl Pacing for FakePacing {
+        fn now_ms(&self) -> u64 {
+            crate::policy::clock::wall_ms()
+        }
         fn paused_for(&self) -> Option<Option<Duration>> {
             let u = (*self.until.lock().unwrap())?;
             let now = Instant::now();
@@ -1546,7 +1553,7 @@ mod tests {
         );
         let id = put_in(engine.spool(), &["a@example.org"]).await;
         engine.lock_gate().halted = false;
-        let mut now = now_ms();
+        let mut now = crate::policy::clock::wall_ms();
         let mut waits = Vec::new();
         for _ in 0..4 {
             engine.after_round(id, Round::StorageError, now);

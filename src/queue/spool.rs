@@ -55,7 +55,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use redb::{Database, ReadableTable, TableDefinition};
 use tokio::io::AsyncWriteExt;
@@ -234,11 +234,10 @@ pub struct Spool {
     writer: Option<JoinHandle<()>>,
 }
 
+/// The spool's own stamps (arrival, queue ids) read the wall clock the relay's
+/// `SystemClock` reads.
 pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+    crate::policy::clock::wall_ms()
 }
 
 pub(crate) fn fsync_dir(dir: &Path) -> io::Result<()> {

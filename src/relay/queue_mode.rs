@@ -3,6 +3,8 @@
 //! stack ([`AdmissionTransport`]), and the quota ledger that keeps hourly and daily
 //! quotas across restarts.
 //!
+//! Time is the controller's injected clock, for the engine and the ledger alike.
+//!
 //! It must never start delivering before the spool is recovered and the quota ledger is
 //! counted in, and never lose the ledger's last minutes at shutdown.
 
@@ -12,6 +14,7 @@ use super::queue_relay::QueueRelay;
 use super::transport::AdmissionTransport;
 use crate::config::profile::Profile;
 use crate::config::Config;
+use crate::policy::clock::Clock;
 use crate::policy::controller::Controller;
 use crate::queue::deliver::{Delivery, DeliveryParams, SuppressedFn};
 use crate::queue::delivery_log::DeliveryLog;
@@ -111,7 +114,7 @@ impl QueueMode {
         // hourly and daily quotas.
         let ledger = Ledger::load(&qc.dir);
         let rates = policy.admission.rates().clone();
-        let now = crate::queue::spool::now_ms();
+        let now = policy.controller.clock().unix_ms();
         let (hour, day) = (ledger.last_hour(now), ledger.last_day(now));
         if hour > 0 || day > 0 {
             tracing::info!(
@@ -125,6 +128,7 @@ impl QueueMode {
             ledger,
             qc.dir.clone(),
             rates,
+            policy.controller.clone(),
             shutdown.clone(),
         ));
         let relay = QueueRelay::new(spool, delivery.waker());
@@ -149,6 +153,7 @@ async fn keep_quota_ledger(
     mut ledger: Ledger,
     dir: PathBuf,
     rates: Arc<RateLimits>,
+    clock: Arc<Controller>,
     shutdown: CancellationToken,
 ) {
     let mut seen = rates.taken();
@@ -161,7 +166,7 @@ async fn keep_quota_ledger(
         let n = u32::try_from(taken.saturating_sub(seen)).unwrap_or(u32::MAX);
         seen = taken;
         if n > 0 {
-            ledger.add(crate::queue::spool::now_ms(), n);
+            ledger.add(clock.clock().unix_ms(), n);
             let (l, d) = (ledger.clone(), dir.clone());
             match tokio::task::spawn_blocking(move || l.save(&d)).await {
                 Ok(Ok(())) => {}

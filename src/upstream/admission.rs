@@ -19,7 +19,7 @@
 use super::concurrency::{ConcurrencyLayer, ConcurrencyLimit};
 use super::error::UpstreamError;
 use super::lease::Lease;
-use super::pause_gate::PauseGateLayer;
+use super::policy_gate::PolicyGateLayer;
 use super::pool::{Pool, PoolService};
 use super::rate_limit::{RateLimitLayer, RateLimits};
 use super::settings::Settings;
@@ -99,7 +99,7 @@ impl Admission {
             Some(c) => Pool::with_backoff(settings.clone(), c.clone()),
             None => Pool::new(settings.clone()),
         };
-        let gate = controller.map(PauseGateLayer::new);
+        let gate = controller.map(PolicyGateLayer::new);
         if tokio::runtime::Handle::try_current().is_ok() {
             pool.spawn_reaper();
         }

@@ -28,7 +28,7 @@
 
 use super::answer::Answer;
 use super::auth;
-use super::error::{phase_name, UpstreamError};
+use super::error::UpstreamError;
 use super::observer::Observer;
 use super::settings::Settings;
 use super::stream::Stream;
@@ -660,7 +660,7 @@ impl Connection {
         push_line(&mut out, line);
         self.send(&out, phase).await?;
         let r = self.read_reply(phase, expect, wait).await?;
-        tracing::trace!(phase = phase_name(phase), "< {}", r.code);
+        tracing::trace!(phase = phase.name(), "< {}", r.code);
         Ok(r)
     }
 
@@ -746,11 +746,11 @@ impl Connection {
         match res {
             Ok(r) => {
                 if !r.is_positive() {
-                    tracing::debug!(phase = phase_name(phase), reply = %r, "provider refused");
+                    tracing::debug!(phase = phase.name(), reply = %r, "provider refused");
                 }
                 if r.code == 421 {
                     tracing::debug!(
-                        phase = phase_name(phase),
+                        phase = phase.name(),
                         "provider sent 421; connection closing"
                     );
                     self.usable = false;

@@ -18,7 +18,7 @@ pub enum UpstreamError {
     #[error("cannot reach the provider: {0}")]
     Connect(#[source] io::Error),
     /// No answer (or no progress writing) within the configured RFC 5321 timeout.
-    #[error("provider timed out in phase {}", phase_name(*.phase))]
+    #[error("provider timed out in phase {}", .phase)]
     Timeout { phase: Phase },
     /// TLS configuration or handshake failure.
     #[error("TLS with the provider failed: {0}")]
@@ -47,12 +47,12 @@ pub enum UpstreamError {
     /// are, so the connection is dropped, the message retried and nothing is counted as
     /// accepted. Holds the reply for the log (an AUTH challenge is the provider's, never
     /// our secret).
-    #[error("provider broke the protocol: {} in phase {}, where it is not a valid answer", .reply.code, phase_name(*.phase))]
+    #[error("provider broke the protocol: {} in phase {}, where it is not a valid answer", .reply.code, .phase)]
     Unexpected { phase: Phase, reply: Reply },
     /// The provider sent bytes before a command it had not yet been given (more replies
     /// than commands, e.g. after pipelining): the replies can no longer be matched to
     /// the commands. The connection is dropped.
-    #[error("provider sent {bytes} octets nobody asked for before phase {}", phase_name(*.phase))]
+    #[error("provider sent {bytes} octets nobody asked for before phase {}", .phase)]
     Unsolicited { phase: Phase, bytes: usize },
     /// The provider closed the connection when a reply was expected.
     #[error("provider closed the connection")]
@@ -76,21 +76,6 @@ pub enum UpstreamError {
     /// Admission: recent connection failures; the upstream backs off this long.
     #[error("provider unreachable recently; backing off {0:?}")]
     Backoff(Duration),
-}
-
-/// Lower-case name of a phase, for messages and logs.
-pub fn phase_name(phase: Phase) -> &'static str {
-    match phase {
-        Phase::Greeting => "greeting",
-        Phase::Ehlo => "ehlo",
-        Phase::StartTls => "starttls",
-        Phase::Auth => "auth",
-        Phase::Mail => "mail",
-        Phase::Rcpt => "rcpt",
-        Phase::Data => "data",
-        Phase::DataEnd => "data-end",
-        Phase::Rset => "rset",
-    }
 }
 
 impl UpstreamError {
@@ -150,7 +135,7 @@ impl UpstreamError {
                 format!(
                     "Provider broke the SMTP protocol ({} to {}); connection dropped, try again later",
                     reply.code,
-                    phase_name(*phase)
+                    phase.name()
                 ),
             ),
             Self::Unsolicited { phase, .. } => Reply::new(
@@ -158,7 +143,7 @@ impl UpstreamError {
                 e(5, 0),
                 format!(
                     "Provider sent replies nobody asked for (before {}); connection dropped, try again later",
-                    phase_name(*phase)
+                    phase.name()
                 ),
             ),
             Self::Closed | Self::Unusable => Reply::new(

@@ -26,7 +26,7 @@ pub mod concurrency;
 pub mod error;
 pub mod lease;
 pub mod observer;
-pub mod pause_gate;
+pub mod policy_gate;
 pub mod pool;
 pub mod rate_limit;
 pub mod settings;
