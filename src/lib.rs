@@ -29,6 +29,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod net;
+pub mod platform;
 pub mod policy;
 pub mod queue;
 pub mod relay;

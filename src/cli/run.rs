@@ -52,44 +52,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
 /// SIGHUP resumes a paused account (after fixing the credentials, say).
 async fn resume_on_hangup(handle: RelayHandle) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
-            return;
-        };
-        // Runs for the life of the process; each signal is one resume.
-        while hup.recv().await.is_some() {
-            tracing::info!("SIGHUP: resuming sending");
-            handle.resume_account();
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = handle;
+    crate::platform::hangups(|| {
+        tracing::info!("SIGHUP: resuming sending");
+        handle.resume_account();
+    })
+    .await;
 }
 
 /// Cancels `token` on SIGTERM or Ctrl-C (SIGINT).
 async fn on_signal(token: CancellationToken) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(e) => {
-                tracing::warn!("cannot watch SIGTERM ({e}); Ctrl-C still works");
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
+    crate::platform::shutdown_requested().await;
     tracing::info!("shutting down: no new sessions; transactions in flight may finish");
     token.cancel();
 }

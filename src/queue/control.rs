@@ -6,7 +6,7 @@
 //! - a running instance listens on a Unix socket, `<queue.dir>/control.sock` (the spool
 //!   directory; in passthrough mode the directory is created for the socket alone). The
 //!   socket is bound so that it never exists with permissions wider than 0600
-//!   ([`bind_private`]). The CLI sends one command line (and, for `suppress add`, a body
+//!   (`platform::bind_private_socket`). The CLI sends one command line (and, for `suppress add`, a body
 //!   up to EOF) and reads the answer until EOF — the first line is `ok` or `error: ...`;
 //! - with no instance running, the CLI opens the spool or the suppression database
 //!   itself (redb locks both, so the two can never write at once) and runs the same
@@ -18,8 +18,8 @@
 //! The operator's pause is a file, `<dir>/paused`, so it survives restarts and works
 //! offline; the delivery engine sends nothing while it exists.
 //!
-//! On systems without Unix sockets there is no control socket: stop the instance to use
-//! these commands (they then open the files directly).
+//! On systems without Unix sockets there is no control socket (see `platform`): stop the
+//! instance to use these commands (they then open the files directly).
 //!
 //! This module must never change a recipient's state except through the spool's own
 //! durable operations, never change the suppression list except through the list's own
@@ -373,7 +373,7 @@ fn write_flag(path: &Path) -> std::io::Result<()> {
     let f = std::fs::File::create(path)?;
     f.sync_all()?;
     if let Some(dir) = path.parent() {
-        super::spool::fsync_dir(dir)?;
+        crate::platform::fsync_dir(dir)?;
     }
     Ok(())
 }
@@ -608,66 +608,17 @@ const MAX_LINE: u64 = 4096;
 /// Creates `dir` (0700) if missing: in passthrough mode nothing else creates it.
 #[cfg(unix)]
 fn ensure_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
     if dir.is_dir() {
         return Ok(());
     }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-}
-
-/// Binds a Unix socket at `path` such that `path` never exists with permissions wider
-/// than 0600: the socket is bound inside a fresh private (0700) directory next to `path`,
-/// chmod 0600 there, and only then renamed to `path` (one atomic rename on the same file
-/// system, which also replaces a stale socket left by a killed instance). Setting the
-/// umask around `bind` would do the same, but the umask is per process and other threads
-/// create files meanwhile.
-///
-/// Refuses (`AddrInUse`) when an instance already answers on `path`.
-#[cfg(unix)]
-pub fn bind_private(path: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
-    use std::io::{Error, ErrorKind};
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        return Err(Error::new(
-            ErrorKind::AddrInUse,
-            format!("another instance is listening on {}", path.display()),
-        ));
-    }
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| Error::new(ErrorKind::InvalidInput, "socket path has no file name"))?;
-    // Short, so the temporary path fits sun_path whenever the final one does.
-    let private = parent.join(format!(".cs{}", std::process::id()));
-    // Left over by a crash of a process that had our pid: ours to remove (it is
-    // not followed if it is a symlink).
-    if std::fs::symlink_metadata(&private).is_ok() {
-        std::fs::remove_dir_all(&private)?;
-    }
-    std::fs::DirBuilder::new().mode(0o700).create(&private)?;
-    let bound = (|| -> std::io::Result<_> {
-        let tmp = private.join(name);
-        let listener = std::os::unix::net::UnixListener::bind(&tmp)?;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
-        std::fs::rename(&tmp, path)?;
-        Ok(listener)
-    })();
-    let cleaned = std::fs::remove_dir_all(&private);
-    let listener = bound?;
-    cleaned?;
-    Ok(listener)
+    crate::platform::private_dir(std::fs::DirBuilder::new().recursive(true)).create(dir)
 }
 
 /// Binds `<dir>/control.sock` now (so a caller that goes on to accept mail is reachable
 /// by the CLI from then on) and returns the task that serves operator commands on it
 /// until `shutdown`: queue commands (when `instance` has a queue) and suppression-list
-/// requests (when it has a list). The socket is bound with [`bind_private`], so it is
+/// requests (when it has a list). The socket is bound with
+/// [`crate::platform::bind_private_socket`], so it is
 /// never reachable with wider permissions than 0600; `dir` is created (0700) if
 /// missing. The task removes the socket when it ends.
 #[cfg(unix)]
@@ -676,10 +627,9 @@ pub fn serve(
     dir: PathBuf,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
-    use std::os::unix::fs::PermissionsExt;
     ensure_dir(&dir)?;
     if let Ok(meta) = std::fs::metadata(&dir) {
-        if meta.permissions().mode() & 0o077 != 0 {
+        if crate::platform::is_shared(&meta) {
             tracing::warn!(
                 dir = %dir.display(),
                 "spool directory is accessible by other users; `chmod 700` it (messages and the control socket live there)"
@@ -687,7 +637,7 @@ pub fn serve(
         }
     }
     let path = socket_path(&dir);
-    let std_listener = bind_private(&path)?;
+    let std_listener = crate::platform::bind_private_socket(&path)?;
     std_listener.set_nonblocking(true)?;
     let listener = tokio::net::UnixListener::from_std(std_listener)?;
     let instance = std::sync::Arc::new(instance);

@@ -83,19 +83,9 @@ impl DeliveryLog {
     pub fn open(path: &Path) -> io::Result<Self> {
         let mut opts = OpenOptions::new();
         opts.append(true).create(true);
-        // Portable path (not unix): the platform's default permissions; keep the log's
-        // directory private instead.
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-        let file = opts.open(path)?;
-        #[cfg(unix)]
-        {
-            // A log created by an older version may have the umask's mode.
-            use std::os::unix::fs::PermissionsExt;
-            if file.metadata()?.permissions().mode() & 0o077 != 0 {
-                file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-            }
-        }
+        let file = crate::platform::owner_only(&mut opts).open(path)?;
+        // A log created by an older version may have the umask's mode.
+        crate::platform::tighten(&file)?;
         Ok(Self {
             inner: Some(Mutex::new(Inner {
                 file,
