@@ -7,6 +7,9 @@
 //! instance changes its open list — a `suppress add` takes effect for the next RCPT.
 //! With no instance running the database is opened directly. Both ways run
 //! `queue::control::execute_suppress`, so the output is the same.
+//!
+//! It must never write a half-checked import, and never open the database while an
+//! instance holds it (the instance does the change).
 
 use crate::config::Config;
 use crate::policy::suppression::{normalize, Entry, Source};

@@ -13,6 +13,7 @@
 //!   schema, `policy::rules::RuleSpec`.
 
 pub mod error;
+pub mod limits;
 pub mod load;
 pub mod profile;
 pub mod queue;

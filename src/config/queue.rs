@@ -1,6 +1,6 @@
 //! `[queue]`: where the spool lives, how long a message may stay in it, bounce reports,
 //! the delivery log and the bounce webhook. Only the shape and defaults; `validate.rs`
-//! checks the values. Nothing here opens the spool or touches the disk.
+//! checks the values. It must never open the spool or touch the disk.
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;

@@ -4,6 +4,7 @@
 //! This module only describes shapes and defaults. Loading (file + `MAILVALVE__*`
 //! environment) and validation live in `load.rs` / `validate.rs`. Nothing here may print
 //! a secret: `Secret` redacts itself in `Debug` and `Display`.
+//! It must never hold behaviour: no I/O, no checks beyond the types.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -191,7 +192,7 @@ pub struct UpstreamConfig {
     pub rate: RateConfig,
     pub timeouts: UpstreamTimeouts,
     /// Overrides of the provider profile's limits, key by key.
-    pub limits: super::profile::Limits,
+    pub limits: super::limits::Limits,
 }
 
 impl Default for UpstreamConfig {
@@ -212,7 +213,7 @@ impl Default for UpstreamConfig {
             admission_wait: Duration::from_secs(30),
             rate: RateConfig::default(),
             timeouts: UpstreamTimeouts::default(),
-            limits: super::profile::Limits::default(),
+            limits: super::limits::Limits::default(),
         }
     }
 }

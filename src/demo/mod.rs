@@ -17,7 +17,8 @@
 pub mod campaign;
 pub mod provider;
 
-use crate::config::profile::{Limits, Profile};
+use crate::config::limits::Limits;
+use crate::config::profile::Profile;
 use crate::config::{Config, Mode, TlsMode};
 use crate::policy::controller::{ControllerParams, ControllerStats};
 use crate::relay::{limits, Relay, RelayHandle};

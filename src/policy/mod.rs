@@ -8,6 +8,7 @@
 //! time only through `clock`, so every behaviour is tested in simulated time. The one
 //! async piece is the watch channel on which the controller publishes its connection
 //! limit for admission to enforce. This module imports nothing of the crate but `smtp`.
+//! It must never touch a socket or a file, nor read the time but through `clock`.
 
 pub mod backoff;
 pub mod classify;

@@ -1,6 +1,8 @@
 //! What a provider reply means for mailvalve: the phase it was sent in, and the verdict
 //! `classify` reaches. The controller, the relay and `explain` all act on a `Verdict`;
 //! none of them looks at reply codes again.
+//!
+//! It must never hold behaviour beyond naming: verdicts are decided in `classify`.
 
 use std::fmt;
 use std::time::Duration;

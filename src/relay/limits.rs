@@ -6,7 +6,8 @@
 //! by `[upstream.limits]`; `upstream.max_connections` and `[upstream.rate]` are hard caps
 //! on top. It must never raise a limit above what the user configured.
 
-use crate::config::profile::{Limits, Profile};
+use crate::config::limits::Limits;
+use crate::config::profile::Profile;
 use crate::config::{Config, RateConfig};
 use crate::policy::classify::Classifier;
 use crate::policy::controller::ControllerParams;

@@ -19,9 +19,11 @@
 use super::concurrency::{ConcurrencyLayer, ConcurrencyLimit};
 use super::error::UpstreamError;
 use super::lease::Lease;
+use super::lease::PoolService;
 use super::policy_gate::PolicyGateLayer;
-use super::pool::{Pool, PoolService};
+use super::pool::Pool;
 use super::rate_limit::{RateLimitLayer, RateLimits};
+pub use super::request::AdmissionRequest;
 use super::settings::Settings;
 use crate::policy::controller::Controller;
 use std::sync::Arc;
@@ -29,23 +31,6 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tower::util::BoxCloneSyncService;
 use tower::{ServiceBuilder, ServiceExt};
-
-/// What travels down the stack: when waiting must stop.
-#[derive(Debug, Clone, Copy)]
-pub struct AdmissionRequest {
-    pub deadline: Instant,
-    /// The configured wait, for the error message.
-    pub wait: Duration,
-}
-
-impl AdmissionRequest {
-    pub fn new(wait: Duration) -> Self {
-        Self {
-            deadline: Instant::now() + wait,
-            wait,
-        }
-    }
-}
 
 /// The admission stack for one upstream. Cheap to share (`Arc` inside); `Send + Sync`.
 #[derive(Clone)]

@@ -29,6 +29,7 @@
 use super::answer::Answer;
 use super::auth;
 use super::error::UpstreamError;
+use super::expect::Expect;
 use super::observer::Observer;
 use super::settings::Settings;
 use super::stream::Stream;
@@ -65,47 +66,6 @@ const QUIT_WAIT: Duration = Duration::from_secs(5);
 /// (or one endless line) costs a connection at most this much memory, then the
 /// connection is dropped.
 pub const MAX_REPLY_BYTES: usize = (MAX_REPLY_LINE + 2) * (MAX_REPLY_LINES + 1);
-
-/// The positive replies the protocol allows at one point of the conversation. Negative
-/// replies (4xx, 5xx) are always possible and are not listed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Expect {
-    /// One of these codes.
-    Codes(&'static [u16]),
-    /// Any 2xx (the end of DATA: RFC 5321 says 250, providers send others).
-    Any2xx,
-    /// Anything (QUIT: the connection is being closed, the reply does not matter).
-    Anything,
-}
-
-impl Expect {
-    pub(crate) const GREETING: Expect = Expect::Codes(&[220]);
-    pub(crate) const EHLO: Expect = Expect::Codes(&[250]);
-    pub(crate) const STARTTLS: Expect = Expect::Codes(&[220]);
-    /// An AUTH step that asks for the next credential.
-    pub(crate) const AUTH_CONTINUE: Expect = Expect::Codes(&[334]);
-    /// The last AUTH step: authenticated.
-    pub(crate) const AUTH_DONE: Expect = Expect::Codes(&[235]);
-    pub(crate) const MAIL: Expect = Expect::Codes(&[250, 251, 252]);
-    pub(crate) const RCPT: Expect = Expect::Codes(&[250, 251, 252]);
-    pub(crate) const DATA: Expect = Expect::Codes(&[354]);
-    pub(crate) const DATA_END: Expect = Expect::Any2xx;
-    pub(crate) const RSET: Expect = Expect::Codes(&[250]);
-    pub(crate) const QUIT: Expect = Expect::Anything;
-
-    /// Whether `reply` is a valid answer here: negative, or one of the positive replies
-    /// the protocol allows.
-    pub(crate) fn allows(self, reply: &Reply) -> bool {
-        if !reply.is_positive() {
-            return true;
-        }
-        match self {
-            Expect::Codes(codes) => codes.contains(&reply.code),
-            Expect::Any2xx => reply.class() == 2,
-            Expect::Anything => true,
-        }
-    }
-}
 
 /// An open, greeted (and, when configured, encrypted and authenticated) connection.
 pub struct Connection {
@@ -262,7 +222,8 @@ impl Connection {
         }
 
         if let (Some(user), Some(pass)) = (&cfg.username, &cfg.password) {
-            auth::authenticate(&mut conn, user, pass).await?;
+            let (caps, wait) = (conn.caps.clone(), conn.command_timeout());
+            auth::authenticate(&mut conn, &caps, wait, user, pass).await?;
         }
         Ok(conn)
     }
@@ -839,4 +800,18 @@ fn check_arg(s: &str) -> Result<(), UpstreamError> {
         return Err(UpstreamError::BadAddress(s.to_string()));
     }
     Ok(())
+}
+
+/// AUTH's commands go out like any other, logged redacted.
+impl auth::Commands for Connection {
+    async fn command_redacted(
+        &mut self,
+        line: &str,
+        shown: &str,
+        phase: Phase,
+        expect: Expect,
+        wait: Duration,
+    ) -> Result<Answer, UpstreamError> {
+        Connection::command_redacted(self, line, shown, phase, expect, wait).await
+    }
 }

@@ -16,8 +16,8 @@
 //! deadlocks on permits that are out. This layer must never let a waiter wait past the
 //! request's deadline.
 
-use super::admission::AdmissionRequest;
 use super::error::UpstreamError;
+use super::request::AdmissionRequest;
 use futures::future::BoxFuture;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

@@ -7,8 +7,8 @@
 //!
 //! It must never let a request through while the controller says paused.
 
-use super::admission::AdmissionRequest;
 use super::error::UpstreamError;
+use super::request::AdmissionRequest;
 use crate::policy::controller::{Controller, Wait};
 use futures::future::BoxFuture;
 use std::sync::Arc;
