@@ -22,6 +22,19 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// Every phase, in the order of a conversation.
+    pub const ALL: [Phase; 9] = [
+        Self::Greeting,
+        Self::Ehlo,
+        Self::StartTls,
+        Self::Auth,
+        Self::Mail,
+        Self::Rcpt,
+        Self::Data,
+        Self::DataEnd,
+        Self::Rset,
+    ];
+
     /// The name as the config's `[[rules]]`, `mailvalve explain` and the logs spell it.
     pub fn name(self) -> &'static str {
         match self {
@@ -149,17 +162,7 @@ mod tests {
 
     #[test]
     fn phase_names_round_trip_and_aliases_parse() {
-        for p in [
-            Phase::Greeting,
-            Phase::Ehlo,
-            Phase::StartTls,
-            Phase::Auth,
-            Phase::Mail,
-            Phase::Rcpt,
-            Phase::Data,
-            Phase::DataEnd,
-            Phase::Rset,
-        ] {
+        for p in Phase::ALL {
             assert_eq!(Phase::parse(p.name()), Some(p));
             assert_eq!(Phase::parse(&p.name().to_uppercase()), Some(p));
         }

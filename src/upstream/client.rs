@@ -604,26 +604,9 @@ impl Connection {
         expect: Expect,
         wait: Duration,
     ) -> Result<Answer, UpstreamError> {
-        self.command_redacted(line, line, phase, expect, wait).await
+        auth::Commands::command_redacted(self, line, line, phase, expect, wait).await
     }
 
-    /// Sends `line`, logging `shown` in its place (for AUTH exchanges).
-    pub(crate) async fn command_redacted(
-        &mut self,
-        line: &str,
-        shown: &str,
-        phase: Phase,
-        expect: Expect,
-        wait: Duration,
-    ) -> Result<Answer, UpstreamError> {
-        tracing::trace!("> {shown}");
-        let mut out = Vec::with_capacity(line.len() + 2);
-        push_line(&mut out, line);
-        self.send(&out, phase).await?;
-        let r = self.read_reply(phase, expect, wait).await?;
-        tracing::trace!(phase = phase.name(), "< {}", r.code);
-        Ok(r)
-    }
 
     /// Writes the command(s) in `bytes`, after checking that the provider has not sent
     /// anything since the last reply we read: bytes waiting now would be taken for the
@@ -802,8 +785,10 @@ fn check_arg(s: &str) -> Result<(), UpstreamError> {
     Ok(())
 }
 
-/// AUTH's commands go out like any other, logged redacted.
+/// Every command goes out this way; AUTH's with the line logged redacted.
 impl auth::Commands for Connection {
+    /// Sends `line`, logging `shown` in its place (for AUTH exchanges), and reads its
+    /// reply.
     async fn command_redacted(
         &mut self,
         line: &str,
@@ -812,6 +797,12 @@ impl auth::Commands for Connection {
         expect: Expect,
         wait: Duration,
     ) -> Result<Answer, UpstreamError> {
-        Connection::command_redacted(self, line, shown, phase, expect, wait).await
+        tracing::trace!("> {shown}");
+        let mut out = Vec::with_capacity(line.len() + 2);
+        push_line(&mut out, line);
+        self.send(&out, phase).await?;
+        let r = self.read_reply(phase, expect, wait).await?;
+        tracing::trace!(phase = phase.name(), "< {}", r.code);
+        Ok(r)
     }
 }
