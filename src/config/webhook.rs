@@ -3,6 +3,11 @@
 //! client or loading certificates, so `mailvalve check` and the running webhook
 //! (`queue::webhook`, which starts from [`WebhookConfig::check`]) agree on what is valid.
 //!
+//! The URL is checked by hand, and why: reqwest's URL parser (used by the running
+//! webhook) follows the WHATWG rules, which silently drop tabs and line breaks, read
+//! `http:///path` as the host `path` and take an empty port or port 0; a configuration
+//! mistake must get an error naming `webhook.url` instead.
+//!
 //! It must never put the password in an error or in `Debug` output (it is a `Secret`,
 //! and credentials inside the URL are refused without being echoed), and never touch
 //! the network.

@@ -22,6 +22,7 @@ pub mod deliver;
 pub mod delivery_log;
 pub mod dsn;
 pub mod error;
+pub mod headers;
 pub mod id;
 mod index;
 pub mod quota;

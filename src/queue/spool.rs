@@ -48,12 +48,18 @@
 //! through one writer thread that commits all operations that queued up during its
 //! previous commit in one transaction, with one directory fsync. Twenty mailer sessions
 //! thus share fsyncs instead of queueing behind each other's.
+//!
+//! # Files
+//!
+//! Beside this file: `recover` (what `open` checks and cleans after a crash), `body` (a
+//! body being written, [`BodyWriter`]), `shared` (state shared with the writer thread),
+//! `faulty` (test builds only: a storage backend that fails like a full disk), `tests`.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -61,8 +67,19 @@ use redb::{Database, ReadableTable, TableDefinition};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
 
+mod body;
+#[cfg(test)]
+mod faulty;
+mod recover;
+mod shared;
+#[cfg(test)]
+mod tests;
+
+pub use body::BodyWriter;
+pub use recover::Recovered;
+pub(crate) use shared::Shared;
+
 use super::id::IdGen;
-use super::index::Index;
 use super::record::{RcptState, Record};
 use super::writer::{self, Op, Outcome};
 use super::{Message, QueueId, SpoolError};
@@ -78,27 +95,6 @@ const DB_FILE: &str = "queue.redb";
 /// After a failed commit, the database is reopened at most this often.
 pub const REOPEN_INTERVAL: Duration = Duration::from_millis(250);
 
-/// What `Spool::open` found and cleaned up.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Recovered {
-    /// Messages recovered (in the queue now).
-    pub messages: usize,
-    /// Their recipients still to be delivered.
-    pub pending_recipients: usize,
-    /// Half-written bodies deleted from `tmp/`.
-    pub removed_partial: usize,
-    /// Bodies in `msg/` without a record (a put interrupted before its commit) deleted.
-    pub removed_orphan_bodies: usize,
-    /// Records without a body deleted.
-    pub removed_orphan_records: Vec<QueueId>,
-    /// Messages whose recipients were all final — a crash between recording the last
-    /// outcome and removing the message — removed (record, then body).
-    pub removed_finished: usize,
-    /// Records that could not be decoded: left in place (with their bodies), not
-    /// queued, for an operator to look at.
-    pub unreadable: Vec<QueueId>,
-}
-
 /// Which messages `retry_now` makes due.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Which {
@@ -112,88 +108,6 @@ pub enum Which {
 pub(crate) type Faults = Arc<std::sync::atomic::AtomicBool>;
 #[cfg(not(test))]
 pub(crate) type Faults = ();
-
-/// State shared by the spool handle, body writers and the writer thread.
-pub(crate) struct Shared {
-    pub(crate) tmp: PathBuf,
-    pub(crate) msg: PathBuf,
-    db_path: PathBuf,
-    /// `None` only while the writer reopens it after a write error.
-    db: RwLock<Option<Database>>,
-    index: Mutex<Index>,
-    ids: IdGen,
-    /// See [`PAUSED_KEY`]; the durable copy is written by [`Spool::save_state`].
-    paused_ms: AtomicU64,
-    faults: Faults,
-    #[cfg(test)]
-    pub(crate) fail_next_commit: std::sync::atomic::AtomicBool,
-}
-
-impl Shared {
-    pub(crate) fn lock_index(&self) -> MutexGuard<'_, Index> {
-        // The index is only changed by whole-value operations; a panic elsewhere while
-        // holding the lock cannot leave it half-updated.
-        self.index.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub(crate) fn body_path(&self, id: QueueId) -> PathBuf {
-        self.msg.join(id.to_string())
-    }
-
-    pub(crate) fn paused_ms(&self) -> u64 {
-        self.paused_ms.load(Ordering::Acquire)
-    }
-
-    /// The database for the writer's rounds (`None` while a reopen failed).
-    pub(crate) fn db_read(&self) -> std::sync::RwLockReadGuard<'_, Option<Database>> {
-        self.db.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Runs `f` on the database (shared with other readers and the writer's rounds).
-    pub(crate) fn with_db<R>(
-        &self,
-        f: impl FnOnce(&Database) -> Result<R, SpoolError>,
-    ) -> Result<R, SpoolError> {
-        // Whole-value replacement only (by `reopen`): a poisoned lock holds a valid value.
-        let g = self.db_read();
-        match g.as_ref() {
-            Some(db) => f(db),
-            None => Err(SpoolError::Db(
-                "database closed after a write error, not reopened yet".into(),
-            )),
-        }
-    }
-
-    /// Closes the database (releasing redb's file lock and its latched I/O error) and
-    /// opens it again; then the index is rebuilt from what is on disk, because a commit
-    /// that reported an error may still have reached the disk.
-    pub(crate) fn reopen(&self) -> Result<(), SpoolError> {
-        let mut g = self.db.write().unwrap_or_else(|e| e.into_inner());
-        // Dropping it first: a second handle on the same file is refused by redb's lock.
-        *g = None;
-        let db = open_db(&self.db_path, &self.faults)?;
-        let index = load_index(&db)?;
-        *g = Some(db);
-        drop(g);
-        *self.lock_index() = index;
-        Ok(())
-    }
-}
-
-/// The index of every readable record with its recipients' states.
-fn load_index(db: &Database) -> Result<Index, SpoolError> {
-    let ctx = "reading the spool after reopening";
-    let txn = db.begin_read().map_err(|e| SpoolError::db(ctx, e))?;
-    let table = txn.open_table(TABLE).map_err(|e| SpoolError::db(ctx, e))?;
-    let mut index = Index::default();
-    for row in table.iter().map_err(|e| SpoolError::db(ctx, e))? {
-        let (k, v) = row.map_err(|e| SpoolError::db(ctx, e))?;
-        if let Ok(r) = serde_json::from_slice::<Record>(v.value()) {
-            index.set(QueueId::from_u64(k.value()), &r);
-        }
-    }
-    Ok(index)
-}
 
 /// Opens (creating if missing) the database file, readable by its owner only: it holds
 /// every queued address.
@@ -249,27 +163,6 @@ fn create_dir(path: &Path) -> Result<(), SpoolError> {
     Ok(())
 }
 
-/// Whether the body of a record is there. `Ok(false)` only when it is really gone
-/// (`NotFound`); anything else that keeps us from knowing is an error naming the file.
-fn body_exists(path: &Path) -> Result<bool, SpoolError> {
-    match fs::metadata(path) {
-        Ok(m) if m.is_file() => Ok(true),
-        Ok(_) => Err(SpoolError::Io(format!(
-            "checking message body {}: not a regular file; nothing was deleted, fix or \
-             remove it by hand",
-            path.display()
-        ))),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(SpoolError::io(
-            &format!(
-                "checking message body {} (nothing was deleted)",
-                path.display()
-            ),
-            &e,
-        )),
-    }
-}
-
 impl Spool {
     /// Opens the spool in `dir`, creating the layout if missing, deleting what a crash
     /// left half-done, and loading the index of everything durable. Blocking: call it
@@ -283,7 +176,6 @@ impl Spool {
         // The subdirectories must be durable before any body is renamed into them.
         fsync_dir(dir).map_err(|e| SpoolError::io("fsync of spool directory", &e))?;
 
-        let mut rec = Recovered::default();
         let ids = IdGen::default();
         #[cfg(test)]
         let faults: Faults = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -297,112 +189,17 @@ impl Spool {
         // Its directory entry must be durable too, or a crash could lose the file.
         fsync_dir(dir).map_err(|e| SpoolError::io("fsync of spool directory", &e))?;
 
-        // 2. Records. Nothing is deleted before every body has been checked: an error
-        // returns here and drops the transaction unchanged.
-        let mut index = Index::default();
-        let mut known = std::collections::HashSet::new();
-        let mut orphans = Vec::new();
-        let mut finished = Vec::new();
-        let paused_ms;
-        {
-            let txn = db
-                .begin_write()
-                .map_err(|e| SpoolError::db("recovery", e))?;
-            {
-                let table = txn
-                    .open_table(TABLE)
-                    .map_err(|e| SpoolError::db("recovery", e))?;
-                for row in table.iter().map_err(|e| SpoolError::db("recovery", e))? {
-                    let (k, v) = row.map_err(|e| SpoolError::db("recovery", e))?;
-                    let id = QueueId::from_u64(k.value());
-                    ids.observe(id);
-                    let body_exists = body_exists(&msg.join(id.to_string()))?;
-                    match serde_json::from_slice::<Record>(v.value()) {
-                        _ if !body_exists => orphans.push(id),
-                        Ok(r) if r.rcpts.iter().all(|r| r.state.is_final()) => finished.push(id),
-                        Ok(r) => {
-                            known.insert(id);
-                            index.set(id, &r);
-                        }
-                        Err(e) => {
-                            tracing::error!(%id, error = %e, "spool record unreadable; left in place");
-                            known.insert(id);
-                            rec.unreadable.push(id);
-                        }
-                    }
-                }
-            }
-            {
-                let meta = txn
-                    .open_table(META)
-                    .map_err(|e| SpoolError::db("recovery", e))?;
-                paused_ms = meta
-                    .get(PAUSED_KEY)
-                    .map_err(|e| SpoolError::db("recovery", e))?
-                    .map_or(0, |v| v.value());
-            }
-            if !orphans.is_empty() || !finished.is_empty() {
-                let mut table = txn
-                    .open_table(TABLE)
-                    .map_err(|e| SpoolError::db("recovery", e))?;
-                for id in &orphans {
-                    tracing::warn!(%id, "spool record without a body deleted");
-                    table
-                        .remove(id.as_u64())
-                        .map_err(|e| SpoolError::db("recovery", e))?;
-                }
-                for id in &finished {
-                    tracing::info!(%id, "finished message left by a crash removed");
-                    table
-                        .remove(id.as_u64())
-                        .map_err(|e| SpoolError::db("recovery", e))?;
-                }
-            }
-            txn.commit().map_err(|e| SpoolError::db("recovery", e))?;
-        }
-
-        // 3. Half-written bodies: never delivered, never acknowledged.
-        for entry in read_dir(&tmp)? {
-            remove_file(&entry)?;
-            rec.removed_partial += 1;
-        }
-
-        // Record gone (committed) first, then the body: the same order as `remove`.
-        for id in &finished {
-            remove_file(&msg.join(id.to_string()))?;
-        }
-        rec.removed_finished = finished.len();
-        rec.removed_orphan_records = orphans;
-
-        // 4. Bodies whose put never committed.
-        for path in read_dir(&msg)? {
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            match name.parse::<QueueId>() {
-                Ok(id) => {
-                    ids.observe(id);
-                    if !known.contains(&id) {
-                        remove_file(&path)?;
-                        rec.removed_orphan_bodies += 1;
-                    }
-                }
-                Err(_) => {
-                    tracing::warn!(path = %path.display(), "foreign file in spool left alone")
-                }
-            }
-        }
-
-        let (messages, pending) = index.counts();
-        rec.messages = messages;
-        rec.pending_recipients = pending;
+        // 2.-4. What a crash left behind (see `recover`).
+        let found = recover::recover(&db, &tmp, &msg, &ids)?;
 
         let shared = Arc::new(Shared {
             tmp,
             msg,
             db_path,
             db: RwLock::new(Some(db)),
-            index: Mutex::new(index),
+            index: Mutex::new(found.index),
             ids,
-            paused_ms: AtomicU64::new(paused_ms),
+            paused_ms: AtomicU64::new(found.paused_ms),
             faults,
             #[cfg(test)]
             fail_next_commit: std::sync::atomic::AtomicBool::new(false),
@@ -419,7 +216,7 @@ impl Spool {
                 tx: Some(tx),
                 writer: Some(writer),
             },
-            rec,
+            found.recovered,
         ))
     }
 
@@ -753,654 +550,5 @@ impl Drop for Spool {
         if let Some(w) = self.writer.take() {
             let _ = w.join();
         }
-    }
-}
-
-/// A message body on its way into the spool: the file `tmp/<id>`, written as DATA
-/// arrives, so a message is never held whole in memory. Dropped without
-/// [`Spool::commit`] (the message was refused, the session ended, a write failed), it
-/// deletes its file: a refused message leaves nothing behind.
-#[derive(Debug)]
-pub struct BodyWriter {
-    id: QueueId,
-    /// `None` after a write error or once `commit` took it.
-    file: Option<tokio::fs::File>,
-    /// The file to delete on drop; `None` once `commit` owns it.
-    path: Option<PathBuf>,
-    len: u64,
-}
-
-impl BodyWriter {
-    /// Appends `chunk`. After an error the writer is spent: drop it.
-    pub async fn write(&mut self, chunk: &[u8]) -> Result<(), SpoolError> {
-        let id = self.id;
-        let Some(file) = self.file.as_mut() else {
-            return Err(SpoolError::Io(format!(
-                "body {id}: an earlier write failed"
-            )));
-        };
-        if let Err(e) = file.write_all(chunk).await {
-            self.file = None;
-            return Err(SpoolError::io(&format!("writing body {id}"), &e));
-        }
-        self.len += chunk.len() as u64;
-        Ok(())
-    }
-
-    /// Bytes written so far.
-    pub fn len(&self) -> u64 {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-}
-
-impl Drop for BodyWriter {
-    fn drop(&mut self) {
-        // The handle first (tokio finishes a write in flight in the background; the
-        // unlink below does not depend on it).
-        self.file = None;
-        if let Some(path) = self.path.take() {
-            if let Err(e) = fs::remove_file(&path) {
-                if e.kind() != io::ErrorKind::NotFound {
-                    tracing::warn!(path = %path.display(), error = %e, "could not delete a refused body; it is removed at the next start");
-                }
-            }
-        }
-    }
-}
-
-fn read_dir(dir: &Path) -> Result<Vec<PathBuf>, SpoolError> {
-    let ctx = || format!("listing {}", dir.display());
-    let mut out = Vec::new();
-    for entry in fs::read_dir(dir).map_err(|e| SpoolError::io(&ctx(), &e))? {
-        out.push(entry.map_err(|e| SpoolError::io(&ctx(), &e))?.path());
-    }
-    Ok(out)
-}
-
-fn remove_file(path: &Path) -> Result<(), SpoolError> {
-    let r = if path.is_dir() {
-        fs::remove_dir_all(path)
-    } else {
-        fs::remove_file(path)
-    };
-    r.map_err(|e| SpoolError::io(&format!("deleting {}", path.display()), &e))
-}
-
-/// A storage backend for test builds that fails every write while its switch is on:
-/// the full disk of issue 8 without mounting anything.
-#[cfg(test)]
-mod faulty {
-    use redb::backends::FileBackend;
-    use redb::StorageBackend;
-    use std::io;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
-
-    #[derive(Debug)]
-    pub(crate) struct FaultyBackend {
-        inner: FileBackend,
-        fail: Arc<AtomicBool>,
-    }
-
-    impl FaultyBackend {
-        pub(crate) fn new(inner: FileBackend, fail: Arc<AtomicBool>) -> Self {
-            Self { inner, fail }
-        }
-        fn check(&self) -> io::Result<()> {
-            if self.fail.load(Ordering::SeqCst) {
-                Err(io::Error::from_raw_os_error(28))
-            } else {
-                Ok(())
-            }
-        }
-    }
-
-    impl StorageBackend for FaultyBackend {
-        fn len(&self) -> io::Result<u64> {
-            self.inner.len()
-        }
-        fn read(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-            self.inner.read(offset, len)
-        }
-        fn set_len(&self, len: u64) -> io::Result<()> {
-            self.check()?;
-            self.inner.set_len(len)
-        }
-        fn sync_data(&self, eventual: bool) -> io::Result<()> {
-            self.check()?;
-            self.inner.sync_data(eventual)
-        }
-        fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
-            self.check()?;
-            self.inner.write(offset, data)
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::queue::record::StoredReply;
-    use std::time::Instant;
-
-    fn env() -> Envelope {
-        Envelope {
-            from: "news@sender.example".into(),
-            size: None,
-            eight_bit: false,
-            smtputf8: false,
-        }
-    }
-
-    fn rcpts(n: usize) -> Vec<String> {
-        (0..n).map(|i| format!("r{i}@rcpt.example")).collect()
-    }
-
-    fn files(dir: &Path) -> Vec<String> {
-        let mut v: Vec<String> = fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        v.sort();
-        v
-    }
-
-    fn delivered() -> RcptState {
-        RcptState::Delivered {
-            reply: StoredReply {
-                code: 250,
-                enhanced: Some("2.0.0".into()),
-                text: "ok queued as 1".into(),
-            },
-        }
-    }
-
-    #[tokio::test]
-    async fn put_then_read_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let (spool, rec) = Spool::open(dir.path()).unwrap();
-        assert_eq!(rec, Recovered::default());
-        let body = b"Subject: hi\r\n\r\nhello\r\n";
-        let id = spool.put(&env(), &rcpts(2), body).await.unwrap();
-        assert_eq!(spool.read_body(id).await.unwrap(), body);
-        assert_eq!(fs::read(spool.body_path(id)).unwrap(), body);
-        let m = spool.get(id).unwrap().unwrap();
-        assert_eq!(m.envelope, env());
-        assert_eq!(m.body_len, body.len() as u64);
-        assert_eq!(m.rcpts[1].address, "r1@rcpt.example");
-        assert_eq!(m.rcpts[1].state, RcptState::new_pending());
-        assert_eq!(spool.due(now_ms(), 10), vec![(id, vec![0, 1])]);
-        assert!(files(&dir.path().join("tmp")).is_empty());
-        assert_eq!(files(&dir.path().join("msg")), vec![id.to_string()]);
-        assert!(matches!(
-            spool.put(&env(), &[], body).await,
-            Err(SpoolError::Invalid(_))
-        ));
-    }
-
-    #[tokio::test]
-    async fn a_finished_message_left_by_a_crash_is_removed_at_open() {
-        let dir = tempfile::tempdir().unwrap();
-        let (done, open_one);
-        {
-            let (spool, _) = Spool::open(dir.path()).unwrap();
-            done = spool.put(&env(), &rcpts(1), b"done").await.unwrap();
-            open_one = spool.put(&env(), &rcpts(1), b"open").await.unwrap();
-            // The outcome is recorded, then the process dies before `remove`.
-            spool.record(done, vec![(0, delivered())]).await.unwrap();
-        }
-        let (spool, rec) = Spool::open(dir.path()).unwrap();
-        assert_eq!(rec.removed_finished, 1);
-        assert_eq!(rec.messages, 1);
-        assert!(spool.get(done).unwrap().is_none());
-        assert_eq!(files(&dir.path().join("msg")), vec![open_one.to_string()]);
-    }
-
-    #[tokio::test]
-    async fn recipient_states_record_remove_and_survive_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let (a, b);
-        {
-            let (spool, _) = Spool::open(dir.path()).unwrap();
-            a = spool.put(&env(), &rcpts(3), b"a").await.unwrap();
-            b = spool.put(&env(), &rcpts(1), b"b").await.unwrap();
-            assert!(a < b);
-            let later = now_ms() + 3_600_000;
-            spool
-                .record(
-                    a,
-                    vec![
-                        (0, delivered()),
-                        (
-                            1,
-                            RcptState::Pending {
-                                attempts: 1,
-                                next_attempt: later,
-                                last_reply: None,
-                            },
-                        ),
-                    ],
-                )
-                .await
-                .unwrap();
-            // Only recipient 2 of `a` is due now.
-            assert_eq!(spool.due(now_ms(), 10), vec![(a, vec![2]), (b, vec![0])]);
-            // Not all final yet: remove refuses.
-            assert!(!spool.remove(a).await.unwrap());
-            // A final state stays final; a bad index is refused; all or nothing.
-            let failed = RcptState::Failed {
-                reply: StoredReply {
-                    code: 550,
-                    enhanced: None,
-                    text: "no".into(),
-                },
-            };
-            assert!(matches!(
-                spool.record(a, vec![(2, delivered()), (0, failed)]).await,
-                Err(SpoolError::Invalid(_))
-            ));
-            assert!(matches!(
-                spool.record(a, vec![(9, delivered())]).await,
-                Err(SpoolError::Invalid(_))
-            ));
-            assert!(matches!(
-                spool.record(QueueId::from_u64(1), vec![]).await,
-                Err(SpoolError::NotFound(_))
-            ));
-            spool.record(b, vec![(0, delivered())]).await.unwrap();
-            // The same final state again (a retried commit that had reached the disk)
-            // is accepted and changes nothing.
-            spool.record(b, vec![(0, delivered())]).await.unwrap();
-            assert!(spool.remove(b).await.unwrap());
-            assert!(!spool.body_path(b).exists());
-            assert!(spool.get(b).unwrap().is_none());
-        }
-        let (spool, rec) = Spool::open(dir.path()).unwrap();
-        assert_eq!(rec.messages, 1);
-        assert_eq!(rec.pending_recipients, 2);
-        let m = spool.get(a).unwrap().unwrap();
-        assert_eq!(m.rcpts[0].state, delivered());
-        assert!(matches!(
-            m.rcpts[1].state,
-            RcptState::Pending { attempts: 1, .. }
-        ));
-        assert_eq!(spool.due(now_ms(), 10), vec![(a, vec![2])]);
-        // retry_now makes the deferred recipient due too, durably.
-        assert_eq!(spool.retry_now(Which::All).await.unwrap(), 1);
-        assert_eq!(spool.due(now_ms(), 10), vec![(a, vec![1, 2])]);
-        drop(spool);
-        let (spool, _) = Spool::open(dir.path()).unwrap();
-        assert_eq!(spool.due(now_ms(), 10), vec![(a, vec![1, 2])]);
-        // A new id after reopen sorts after the old ones.
-        let c = spool.put(&env(), &rcpts(1), b"c").await.unwrap();
-        assert!(c > a && c > b);
-        spool.delete(a).await.unwrap();
-        assert!(matches!(
-            spool.delete(a).await,
-            Err(SpoolError::NotFound(_))
-        ));
-        assert_eq!(
-            spool
-                .list()
-                .unwrap()
-                .into_iter()
-                .map(|m| m.id)
-                .collect::<Vec<_>>(),
-            vec![c]
-        );
-    }
-
-    #[tokio::test]
-    async fn all_puts_recovered_after_drop() {
-        let dir = tempfile::tempdir().unwrap();
-        let spool = Arc::new(Spool::open(dir.path()).unwrap().0);
-        let mut tasks = Vec::new();
-        for t in 0..10 {
-            let s = Arc::clone(&spool);
-            tasks.push(tokio::spawn(async move {
-                let mut ids = Vec::new();
-                for i in 0..20 {
-                    let body = format!("task {t} message {i}");
-                    ids.push(
-                        s.put(&env(), &rcpts(1 + i % 3), body.as_bytes())
-                            .await
-                            .unwrap(),
-                    );
-                }
-                ids
-            }));
-        }
-        let mut ids = Vec::new();
-        for t in tasks {
-            ids.extend(t.await.unwrap());
-        }
-        drop(spool);
-        let (spool, rec) = Spool::open(dir.path()).unwrap();
-        assert_eq!(rec.messages, 200);
-        assert_eq!(rec.removed_orphan_bodies + rec.removed_partial, 0);
-        let mut listed: Vec<QueueId> = spool.list().unwrap().into_iter().map(|m| m.id).collect();
-        ids.sort();
-        listed.sort();
-        assert_eq!(listed, ids);
-        for id in ids {
-            let body = String::from_utf8(spool.read_body(id).await.unwrap()).unwrap();
-            assert!(body.starts_with("task "));
-        }
-    }
-
-    #[tokio::test]
-    async fn crash_leftovers_are_cleaned_not_recovered() {
-        let dir = tempfile::tempdir().unwrap();
-        let (kept, lost);
-        {
-            let (spool, _) = Spool::open(dir.path()).unwrap();
-            kept = spool.put(&env(), &rcpts(1), b"kept").await.unwrap();
-            // A record whose body someone deleted: undeliverable.
-            lost = spool.put(&env(), &rcpts(1), b"lost").await.unwrap();
-            fs::remove_file(spool.body_path(lost)).unwrap();
-        }
-        // A crash while writing a body, and one after the rename but before the commit.
-        let half = QueueId::from_u64(lost.as_u64() + 1).to_string();
-        let uncommitted = QueueId::from_u64(lost.as_u64() + 2).to_string();
-        fs::write(dir.path().join("tmp").join(&half), b"Subject: half").unwrap();
-        fs::write(dir.path().join("msg").join(&uncommitted), b"complete").unwrap();
-
-        let (spool, rec) = Spool::open(dir.path()).unwrap();
-        assert_eq!(rec.removed_partial, 1);
-        assert_eq!(rec.removed_orphan_bodies, 1);
-        assert_eq!(rec.removed_orphan_records, vec![lost]);
-        assert_eq!(rec.messages, 1);
-        assert!(files(&dir.path().join("tmp")).is_empty());
-        assert_eq!(files(&dir.path().join("msg")), vec![kept.to_string()]);
-        assert_eq!(spool.due(now_ms(), 10), vec![(kept, vec![0])]);
-        assert!(spool.get(lost).unwrap().is_none());
-        // New ids never reuse those of the deleted leftovers.
-        let next = spool.put(&env(), &rcpts(1), b"n").await.unwrap();
-        assert!(next.to_string() > uncommitted);
-    }
-
-    #[tokio::test]
-    async fn failed_body_write_leaves_no_trace() {
-        let dir = tempfile::tempdir().unwrap();
-        let (spool, _) = Spool::open(dir.path()).unwrap();
-        let ok = spool.put(&env(), &rcpts(1), b"ok").await.unwrap();
-        // Root ignores permissions, so break the layout instead: tmp/ becomes a file.
-        let tmp = dir.path().join("tmp");
-        fs::remove_dir(&tmp).unwrap();
-        fs::write(&tmp, b"not a directory").unwrap();
-        let err = spool.put(&env(), &rcpts(1), b"lost").await.unwrap_err();
-        assert!(matches!(err, SpoolError::Io(_)), "{err:?}");
-        assert_eq!(err.smtp_reply().code, 452);
-        assert_eq!(spool.len(), 1);
-        assert_eq!(files(&dir.path().join("msg")), vec![ok.to_string()]);
-        // And msg/ a file: the rename fails, the tmp body is removed.
-        fs::remove_file(&tmp).unwrap();
-        fs::create_dir(&tmp).unwrap();
-        let msg = dir.path().join("msg");
-        let moved = dir.path().join("msg.bak");
-        fs::rename(&msg, &moved).unwrap();
-        fs::write(&msg, b"not a directory").unwrap();
-        assert!(spool.put(&env(), &rcpts(1), b"lost").await.is_err());
-        assert!(files(&tmp).is_empty());
-        fs::remove_file(&msg).unwrap();
-        fs::rename(&moved, &msg).unwrap();
-        assert_eq!(spool.list().unwrap().len(), 1);
-        drop(spool);
-        let (_, rec) = Spool::open(dir.path()).unwrap();
-        assert_eq!(rec.messages, 1);
-        assert_eq!(rec.removed_partial + rec.removed_orphan_bodies, 0);
-    }
-
-    #[tokio::test]
-    async fn failed_commit_acknowledges_nothing_and_cleans_the_round() {
-        let dir = tempfile::tempdir().unwrap();
-        let (spool, _) = Spool::open(dir.path()).unwrap();
-        let a = spool.put(&env(), &rcpts(1), b"a").await.unwrap();
-        spool.fail_next_commit();
-        let err = spool.put(&env(), &rcpts(1), b"b").await.unwrap_err();
-        assert!(err.is_storage(), "{err:?}");
-        assert_eq!(spool.len(), 1);
-        assert_eq!(files(&dir.path().join("msg")), vec![a.to_string()]);
-        // A failed update changes neither disk nor index.
-        spool.fail_next_commit();
-        assert!(spool.record(a, vec![(0, delivered())]).await.is_err());
-        assert_eq!(spool.due(now_ms(), 10), vec![(a, vec![0])]);
-        // The spool keeps working afterwards.
-        let c = spool.put(&env(), &rcpts(1), b"c").await.unwrap();
-        assert_eq!(spool.len(), 2);
-        drop(spool);
-        let (spool, rec) = Spool::open(dir.path()).unwrap();
-        assert_eq!(rec.messages, 2);
-        assert_eq!(
-            spool.get(a).unwrap().unwrap().rcpts[0].state,
-            RcptState::new_pending()
-        );
-        assert!(spool.get(c).unwrap().is_some());
-    }
-
-    /// Issue 8.2: a body that cannot be checked (here ELOOP, an error root gets too,
-    /// unlike EACCES) is not "missing": the open stops naming the file, and nothing is
-    /// deleted — neither the record nor anything else.
-    #[cfg(unix)]
-    #[tokio::test]
-    async fn recovery_deletes_only_what_is_really_gone() {
-        let dir = tempfile::tempdir().unwrap();
-        let (ok, looped);
-        {
-            let (spool, _) = Spool::open(dir.path()).unwrap();
-            ok = spool.put(&env(), &rcpts(1), b"ok").await.unwrap();
-            looped = spool.put(&env(), &rcpts(1), b"looped").await.unwrap();
-        }
-        let body = dir.path().join("msg").join(looped.to_string());
-        let saved = dir.path().join("saved-body");
-        fs::rename(&body, &saved).unwrap();
-        // A symlink to itself: stat fails with ELOOP.
-        std::os::unix::fs::symlink(&body, &body).unwrap();
-        fs::write(dir.path().join("tmp").join("leftover"), b"half").unwrap();
-        let err = match Spool::open(dir.path()) {
-            Ok(_) => panic!("opened a spool whose body cannot be checked"),
-            Err(e) => e,
-        };
-        let text = err.to_string();
-        assert!(text.contains(&body.display().to_string()), "{text}");
-        assert!(matches!(err, SpoolError::Io(_)), "{err:?}");
-        // Nothing deleted: the tmp leftover is still there, and once the body is
-        // readable again both messages are recovered.
-        assert_eq!(files(&dir.path().join("tmp")), vec!["leftover".to_string()]);
-        fs::remove_file(&body).unwrap();
-        fs::rename(&saved, &body).unwrap();
-        let (spool, rec) = Spool::open(dir.path()).unwrap();
-        assert_eq!(rec.messages, 2, "{rec:?}");
-        assert!(rec.removed_orphan_records.is_empty());
-        assert_eq!(spool.read_body(looped).await.unwrap(), b"looped");
-        assert!(spool.get(ok).unwrap().is_some());
-        drop(spool);
-        // A body that is really gone (NotFound) still lets its record go.
-        fs::remove_file(&body).unwrap();
-        let (_, rec) = Spool::open(dir.path()).unwrap();
-        assert_eq!(rec.removed_orphan_records, vec![looped]);
-        assert_eq!(rec.messages, 1);
-    }
-
-    /// Issue 8.6: the database holds every queued address: owner only, also when an
-    /// older spool had it wider.
-    #[cfg(unix)]
-    #[tokio::test]
-    async fn the_database_is_created_0600() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
-        let db = dir.path().join(DB_FILE);
-        drop(Spool::open(dir.path()).unwrap());
-        assert_eq!(mode(&db), 0o600);
-        fs::set_permissions(&db, fs::Permissions::from_mode(0o644)).unwrap();
-        let (spool, _) = Spool::open(dir.path()).unwrap();
-        assert_eq!(mode(&db), 0o600);
-        let id = spool.put(&env(), &rcpts(1), b"x").await.unwrap();
-        assert_eq!(mode(&spool.body_path(id)), 0o600);
-    }
-
-    /// Issue 8.3: after a write error redb refuses everything ("Previous I/O error")
-    /// until reopened. The spool reopens it by itself once writes work again; nothing
-    /// acknowledged is lost, nothing half-done shows.
-    #[tokio::test]
-    async fn a_latched_database_is_reopened_when_writes_work_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let (spool, _) = Spool::open(dir.path()).unwrap();
-        let a = spool.put(&env(), &rcpts(2), b"a").await.unwrap();
-        spool.set_disk_full(true);
-        let err = spool.record(a, vec![(0, delivered())]).await.unwrap_err();
-        assert!(err.is_storage(), "{err:?}");
-        assert!(spool.put(&env(), &rcpts(1), b"b").await.is_err());
-        assert!(spool.save_state().await.is_err());
-        spool.set_disk_full(false);
-        // Latched: it takes a reopen (at most every REOPEN_INTERVAL) to write again.
-        let mut ok = false;
-        for _ in 0..100 {
-            if spool.save_state().await.is_ok() {
-                ok = true;
-                break;
-            }
-            tokio::time::sleep(REOPEN_INTERVAL / 4).await;
-        }
-        assert!(ok, "never writable again");
-        spool.record(a, vec![(0, delivered())]).await.unwrap();
-        let b = spool.put(&env(), &rcpts(1), b"b").await.unwrap();
-        assert_eq!(spool.len(), 2);
-        assert_eq!(spool.due(now_ms(), 10), vec![(a, vec![1]), (b, vec![0])]);
-        assert!(files(&dir.path().join("tmp")).is_empty());
-        assert_eq!(files(&dir.path().join("msg")).len(), 2);
-        drop(spool);
-        let (spool, rec) = Spool::open(dir.path()).unwrap();
-        assert_eq!(rec.messages, 2);
-        assert_eq!(spool.get(a).unwrap().unwrap().rcpts[0].state, delivered());
-    }
-
-    /// Issue 8.6: the time spent paused is kept in the spool, so a restart after a
-    /// paused weekend does not expire the queue; a message only gets credit for pauses
-    /// after it arrived.
-    #[tokio::test]
-    async fn paused_time_survives_a_reopen_and_counts_from_arrival() {
-        const DAY: u64 = 24 * 3600 * 1000;
-        let max_age = Duration::from_millis(4 * DAY);
-        let dir = tempfile::tempdir().unwrap();
-        let (old, t0);
-        {
-            let (spool, _) = Spool::open(dir.path()).unwrap();
-            old = spool.put(&env(), &rcpts(1), b"old").await.unwrap();
-            t0 = spool.get(old).unwrap().unwrap().received;
-            spool.add_paused(3 * DAY);
-            spool.save_state().await.unwrap();
-        }
-        let (spool, _) = Spool::open(dir.path()).unwrap();
-        assert_eq!(spool.paused_ms(), 3 * DAY);
-        let young = spool.put(&env(), &rcpts(1), b"young").await.unwrap();
-        let m = spool.get(young).unwrap().unwrap();
-        assert_eq!(m.paused_at_arrival, 3 * DAY);
-        // Five days after `old` arrived, three of them paused: two days old.
-        let later = t0 + 5 * DAY;
-        assert_eq!(
-            spool
-                .get(old)
-                .unwrap()
-                .unwrap()
-                .age_ms(later, spool.paused_ms()),
-            2 * DAY
-        );
-        // `young` arrived (just) after the pause: no credit, five days old, expired.
-        assert_eq!(spool.expired(later, max_age), vec![young]);
-        // Seven days after, give or take an hour: `old` has four unpaused days, less or
-        // more an hour.
-        assert_eq!(
-            spool.expired(t0 + 7 * DAY - 3_600_000, max_age),
-            vec![young]
-        );
-        assert_eq!(
-            spool.expired(t0 + 7 * DAY + 3_600_000, max_age),
-            vec![old, young]
-        );
-    }
-
-    /// Issue 8.4: a body is written to `tmp/` as it arrives; a refused one (the writer
-    /// dropped) leaves nothing behind, a committed one moves to `msg/`.
-    #[tokio::test]
-    async fn bodies_stream_to_tmp_and_leave_nothing_when_dropped() {
-        let dir = tempfile::tempdir().unwrap();
-        let (spool, _) = Spool::open(dir.path()).unwrap();
-        let mut w = spool.create_body().await.unwrap();
-        for _ in 0..64 {
-            w.write(&[b'x'; 1024]).await.unwrap();
-        }
-        assert_eq!(w.len(), 65536);
-        assert_eq!(files(&dir.path().join("tmp")).len(), 1);
-        drop(w);
-        assert!(files(&dir.path().join("tmp")).is_empty());
-        let mut w = spool.create_body().await.unwrap();
-        w.write(b"Subject: a\r\n\r\n").await.unwrap();
-        w.write(b"body\r\n").await.unwrap();
-        let id = spool.commit(w, &env(), &rcpts(1)).await.unwrap();
-        assert!(files(&dir.path().join("tmp")).is_empty());
-        assert_eq!(
-            spool.read_body(id).await.unwrap(),
-            b"Subject: a\r\n\r\nbody\r\n"
-        );
-        assert_eq!(spool.get(id).unwrap().unwrap().body_len, 20);
-        // No recipients: refused, and nothing left either.
-        let w = spool.create_body().await.unwrap();
-        assert!(matches!(
-            spool.commit(w, &env(), &[]).await,
-            Err(SpoolError::Invalid(_))
-        ));
-        assert!(files(&dir.path().join("tmp")).is_empty());
-        assert_eq!(spool.len(), 1);
-    }
-
-    #[tokio::test]
-    async fn open_refuses_a_broken_layout() {
-        let dir = tempfile::tempdir().unwrap();
-        fs::write(dir.path().join("msg"), b"file").unwrap();
-        assert!(matches!(Spool::open(dir.path()), Err(SpoolError::Io(_))));
-    }
-
-    /// Not a benchmark with assertions: prints what this machine does. Run with
-    /// `cargo test --release --lib queue::spool::tests::throughput -- --nocapture`.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn throughput_2000_puts_from_20_tasks() {
-        // On the real disk, not a tmpfs, when MAILVALVE_SPOOL_BENCH_DIR says where.
-        let base = std::env::var_os("MAILVALVE_SPOOL_BENCH_DIR").map(PathBuf::from);
-        let dir = match &base {
-            Some(b) => tempfile::tempdir_in(b).unwrap(),
-            None => tempfile::tempdir().unwrap(),
-        };
-        let spool = Arc::new(Spool::open(dir.path()).unwrap().0);
-        let mut body = b"Subject: newsletter\r\n\r\n".to_vec();
-        body.resize(10 * 1024, b'x');
-        let body = Arc::new(body);
-        let start = Instant::now();
-        let mut tasks = Vec::new();
-        for _ in 0..20 {
-            let s = Arc::clone(&spool);
-            let body = Arc::clone(&body);
-            tasks.push(tokio::spawn(async move {
-                for _ in 0..100 {
-                    s.put(&env(), &rcpts(1), &body).await.unwrap();
-                }
-            }));
-        }
-        for t in tasks {
-            t.await.unwrap();
-        }
-        let secs = start.elapsed().as_secs_f64();
-        assert_eq!(spool.len(), 2000);
-        println!(
-            "spool: 2000 puts of 10 KB from 20 tasks in {:.3} s = {:.0} messages/s ({})",
-            secs,
-            2000.0 / secs,
-            dir.path().display()
-        );
     }
 }

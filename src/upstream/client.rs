@@ -607,7 +607,6 @@ impl Connection {
         auth::Commands::command_redacted(self, line, line, phase, expect, wait).await
     }
 
-
     /// Writes the command(s) in `bytes`, after checking that the provider has not sent
     /// anything since the last reply we read: bytes waiting now would be taken for the
     /// reply to this command (more replies than commands, e.g. a pipelined batch

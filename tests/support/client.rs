@@ -1,5 +1,5 @@
 //! A blocking SMTP client over `TcpStream`, for interop tests that assert exact reply
-//! codes: the mailer of `tests/interop.rs` and `tests/interop_queue.rs`, and the raw
+//! codes: the mailer of `tests/interop/` and `tests/interop_queue/`, and the raw
 //! connections of `tests/interop_postfix.rs`. Every read and write has a timeout and a
 //! reply is at most `MAX_REPLY_LINES` lines, so no call can hang a test.
 //!

@@ -1,7 +1,7 @@
 //! The harness for interop tests that drive the real binary and real tools (swaks,
 //! smtp-source, smtp-sink, Postfix): finding tools (skipping, or failing under
 //! `MAILVALVE_REQUIRE_TOOLS`), free loopback ports, child processes that are killed when
-//! dropped, bounded runs. Shared by `tests/interop.rs` and `tests/interop_postfix.rs`.
+//! dropped, bounded runs. Shared by `tests/interop/` and `tests/interop_postfix.rs`.
 
 use std::fs::{self, File};
 use std::net::{SocketAddr, TcpListener, TcpStream};

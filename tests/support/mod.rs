@@ -1,7 +1,9 @@
 //! Shared helpers for integration tests. Each test binary uses only part of it.
 #![allow(dead_code)]
 
+pub mod capture;
 pub mod client;
 pub mod harness;
+pub mod inbound;
 pub mod provider;
 pub mod sink;

@@ -1,6 +1,6 @@
 //! `smtp-sink` (Debian package `postfix`) as the provider of interop tests, optionally
-//! dumping every transaction to its own file (`-d`). Shared by `tests/interop.rs`,
-//! `tests/interop_queue.rs` and `tests/interop_postfix.rs`.
+//! dumping every transaction to its own file (`-d`). Shared by `tests/interop/`,
+//! `tests/interop_queue/` and `tests/interop_postfix.rs`.
 
 use super::harness::{is_root, Proc, STARTUP};
 
