@@ -2,7 +2,7 @@
 //! provider's SMTP server.
 //!
 //! - [`Settings`]: the `[upstream]` config plus the TLS connector, prepared once.
-//! - [`Connection`] (`client.rs`, `auth.rs`, `tls.rs`, `stream.rs`): one SMTP session —
+//! - [`Connection`] (`client.rs` and `client/`, `auth.rs`, `tls.rs`, `stream.rs`): one SMTP session —
 //!   connect, implicit TLS or STARTTLS (plaintext after the 220 discarded, EHLO again),
 //!   AUTH PLAIN/LOGIN, MAIL+RCPT pipelined when offered, DATA with re-dot-stuffing, RSET,
 //!   QUIT. Every read is bounded by its RFC 5321 timeout. It reports replies verbatim
