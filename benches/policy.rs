@@ -7,14 +7,15 @@
 //! Run: `cargo bench --bench policy`. Timings are short on purpose (2-core machine).
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
+use futures::FutureExt;
 use governor::{Quota, RateLimiter};
 use mailvalve::policy::classify::Classifier;
 use mailvalve::policy::clock::SystemClock;
 use mailvalve::policy::controller::{Controller, ControllerParams, FeedbackCtx};
-use mailvalve::policy::semaphore::PermitPool;
 use mailvalve::policy::suppression::{MemoryStore, SoftPolicy, Suppressions};
 use mailvalve::policy::verdict::{Phase, Verdict};
 use mailvalve::smtp::Reply;
+use mailvalve::upstream::ConcurrencyLimit;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -96,13 +97,18 @@ fn feedback(c: &mut Criterion) {
     });
 }
 
+/// The connection limit as admission enforces it: following the controller's.
+fn permits(ctl: &Controller) -> Arc<ConcurrencyLimit> {
+    ConcurrencyLimit::following(ctl.watch_limit())
+}
+
 fn admission(c: &mut Criterion) {
     let ctl = controller();
-    let pool = PermitPool::new(64);
+    let pool = permits(&ctl);
     c.bench_function("admission/uncontended", |b| {
         b.iter(|| {
             let _ = black_box(ctl.admit());
-            black_box(pool.try_acquire())
+            black_box(pool.acquire().now_or_never())
         })
     });
     // 8 tasks on a 2-worker runtime, each doing `per_task` admit + acquire + release.
@@ -111,8 +117,16 @@ fn admission(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let ctl = Arc::new(controller());
-    let pool = Arc::new(PermitPool::new(4));
+    let ctl = Arc::new(Controller::new(
+        ControllerParams {
+            initial_connections: 4,
+            max_connections: 4,
+            rate_per_second: None,
+            ..ControllerParams::default()
+        },
+        SystemClock::new(),
+    ));
+    let pool = permits(&ctl);
     c.bench_function("admission/8_tasks", |b| {
         b.iter_custom(|iters| {
             let per_task = iters.div_ceil(8).max(1);
@@ -154,7 +168,7 @@ fn suppression(c: &mut Criterion) {
 fn whole_loop(c: &mut Criterion) {
     let classifier = Classifier::builtin().unwrap();
     let ctl = controller();
-    let pool = PermitPool::new(64);
+    let pool = permits(&ctl);
     let list = suppression_list(10_000);
     let mail = reply("250 2.1.0 Ok\r\n");
     let rcpt = reply("250 2.1.5 Ok\r\n");
@@ -165,7 +179,7 @@ fn whole_loop(c: &mut Criterion) {
                 return;
             }
             let _ = ctl.admit();
-            let permit = pool.try_acquire();
+            let permit = pool.acquire().now_or_never();
             for (phase, r) in [
                 (Phase::Mail, &mail),
                 (Phase::Rcpt, &rcpt),

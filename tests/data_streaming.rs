@@ -11,12 +11,9 @@
 
 mod support;
 
-use mailvalve::cli::passthrough::Passthrough;
-use mailvalve::cli::run::{Policy, QueueMode};
-use mailvalve::config::profile;
 use mailvalve::config::{Config, Mode, ServerConfig, UpstreamConfig};
+use mailvalve::relay::{Passthrough, Relay, RunningRelay};
 use mailvalve::server::relay::BufferBudget;
-use mailvalve::server::suppress::SuppressingRelay;
 use mailvalve::upstream::{Admission, Settings};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -135,8 +132,7 @@ fn files(dir: &Path) -> Vec<(String, u64)> {
 struct QueueRig {
     addr: SocketAddr,
     spool: PathBuf,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
+    relay: RunningRelay,
     _dir: tempfile::TempDir,
 }
 
@@ -160,35 +156,19 @@ async fn queue_mode() -> QueueRig {
     cfg.queue.dir = dir.path().join("spool");
     cfg.suppression.path = dir.path().join("suppression.redb");
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let prof = profile::builtin("local").unwrap().unwrap();
-    let policy = Policy::build(&cfg, &prof).unwrap();
-    let stop = CancellationToken::new();
-    let q = QueueMode::start(&cfg, &prof, &policy, stop.clone())
+    cfg.server.listen = listener.local_addr().unwrap();
+    cfg.server.max_message_size = 4 * 1024 * 1024;
+    cfg.server.shutdown_grace = Duration::from_millis(500);
+    let spool = cfg.queue.dir.clone();
+    let relay = Relay::new(cfg)
+        .unwrap()
+        .start(listener, CancellationToken::new())
         .await
         .unwrap();
-    let relay = Arc::new(SuppressingRelay::new(
-        q.relay.clone(),
-        policy.suppressions.clone(),
-    ));
-    let server = Arc::new(ServerConfig {
-        listen: addr,
-        max_message_size: 4 * 1024 * 1024,
-        shutdown_grace: Duration::from_millis(500),
-        ..ServerConfig::default()
-    });
-    let s = stop.clone();
-    let task = tokio::spawn(async move {
-        mailvalve::server::serve(listener, server, relay, s)
-            .await
-            .unwrap();
-        q.stop().await;
-    });
     QueueRig {
-        addr,
-        spool: cfg.queue.dir,
-        stop,
-        task,
+        addr: relay.local_addr(),
+        spool,
+        relay,
         _dir: dir,
     }
 }
@@ -201,8 +181,7 @@ impl QueueRig {
         files(&self.spool.join("msg"))
     }
     async fn stop(self) {
-        self.stop.cancel();
-        timeout(WAIT, self.task).await.unwrap().unwrap();
+        timeout(WAIT, self.relay.stop()).await.unwrap().unwrap();
     }
 }
 

@@ -3,7 +3,7 @@
 //! once, the unknown ones suppressed and answered locally the second time, few refused
 //! connections. Bounded by `max_time` and an outer timeout.
 
-use mailvalve::cli::demo::{provider, run_demo, DemoOptions, Live};
+use mailvalve::demo::{provider, run_demo, DemoOptions};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -17,14 +17,13 @@ async fn small_campaign_delivers_once_and_suppresses_unknowns() {
         max_connections: 6,
         probe_interval: Duration::from_secs(5),
         senders: 8,
-        live: Live::Off,
         ..DemoOptions::default()
     };
     let r = tokio::time::timeout(Duration::from_secs(120), run_demo(opts))
         .await
         .expect("the demo is bounded")
         .expect("the demo runs");
-    println!("{}", mailvalve::cli::demo::summary(&r));
+    println!("{r:#?}");
 
     assert!(r.completed(), "finished before max_time: {r:#?}");
     let unknown = (0..300u64).filter(|n| provider::is_unknown(*n)).count();

@@ -32,14 +32,12 @@ mod per_message;
 #[path = "hostile_provider/stalls.rs"]
 mod stalls;
 
-use mailvalve::cli::passthrough::Passthrough;
-use mailvalve::cli::run::{Policy, QueueMode};
-use mailvalve::cli::wiring;
 use mailvalve::config::profile::{self, Profile};
-use mailvalve::config::{Config, Mode, ServerConfig, TlsMode, UpstreamConfig};
+use mailvalve::config::{Config, Mode, TlsMode, UpstreamConfig};
 use mailvalve::policy::controller::ControllerParams;
 use mailvalve::queue::{RcptState, Spool};
-use mailvalve::server::suppress::SuppressingRelay;
+use mailvalve::relay::limits;
+use mailvalve::relay::{Policy, RunningRelay};
 use mailvalve::upstream::{Connection, Settings, UpstreamError};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -137,10 +135,27 @@ fn message(n: usize) -> String {
 
 struct Relay {
     addr: SocketAddr,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-    policy: Policy,
+    relay: RunningRelay,
+    policy: Arc<Policy>,
     _dir: tempfile::TempDir,
+}
+
+/// mailvalve as `run` starts it (`relay::Relay`), on a loopback port of its own, with
+/// its spool directory, suppression list and control socket in `dir`.
+async fn start(cfg: Config, params: Option<ControllerParams>) -> RunningRelay {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut cfg = cfg;
+    cfg.server.listen = listener.local_addr().unwrap();
+    cfg.server.shutdown_grace = Duration::from_millis(500);
+    let relay = match params {
+        Some(p) => mailvalve::relay::Relay::with_params(cfg, p),
+        None => mailvalve::relay::Relay::new(cfg),
+    };
+    relay
+        .unwrap()
+        .start(listener, CancellationToken::new())
+        .await
+        .unwrap()
 }
 
 async fn passthrough(up: UpstreamConfig) -> Relay {
@@ -154,39 +169,19 @@ async fn passthrough(up: UpstreamConfig) -> Relay {
         ..Config::default()
     };
     cfg.suppression.path = dir.path().join("suppression.redb");
-    let prof = local();
-    let policy = Policy::build(&cfg, &prof).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = Arc::new(ServerConfig {
-        listen: addr,
-        shutdown_grace: Duration::from_millis(500),
-        ..ServerConfig::default()
-    });
-    let relay = Arc::new(SuppressingRelay::new(
-        Passthrough::new(policy.admission.clone()),
-        policy.suppressions.clone(),
-    ));
-    let stop = CancellationToken::new();
-    let s = stop.clone();
-    let task = tokio::spawn(async move {
-        mailvalve::server::serve(listener, server, relay, s)
-            .await
-            .unwrap();
-    });
+    cfg.queue.dir = dir.path().join("spool");
+    let relay = start(cfg, None).await;
     Relay {
-        addr,
-        stop,
-        task,
-        policy,
+        addr: relay.local_addr(),
+        policy: relay.handle().policy().clone(),
+        relay,
         _dir: dir,
     }
 }
 
 impl Relay {
     async fn stop(self) {
-        self.stop.cancel();
-        timeout(WAIT, self.task).await.unwrap().unwrap();
+        timeout(WAIT, self.relay.stop()).await.unwrap().unwrap();
     }
 }
 
@@ -200,8 +195,7 @@ fn local() -> Profile {
 
 struct Queue {
     addr: SocketAddr,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
+    relay: RunningRelay,
     spool: Arc<Spool>,
     policy: Arc<Policy>,
     dir: tempfile::TempDir,
@@ -228,7 +222,7 @@ fn quick_retries(cfg: &Config, prof: &Profile) -> ControllerParams {
         retry_base: Duration::from_millis(200),
         retry_min: Duration::from_millis(50),
         retry_max: Duration::from_millis(400),
-        ..wiring::controller_params(cfg, prof)
+        ..limits::controller_params(cfg, prof)
     }
 }
 
@@ -238,37 +232,13 @@ async fn queue(
 ) -> Queue {
     let dir = tempfile::tempdir().unwrap();
     let cfg = queue_config(dir.path(), up);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let prof = local();
-    let policy = Arc::new(Policy::build_with(&cfg, &prof, params(&cfg, &prof)).unwrap());
-    let stop = CancellationToken::new();
-    let q = QueueMode::start(&cfg, &prof, &policy, stop.clone())
-        .await
-        .unwrap();
-    let spool = q.delivery.spool().clone();
-    let relay = Arc::new(SuppressingRelay::new(
-        q.relay.clone(),
-        policy.suppressions.clone(),
-    ));
-    let server = Arc::new(ServerConfig {
-        listen: addr,
-        shutdown_grace: Duration::from_millis(500),
-        ..ServerConfig::default()
-    });
-    let s = stop.clone();
-    let task = tokio::spawn(async move {
-        mailvalve::server::serve(listener, server, relay, s)
-            .await
-            .unwrap();
-        q.stop().await;
-    });
+    let params = params(&cfg, &local());
+    let relay = start(cfg, Some(params)).await;
     Queue {
-        addr,
-        stop,
-        task,
-        spool,
-        policy,
+        addr: relay.local_addr(),
+        spool: relay.handle().spool().unwrap().clone(),
+        policy: relay.handle().policy().clone(),
+        relay,
         dir,
     }
 }
@@ -329,8 +299,7 @@ impl Queue {
     }
 
     async fn stop(self) {
-        self.stop.cancel();
-        timeout(WAIT, self.task).await.unwrap().unwrap();
+        timeout(WAIT, self.relay.stop()).await.unwrap().unwrap();
     }
 }
 

@@ -8,11 +8,8 @@
 
 mod support;
 
-use mailvalve::cli::passthrough::Passthrough;
-use mailvalve::cli::run::{Policy, QueueMode};
-use mailvalve::config::profile;
-use mailvalve::config::{Config, Mode, ServerConfig, UpstreamConfig};
-use mailvalve::server::suppress::SuppressingRelay;
+use mailvalve::config::{Config, Mode, UpstreamConfig};
+use mailvalve::relay::{Policy, Relay, RunningRelay};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,13 +24,12 @@ const MODES: [Mode; 2] = [Mode::Passthrough, Mode::Queue];
 
 struct Mv {
     addr: SocketAddr,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-    policy: Policy,
+    relay: RunningRelay,
+    policy: Arc<Policy>,
     _dir: tempfile::TempDir,
 }
 
-/// mailvalve in `mode` in front of `up`, wired like `mailvalve run`.
+/// mailvalve in `mode` in front of `up`, started like `mailvalve run` starts it.
 async fn start(mode: Mode, up: UpstreamConfig) -> Mv {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = Config {
@@ -47,57 +43,24 @@ async fn start(mode: Mode, up: UpstreamConfig) -> Mv {
     cfg.queue.dir = dir.path().join("spool");
     cfg.suppression.path = dir.path().join("suppression.redb");
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let prof = profile::builtin("local").unwrap().unwrap();
-    let policy = Policy::build(&cfg, &prof).unwrap();
-    let server = Arc::new(ServerConfig {
-        listen: addr,
-        shutdown_grace: Duration::from_millis(500),
-        ..ServerConfig::default()
-    });
-    let stop = CancellationToken::new();
-    let s = stop.clone();
-    let task = match mode {
-        Mode::Passthrough => {
-            let relay = Arc::new(SuppressingRelay::new(
-                Passthrough::new(policy.admission.clone()),
-                policy.suppressions.clone(),
-            ));
-            tokio::spawn(async move {
-                mailvalve::server::serve(listener, server, relay, s)
-                    .await
-                    .unwrap();
-            })
-        }
-        Mode::Queue => {
-            let q = QueueMode::start(&cfg, &prof, &policy, stop.clone())
-                .await
-                .unwrap();
-            let relay = Arc::new(SuppressingRelay::new(
-                q.relay.clone(),
-                policy.suppressions.clone(),
-            ));
-            tokio::spawn(async move {
-                mailvalve::server::serve(listener, server, relay, s)
-                    .await
-                    .unwrap();
-                q.stop().await;
-            })
-        }
-    };
+    cfg.server.listen = listener.local_addr().unwrap();
+    cfg.server.shutdown_grace = Duration::from_millis(500);
+    let relay = Relay::new(cfg)
+        .unwrap()
+        .start(listener, CancellationToken::new())
+        .await
+        .unwrap();
     Mv {
-        addr,
-        stop,
-        task,
-        policy,
+        addr: relay.local_addr(),
+        policy: relay.handle().policy().clone(),
+        relay,
         _dir: dir,
     }
 }
 
 impl Mv {
     async fn stop(self) {
-        self.stop.cancel();
-        timeout(WAIT, self.task).await.unwrap().unwrap();
+        timeout(WAIT, self.relay.stop()).await.unwrap().unwrap();
     }
 
     /// A session after EHLO.

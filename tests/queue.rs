@@ -17,11 +17,9 @@ mod holds;
 #[path = "queue/operator.rs"]
 mod operator;
 
-use mailvalve::cli::run::{Policy, QueueMode};
-use mailvalve::config::profile;
-use mailvalve::config::{Config, Mode, ServerConfig, UpstreamConfig};
+use mailvalve::config::{Config, Mode, UpstreamConfig};
 use mailvalve::queue::{RcptState, Spool};
-use mailvalve::server::suppress::SuppressingRelay;
+use mailvalve::relay::{Relay, RunningRelay};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -36,8 +34,7 @@ const WAIT: Duration = Duration::from_secs(15);
 
 struct Mv {
     addr: SocketAddr,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
+    relay: RunningRelay,
     spool: Arc<Spool>,
 }
 
@@ -55,37 +52,20 @@ fn config(dir: &Path, up: UpstreamConfig) -> Config {
     c
 }
 
-async fn start(cfg: Config) -> Mv {
+/// mailvalve as `mailvalve run` starts it, on a loopback port of its own.
+async fn start(mut cfg: Config) -> Mv {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let prof = profile::builtin("local").unwrap().unwrap();
-    let policy = Policy::build(&cfg, &prof).unwrap();
-    let stop = CancellationToken::new();
-    let q = QueueMode::start(&cfg, &prof, &policy, stop.clone())
+    cfg.server.listen = listener.local_addr().unwrap();
+    cfg.server.shutdown_grace = Duration::from_millis(500);
+    let relay = Relay::new(cfg)
+        .unwrap()
+        .start(listener, CancellationToken::new())
         .await
         .unwrap();
-    let spool = q.delivery.spool().clone();
-    let relay = Arc::new(SuppressingRelay::new(
-        q.relay.clone(),
-        policy.suppressions.clone(),
-    ));
-    let server = Arc::new(ServerConfig {
-        listen: addr,
-        shutdown_grace: Duration::from_millis(500),
-        ..ServerConfig::default()
-    });
-    let s = stop.clone();
-    let task = tokio::spawn(async move {
-        mailvalve::server::serve(listener, server, relay, s)
-            .await
-            .unwrap();
-        q.stop().await;
-    });
     Mv {
-        addr,
-        stop,
-        task,
-        spool,
+        addr: relay.local_addr(),
+        spool: relay.handle().spool().unwrap().clone(),
+        relay,
     }
 }
 
@@ -96,8 +76,7 @@ impl Mv {
     }
 
     async fn stop(self) {
-        self.stop.cancel();
-        timeout(WAIT, self.task).await.unwrap().unwrap();
+        timeout(WAIT, self.relay.stop()).await.unwrap().unwrap();
     }
 }
 

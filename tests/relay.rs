@@ -5,8 +5,8 @@
 
 mod support;
 
-use mailvalve::cli::passthrough::Passthrough;
 use mailvalve::config::{ServerConfig, UpstreamConfig};
+use mailvalve::relay::Passthrough;
 use mailvalve::server::serve;
 use mailvalve::upstream::{Admission, Settings};
 use std::net::SocketAddr;
@@ -285,12 +285,10 @@ async fn busy_provider_makes_mail_wait_then_451() {
 }
 
 // ---------------------------------------------------------------------------------
-// The policy in the relay: `cli::run::Policy` as `mailvalve run` builds it.
+// The policy in the relay: `relay::Relay` in passthrough mode, as `mailvalve run` starts it.
 // ---------------------------------------------------------------------------------
 
-use mailvalve::cli::run::Policy;
-use mailvalve::config::Config;
-use mailvalve::server::suppress::SuppressingRelay;
+use mailvalve::config::{Config, Mode};
 
 struct PolicyRelay {
     relay: Relay,
@@ -305,25 +303,20 @@ async fn start_with_policy(up: UpstreamConfig, profile: &str) -> PolicyRelay {
     };
     cfg.upstream.profile = profile.into();
     cfg.suppression.path = dir.path().join("suppression.redb");
-    let profile = mailvalve::config::profile::builtin(profile)
-        .unwrap()
-        .unwrap();
-    let policy = Policy::build(&cfg, &profile).unwrap();
+    cfg.mode = Mode::Passthrough;
+    cfg.queue.dir = dir.path().join("spool");
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let scfg = Arc::new(ServerConfig {
-        listen: addr,
-        shutdown_grace: Duration::from_millis(500),
-        ..ServerConfig::default()
-    });
-    let relay = Arc::new(SuppressingRelay::new(
-        Passthrough::new(policy.admission.clone()),
-        policy.suppressions.clone(),
-    ));
+    cfg.server.listen = addr;
+    cfg.server.shutdown_grace = Duration::from_millis(500);
     let stop = CancellationToken::new();
-    let s = stop.clone();
+    let running = mailvalve::relay::Relay::new(cfg)
+        .unwrap()
+        .start(listener, stop.clone())
+        .await
+        .unwrap();
     let task = tokio::spawn(async move {
-        serve(listener, scfg, relay, s).await.unwrap();
+        running.wait().await.unwrap();
     });
     PolicyRelay {
         relay: Relay { addr, stop, task },

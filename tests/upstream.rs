@@ -66,82 +66,42 @@ async fn one_message(adm: &Admission) -> (Reply, usize) {
         .unwrap();
     let n = lease.transactions_done();
     within(lease.release()).await;
-    (r, n)
+    (r.reply, n)
 }
 
-/// The adapter `cli` needs between the inbound session and this module, written out
-/// here to prove the mapping is as small as promised (and that the futures are `Send`).
-mod relay_adapter {
-    use super::*;
-    use mailvalve::server::relay::{Relay, RelayTransaction};
-    use mailvalve::upstream::Lease;
-
-    pub struct Passthrough(pub Admission);
-    pub struct Tx(Lease);
-
-    impl Relay for Passthrough {
-        type Tx = Tx;
-        async fn begin(
-            &self,
-            env: Envelope,
-            rcpts: Vec<String>,
-        ) -> Result<(Tx, Reply, Vec<Reply>), Reply> {
-            let mut lease = self.0.lease().await.map_err(|e| e.to_reply())?;
-            match lease.envelope(&env, &rcpts).await {
-                Ok((mail, rr)) if mail.class() == 2 => Ok((Tx(lease), mail, rr)),
-                Ok((mail, _)) => {
-                    lease.release().await;
-                    Err(mail)
-                }
-                Err(e) => Err(e.to_reply()),
-            }
-        }
-    }
-
-    impl RelayTransaction for Tx {
-        type Body = Vec<u8>;
-        async fn body(&mut self) -> Result<Vec<u8>, Reply> {
-            Ok(Vec::new())
-        }
-        async fn rcpt(&mut self, rcpts: Vec<String>) -> Result<Vec<Reply>, Reply> {
-            self.0.rcpt(&rcpts).await.map_err(|e| e.to_reply())
-        }
-        async fn data(&mut self, message: Vec<u8>) -> Reply {
-            self.0.data(&message).await.unwrap_or_else(|e| e.to_reply())
-        }
-        async fn end(self) {
-            self.0.release().await
-        }
-    }
-}
-
+/// The passthrough relay (`relay::Passthrough`) over this module: the mapping is as small
+/// as promised, and the futures are `Send`.
 #[tokio::test]
 async fn relay_adapter_maps_trivially() {
-    use mailvalve::server::relay::{Relay, RelayTransaction};
+    use mailvalve::relay::Passthrough;
+    use mailvalve::server::relay::{BodySink, Relay, RelayTransaction};
     let p = Provider::builder()
         .rcpt_reply("bad@example.org", "550 5.1.1 No such user")
         .start()
         .await;
-    let relay = relay_adapter::Passthrough(Admission::new(settings(p.upstream_config())));
+    let relay = Passthrough::new(Admission::new(settings(p.upstream_config())));
     let (mut tx, mail, rr) = within(relay.begin(env("a@example.com"), rcpts(&["b@example.org"])))
         .await
         .unwrap();
     assert_eq!((mail.code, rr[0].code), (250, 250));
     let more = within(tx.rcpt(rcpts(&["bad@example.org"]))).await.unwrap();
     assert_eq!(more[0].code, 550);
-    assert_eq!(within(tx.data(b"hi\r\n".to_vec())).await.code, 250);
+    let mut body = within(tx.body()).await.unwrap();
+    within(body.write(b"hi\r\n")).await.unwrap();
+    assert_eq!(within(tx.data(body)).await.code, 250);
     within(tx.end()).await;
 
     let p = Provider::builder()
         .mail_reply("550 5.7.1 Sender rejected")
         .start()
         .await;
-    let relay = relay_adapter::Passthrough(Admission::new(settings(p.upstream_config())));
+    let adm = Admission::new(settings(p.upstream_config()));
+    let relay = Passthrough::new(adm.clone());
     let err = within(relay.begin(env("a@example.com"), rcpts(&["b@example.org"])))
         .await
         .err()
         .unwrap();
     assert_eq!(err.code, 550);
-    assert_eq!(relay.0.limit().in_use(), 0);
-    assert_eq!(relay.0.pool().idle_count(), 1);
+    assert_eq!(adm.limit().in_use(), 0);
+    assert_eq!(adm.pool().idle_count(), 1);
 }

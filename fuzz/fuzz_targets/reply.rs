@@ -17,17 +17,7 @@ use std::sync::OnceLock;
 #[path = "common.rs"]
 mod common;
 
-const PHASES: [Phase; 9] = [
-    Phase::Greeting,
-    Phase::Ehlo,
-    Phase::StartTls,
-    Phase::Auth,
-    Phase::Mail,
-    Phase::Rcpt,
-    Phase::Data,
-    Phase::DataEnd,
-    Phase::Rset,
-];
+const PHASES: [Phase; 9] = Phase::ALL;
 
 fn classifier() -> &'static Classifier {
     static C: OnceLock<Classifier> = OnceLock::new();

@@ -5,7 +5,6 @@
 //! It must never panic on what a person types: anything that is not a reply is an
 //! [`ExplainError`] naming the problem.
 
-use super::wiring;
 use crate::config::profile;
 use crate::policy::classify::{retry_hint, Classifier};
 use crate::policy::verdict::{PauseScope, Phase, ThrottleKind, Verdict};
@@ -28,24 +27,9 @@ pub enum ExplainError {
     Rules(String),
 }
 
-/// Parses `--phase`.
+/// Parses `--phase` (`Phase::parse`, the one parser of phase names).
 pub fn parse_phase(s: &str) -> Result<Phase, ExplainError> {
-    Ok(match s.trim().to_ascii_lowercase().as_str() {
-        "greeting" | "connect" => Phase::Greeting,
-        "ehlo" | "helo" => Phase::Ehlo,
-        "starttls" => Phase::StartTls,
-        "auth" => Phase::Auth,
-        "mail" => Phase::Mail,
-        "rcpt" => Phase::Rcpt,
-        "data" => Phase::Data,
-        "data-end" | "dataend" | "end-of-data" => Phase::DataEnd,
-        "rset" => Phase::Rset,
-        _ => return Err(ExplainError::BadPhase(s.to_string())),
-    })
-}
-
-fn phase_name(p: Phase) -> &'static str {
-    crate::upstream::error::phase_name(p)
+    Phase::parse(s).ok_or_else(|| ExplainError::BadPhase(s.to_string()))
 }
 
 /// The phase a reply most likely answers when none is given.
@@ -163,7 +147,7 @@ pub fn explain(
             let p = profile::builtin(name)
                 .ok_or_else(|| ExplainError::BadProfile(name.to_string()))?
                 .map_err(|e| ExplainError::Rules(e.to_string()))?;
-            wiring::classifier(&crate::config::Config::default(), &p)
+            crate::relay::limits::classifier(&crate::config::Config::default(), &p)
                 .map_err(|e| ExplainError::Rules(e.to_string()))?
         }
         None => Classifier::builtin().map_err(|e| ExplainError::Rules(e.to_string()))?,
@@ -173,12 +157,7 @@ pub fn explain(
     let mut out = String::new();
     let label = |en: &'static str, de_: &'static str| if de { de_ } else { en };
     let _ = writeln!(out, "{:<10}{reply}", label("Reply:", "Antwort:"));
-    let _ = writeln!(
-        out,
-        "{:<10}{}",
-        label("Phase:", "Schritt:"),
-        phase_name(phase)
-    );
+    let _ = writeln!(out, "{:<10}{}", label("Phase:", "Schritt:"), phase.name());
     let unknown = label("(no description known)", "(keine Beschreibung bekannt)");
     let _ = writeln!(
         out,

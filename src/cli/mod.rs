@@ -1,5 +1,7 @@
 //! Command-line entry point: parses the arguments (clap derive) and dispatches to one
-//! file per subcommand (`run.rs`, `check.rs`, `demo/`).
+//! file per subcommand (`run.rs`, `check.rs`, `demo.rs`, ...). Argument parsing and
+//! printing only: the running relay is `relay`, the demo's engine is `demo`. Nothing
+//! imports `cli`.
 //!
 //! It must never print a secret (errors come redacted from `config`) and never exit the
 //! process from inside the library: [`main`] returns the exit code.
@@ -14,14 +16,10 @@ pub mod check;
 pub mod demo;
 pub mod explain;
 pub mod logging;
-pub mod passthrough;
 pub mod profiles;
 pub mod queue;
-pub mod queue_relay;
-pub mod queue_transport;
 pub mod run;
 pub mod suppress;
-pub mod wiring;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};

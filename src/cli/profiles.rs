@@ -1,4 +1,6 @@
 //! `mailvalve profiles`: the built-in provider profiles and their limits, one line each.
+//!
+//! It must never read the user's configuration or touch the network: built-ins only.
 
 use crate::config::profile;
 

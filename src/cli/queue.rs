@@ -2,6 +2,9 @@
 //! pause, resume, status. Talks to the running instance over its control socket in the
 //! spool directory; with none running, opens the spool directly. Both run the same
 //! `queue::control::execute`, so the output is the same either way.
+//!
+//! It must never change the spool except through those commands, and never print a
+//! message body.
 
 use crate::config::Config;
 use crate::queue::control::{self, Command, Offline};
@@ -83,7 +86,7 @@ pub fn run(cmd: QueueCmd, cfg: &Config) -> anyhow::Result<()> {
             .await
             .context("spool open task failed")?
             .with_context(|| format!("cannot open the spool in {}", dir.display()))?;
-        Ok(control::execute(&spool, &dir, command, &Offline).await)
+        Ok(control::execute(&Offline::new(spool, &dir), command).await)
     })?;
     match answer {
         Ok(text) => {

@@ -7,11 +7,13 @@
 //! instance changes its open list — a `suppress add` takes effect for the next RCPT.
 //! With no instance running the database is opened directly. Both ways run
 //! `queue::control::execute_suppress`, so the output is the same.
+//!
+//! It must never write a half-checked import, and never open the database while an
+//! instance holds it (the instance does the change).
 
 use crate::config::Config;
-use crate::policy::suppression::{normalize, Entry, SoftPolicy, Source, Suppressions};
+use crate::policy::suppression::{normalize, Entry, Source};
 use crate::queue::control::{self, SuppressRequest};
-use crate::store::suppression::RedbStore;
 use crate::store::suppression_csv;
 use anyhow::{bail, Context};
 use std::path::PathBuf;
@@ -37,20 +39,6 @@ pub enum SuppressCmd {
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
-}
-
-pub fn open(cfg: &Config) -> anyhow::Result<Suppressions<RedbStore>> {
-    let store = RedbStore::open(&cfg.suppression.path).with_context(|| {
-        format!(
-            "suppression list (suppression.path = {})",
-            cfg.suppression.path.display()
-        )
-    })?;
-    let soft = SoftPolicy {
-        threshold: cfg.suppression.soft_threshold,
-        window_secs: cfg.suppression.soft_window.as_secs(),
-    };
-    Ok(Suppressions::open(store, soft)?)
 }
 
 pub fn run(cmd: SuppressCmd, cfg: &Config) -> anyhow::Result<()> {
@@ -172,6 +160,6 @@ fn perform(cfg: &Config, req: SuppressRequest) -> anyhow::Result<String> {
             return answer.map_err(|e| anyhow::anyhow!("suppress (running instance): {e}"));
         }
     }
-    let list = open(cfg)?;
+    let list = crate::relay::open_suppressions(cfg)?;
     control::execute_suppress(&list, req).map_err(|e| anyhow::anyhow!("suppress: {e}"))
 }

@@ -7,15 +7,23 @@
 //! - [`load()`] / [`load_with_env`] / [`load_from`]: read and merge, no semantic checks.
 //! - [`validate()`]: the rules beyond types (loopback, TLS, limits), all problems at once.
 //! - [`load_validated`]: both, with each problem attributed to the file or the variable.
+//! - [`schema`], [`queue`], [`webhook`]: every table of the file, its shape and defaults
+//!   (`config` owns them all; the floors that act on a table import it from here).
+//! - [`profile`]: the built-in provider profiles, whose `[[rules]]` are the one rule
+//!   schema, `policy::rules::RuleSpec`.
 
 pub mod error;
+pub mod limits;
 pub mod load;
 pub mod profile;
+pub mod queue;
 pub mod schema;
 pub mod validate;
+pub mod webhook;
 
 pub use error::ConfigError;
 pub use load::{load, load_from, load_validated, load_with_env, process_env, Loaded};
+pub use queue::QueueConfig;
 pub use schema::*;
 pub use validate::{validate, warnings, ValidationError};
 

@@ -8,7 +8,9 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+use super::limits::Limits;
 use super::schema::TlsMode;
+use crate::policy::rules::RuleSpec;
 
 /// One built-in profile: its name and the TOML text it was built from.
 const BUILTIN: &[(&str, &str)] = &[
@@ -56,86 +58,10 @@ pub struct Profile {
     pub tls: Option<TlsMode>,
     #[serde(default)]
     pub limits: Limits,
-    /// Provider-specific reply rules, tried before the built-in defaults.
+    /// Provider-specific reply rules, tried before the built-in defaults; the same
+    /// schema as the user's `[[rules]]` (`hint` for defer, `until` for pause-*).
     #[serde(default)]
-    pub rules: Vec<RuleConfig>,
-}
-
-/// A provider's limits. Every field is optional: unset means "not limited by the
-/// provider as far as we know" except where `Limits::effective` supplies a cautious
-/// default.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, default)]
-pub struct Limits {
-    pub initial_connections: Option<usize>,
-    pub max_connections: Option<usize>,
-    pub messages_per_second: Option<u32>,
-    pub messages_per_minute: Option<u32>,
-    pub messages_per_hour: Option<u32>,
-    pub messages_per_day: Option<u32>,
-    pub recipients_per_day: Option<u32>,
-    pub recipients_per_message: Option<usize>,
-    pub messages_per_connection: Option<usize>,
-    pub max_message_size: Option<usize>,
-}
-
-impl Limits {
-    /// `self` with every key that `over` sets replaced (the user's overrides).
-    pub fn overridden_by(&self, over: &Limits) -> Limits {
-        macro_rules! pick {
-            ($($f:ident),*) => { Limits { $($f: over.$f.or(self.$f)),* } };
-        }
-        pick!(
-            initial_connections,
-            max_connections,
-            messages_per_second,
-            messages_per_minute,
-            messages_per_hour,
-            messages_per_day,
-            recipients_per_day,
-            recipients_per_message,
-            messages_per_connection,
-            max_message_size
-        )
-    }
-}
-
-/// A reply rule as written in TOML (profile `[[rules]]` or the user's `[[rules]]`).
-/// Compiled and checked by the policy's classifier; kept as plain data here.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct RuleConfig {
-    /// Phases the rule applies to (`greeting`, `ehlo`, `starttls`, `auth`, `mail`,
-    /// `rcpt`, `data`, `data-end`); empty = all.
-    #[serde(default)]
-    pub phase: Vec<String>,
-    /// `421`, or a class such as `4xx`.
-    pub code: Option<String>,
-    /// Enhanced status code, `*` allowed per component: `5.1.*`.
-    pub enhanced: Option<String>,
-    /// Case-insensitive regex over the reply text.
-    pub text: Option<String>,
-    /// What to do: accept, throttle-connections, throttle-rate, defer, suppress,
-    /// soft-bounce, reject-message, policy-block, pause-auth, pause-quota.
-    pub verdict: String,
-    /// For pause-quota / defer: how long (`24h`, `1h`, `90s`).
-    pub until: Option<String>,
-}
-
-impl RuleConfig {
-    /// The rule in the classifier's vocabulary (a profile rule has no `hint` or
-    /// `description`; an empty phase list means every phase).
-    pub fn to_spec(&self) -> crate::policy::rules::RuleSpec {
-        crate::policy::rules::RuleSpec {
-            phase: (!self.phase.is_empty()).then(|| self.phase.clone()),
-            code: self.code.clone(),
-            enhanced: self.enhanced.clone(),
-            text: self.text.clone(),
-            verdict: self.verdict.clone(),
-            until: self.until.clone(),
-            ..crate::policy::rules::RuleSpec::default()
-        }
-    }
+    pub rules: Vec<RuleSpec>,
 }
 
 #[derive(Debug, thiserror::Error)]

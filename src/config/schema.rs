@@ -4,6 +4,7 @@
 //! This module only describes shapes and defaults. Loading (file + `MAILVALVE__*`
 //! environment) and validation live in `load.rs` / `validate.rs`. Nothing here may print
 //! a secret: `Secret` redacts itself in `Debug` and `Display`.
+//! It must never hold behaviour: no I/O, no checks beyond the types.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -21,7 +22,7 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub suppression: SuppressionConfig,
     /// Queue mode: the spool, retries, bounce reports, delivery log.
-    pub queue: crate::queue::QueueConfig,
+    pub queue: super::queue::QueueConfig,
     pub log: LogConfig,
     /// Your own reply rules, tried before the provider profile's and the built-in ones.
     pub rules: Vec<crate::policy::rules::RuleSpec>,
@@ -34,7 +35,7 @@ impl Default for Config {
             server: ServerConfig::default(),
             upstream: UpstreamConfig::default(),
             suppression: SuppressionConfig::default(),
-            queue: crate::queue::QueueConfig::default(),
+            queue: super::queue::QueueConfig::default(),
             log: LogConfig::default(),
             rules: Vec::new(),
         }
@@ -191,7 +192,7 @@ pub struct UpstreamConfig {
     pub rate: RateConfig,
     pub timeouts: UpstreamTimeouts,
     /// Overrides of the provider profile's limits, key by key.
-    pub limits: super::profile::Limits,
+    pub limits: super::limits::Limits,
 }
 
 impl Default for UpstreamConfig {
@@ -212,7 +213,7 @@ impl Default for UpstreamConfig {
             admission_wait: Duration::from_secs(30),
             rate: RateConfig::default(),
             timeouts: UpstreamTimeouts::default(),
-            limits: super::profile::Limits::default(),
+            limits: super::limits::Limits::default(),
         }
     }
 }

@@ -82,7 +82,7 @@ fn queue(c: &Config, p: &mut Problems) {
         );
     }
     if let Some(w) = &q.webhook {
-        if let Err(e) = crate::queue::webhook::Webhook::new(w.clone()) {
+        if let Err(e) = w.check() {
             p.push("queue.webhook.url", e);
         }
     }
@@ -111,8 +111,7 @@ fn rules(c: &Config, p: &mut Problems) {
             return;
         }
     };
-    let profile_rules: Vec<RuleSpec> = prof.rules.iter().map(|r| r.to_spec()).collect();
-    for e in Classifier::problems(&c.rules, &profile_rules) {
+    for e in Classifier::problems(&c.rules, &prof.rules) {
         match e.origin {
             RuleSource::User => {
                 let fields = c.rules.get(e.index).map(rule_fields).unwrap_or_default();

@@ -439,7 +439,7 @@ fn with_text<R>(reply: &Reply, f: impl FnOnce(&[u8]) -> R) -> R {
 }
 
 /// The first retry hint found in any line of the reply.
-fn reply_hint(reply: &Reply) -> Option<Duration> {
+pub fn reply_hint(reply: &Reply) -> Option<Duration> {
     reply.lines.iter().find_map(|l| retry_hint(l))
 }
 

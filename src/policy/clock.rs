@@ -1,9 +1,14 @@
-//! The controller's notion of time: a monotonic clock that can be real or driven by hand.
-//! It must never read wall-clock time (`SystemTime`) and never sleep; simulation depends on
-//! every time-dependent decision going through one injected [`Clock`].
+//! The one notion of time of a running relay: a clock that can be real or driven by hand,
+//! injected into the controller and, through it, into queue mode's delivery engine. It
+//! must never sleep; simulation depends on every time-dependent decision going through
+//! one injected [`Clock`].
 //!
-//! Time is a [`Duration`] since the clock's own origin. The same clock also drives
-//! governor (through [`GovernorClock`]), so rate limiting and the controller agree on "now".
+//! Two readings: [`Clock::now`], a [`Duration`] since the clock's own origin, monotonic,
+//! for every decision (the controller, governor through [`GovernorClock`], so rate
+//! limiting and the controller agree on "now"); and [`Clock::unix_ms`], wall time in Unix
+//! milliseconds, for what outlives the process (retry times and arrival stamps in the
+//! spool, the quota ledger). Only [`SystemClock::unix_ms`] reads the system's wall clock
+//! ([`wall_ms`]); nothing in the controller's decisions does.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,6 +20,17 @@ use governor::nanos::Nanos;
 pub trait Clock: Clone + Send + Sync + 'static {
     /// Time elapsed since this clock's origin.
     fn now(&self) -> Duration;
+    /// Wall time, Unix milliseconds, for records that outlive the process.
+    fn unix_ms(&self) -> u64;
+}
+
+/// The system's wall clock in Unix milliseconds (0 before 1970). The spool stamps its
+/// records with it too, so the spool and the [`SystemClock`] read the same time.
+pub fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 /// The real clock: `std::time::Instant` measured from when the clock was created.
@@ -40,6 +56,9 @@ impl Default for SystemClock {
 impl Clock for SystemClock {
     fn now(&self) -> Duration {
         self.origin.elapsed()
+    }
+    fn unix_ms(&self) -> u64 {
+        wall_ms()
     }
 }
 
@@ -75,6 +94,10 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now(&self) -> Duration {
         Duration::from_nanos(self.nanos.load(Ordering::Acquire))
+    }
+    /// The same time as `now`, its origin taken for the Unix epoch.
+    fn unix_ms(&self) -> u64 {
+        u64::try_from(self.now().as_millis()).unwrap_or(u64::MAX)
     }
 }
 

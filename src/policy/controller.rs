@@ -6,14 +6,16 @@
 //!
 //! The parts live in their own modules: [`super::concurrency`] (connection limit),
 //! [`super::rate`] (rate and GCRA), [`super::backoff`], [`super::pause`],
-//! [`super::latency`]. The permit pool that enforces the connection limit is
-//! [`super::semaphore::PermitPool`]; whoever owns both copies
-//! [`Controller::concurrency_limit`] into it after feedback.
+//! [`super::latency`]. The connection limit is the controller's alone: it publishes every
+//! change on a watch channel ([`Controller::watch_limit`]), and the admission layer that
+//! enforces it (`upstream::concurrency`) observes that channel — there is no second copy
+//! to keep in step.
 
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use rand::rngs::StdRng;
+use tokio::sync::watch;
 
 use super::backoff::{self, Backoff, ConnectBackoff};
 use super::clock::{Clock, SystemClock};
@@ -176,6 +178,8 @@ pub struct Controller<C: Clock = SystemClock> {
     retry: Backoff,
     state: Mutex<State>,
     limiter: RateLimiter<C>,
+    /// The connection limit as published to admission (changed under `state`'s lock).
+    limit: watch::Sender<usize>,
 }
 
 impl<C: Clock> Controller<C> {
@@ -211,13 +215,26 @@ impl<C: Clock> Controller<C> {
             policy_blocks: 0,
             latency_step_downs: 0,
         };
+        let (limit, _) = watch::channel(state.conc.limit());
         Self {
             clock,
             params,
             retry,
             state: Mutex::new(state),
             limiter,
+            limit,
         }
+    }
+
+    /// The connection limit, as it changes: admission enforces what this says.
+    pub fn watch_limit(&self) -> watch::Receiver<usize> {
+        self.limit.subscribe()
+    }
+
+    /// Publishes the connection limit after it changed (called with the state locked, so
+    /// changes are published in the order they were made).
+    fn publish_limit(&self, st: &State) {
+        self.limit.send_replace(st.conc.limit());
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -246,7 +263,10 @@ impl<C: Clock> Controller<C> {
                 Disposition::Proceed
             }
             Verdict::Throttle(ThrottleKind::Connections) => {
-                self.lock().conc.on_throttle(ctx.working_connections, now);
+                let mut st = self.lock();
+                if st.conc.on_throttle(ctx.working_connections, now) {
+                    self.publish_limit(&st);
+                }
                 Disposition::Retry {
                     hint: None,
                     counts_as_attempt: false,
@@ -308,7 +328,9 @@ impl<C: Clock> Controller<C> {
         let now = self.clock.now();
         let mut st = self.lock();
         st.policy_blocks = 0;
-        st.conc.on_success(ctx.in_flight_connections, now);
+        if st.conc.on_success(ctx.in_flight_connections, now) {
+            self.publish_limit(&st);
+        }
     }
 
     /// A connection attempt failed (refused, timeout, TLS error). Returns how long the
@@ -336,6 +358,7 @@ impl<C: Clock> Controller<C> {
         let mut st = self.lock();
         if st.latency.observe(kind, sample) && st.conc.step_down(now) {
             st.latency_step_downs += 1;
+            self.publish_limit(&st);
             return true;
         }
         false

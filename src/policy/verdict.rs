@@ -1,7 +1,10 @@
 //! What a provider reply means for mailvalve: the phase it was sent in, and the verdict
 //! `classify` reaches. The controller, the relay and `explain` all act on a `Verdict`;
 //! none of them looks at reply codes again.
+//!
+//! It must never hold behaviour beyond naming: verdicts are decided in `classify`.
 
+use std::fmt;
 use std::time::Duration;
 
 /// Where in the conversation a reply was received.
@@ -16,6 +19,66 @@ pub enum Phase {
     Data,
     DataEnd,
     Rset,
+}
+
+impl Phase {
+    /// Every phase, in the order of a conversation.
+    pub const ALL: [Phase; 9] = [
+        Self::Greeting,
+        Self::Ehlo,
+        Self::StartTls,
+        Self::Auth,
+        Self::Mail,
+        Self::Rcpt,
+        Self::Data,
+        Self::DataEnd,
+        Self::Rset,
+    ];
+
+    /// The name as the config's `[[rules]]`, `mailvalve explain` and the logs spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Greeting => "greeting",
+            Self::Ehlo => "ehlo",
+            Self::StartTls => "starttls",
+            Self::Auth => "auth",
+            Self::Mail => "mail",
+            Self::Rcpt => "rcpt",
+            Self::Data => "data",
+            Self::DataEnd => "data-end",
+            Self::Rset => "rset",
+        }
+    }
+
+    /// Reads a phase name: case, `-`, `_` and spaces do not matter, and a few other
+    /// spellings are taken (`connect`, `banner`, `helo`, `mail-from`, `rcpt-to`, `eod`,
+    /// `end-of-data`). The one parser for config rules and `mailvalve explain --phase`.
+    pub fn parse(s: &str) -> Option<Phase> {
+        let norm: String = s
+            .trim()
+            .chars()
+            .filter(|c| !matches!(c, '-' | '_' | ' '))
+            .map(|c| c.to_ascii_lowercase())
+            .collect();
+        Some(match norm.as_str() {
+            "greeting" | "connect" | "banner" => Self::Greeting,
+            "ehlo" | "helo" => Self::Ehlo,
+            "starttls" => Self::StartTls,
+            "auth" => Self::Auth,
+            "mail" | "mailfrom" => Self::Mail,
+            "rcpt" | "rcptto" => Self::Rcpt,
+            "data" => Self::Data,
+            "dataend" | "eod" | "enddata" | "endofdata" => Self::DataEnd,
+            "rset" => Self::Rset,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// What the provider is throttling.
@@ -90,5 +153,24 @@ impl Verdict {
             } => "pause-policy",
             Self::ProtocolError => "protocol-error",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phase_names_round_trip_and_aliases_parse() {
+        for p in Phase::ALL {
+            assert_eq!(Phase::parse(p.name()), Some(p));
+            assert_eq!(Phase::parse(&p.name().to_uppercase()), Some(p));
+        }
+        assert_eq!(Phase::parse("end-of-data"), Some(Phase::DataEnd));
+        assert_eq!(Phase::parse("Data_End"), Some(Phase::DataEnd));
+        assert_eq!(Phase::parse("connect"), Some(Phase::Greeting));
+        assert_eq!(Phase::parse("MAIL FROM"), Some(Phase::Mail));
+        assert_eq!(Phase::parse("bogus"), None);
+        assert_eq!(Phase::DataEnd.to_string(), "data-end");
     }
 }

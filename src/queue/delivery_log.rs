@@ -35,7 +35,7 @@ pub enum Action {
 
 /// One line of the log.
 #[derive(Serialize, Debug, Clone, Copy)]
-pub struct Outcome<'a> {
+pub struct LogEntry<'a> {
     /// Unix ms of the outcome.
     pub ts_ms: u64,
     /// Written as the queue id's text form (the spool's file name).
@@ -83,19 +83,9 @@ impl DeliveryLog {
     pub fn open(path: &Path) -> io::Result<Self> {
         let mut opts = OpenOptions::new();
         opts.append(true).create(true);
-        // Portable path (not unix): the platform's default permissions; keep the log's
-        // directory private instead.
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-        let file = opts.open(path)?;
-        #[cfg(unix)]
-        {
-            // A log created by an older version may have the umask's mode.
-            use std::os::unix::fs::PermissionsExt;
-            if file.metadata()?.permissions().mode() & 0o077 != 0 {
-                file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-            }
-        }
+        let file = crate::platform::owner_only(&mut opts).open(path)?;
+        // A log created by an older version may have the umask's mode.
+        crate::platform::tighten(&file)?;
         Ok(Self {
             inner: Some(Mutex::new(Inner {
                 file,
@@ -115,7 +105,7 @@ impl DeliveryLog {
     }
 
     /// Appends one line. Never panics; an error is logged once per burst, not returned.
-    pub fn write(&self, o: &Outcome) {
+    pub fn write(&self, o: &LogEntry) {
         let Some(inner) = &self.inner else { return };
         // A panic elsewhere while holding the lock must not silence the log for good.
         let mut g = inner.lock().unwrap_or_else(|p| p.into_inner());
@@ -159,8 +149,8 @@ mod tests {
     use super::*;
     use serde_json::Value;
 
-    fn outcomes(reply: &StoredReply) -> [Outcome<'_>; 3] {
-        let base = Outcome {
+    fn outcomes(reply: &StoredReply) -> [LogEntry<'_>; 3] {
+        let base = LogEntry {
             ts_ms: 1_776_153_909_000,
             queue_id: QueueId::from_u64(42 << 20),
             from: "news@example.org",
@@ -173,7 +163,7 @@ mod tests {
         };
         [
             base,
-            Outcome {
+            LogEntry {
                 rcpt: "b@example.net",
                 action: Action::Deferred,
                 verdict: "throttle-rate",
@@ -181,7 +171,7 @@ mod tests {
                 next_attempt_ms: Some(1_776_153_969_000),
                 ..base
             },
-            Outcome {
+            LogEntry {
                 rcpt: "c@example.net",
                 action: Action::Suppressed,
                 reply: None,

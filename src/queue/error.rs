@@ -1,4 +1,5 @@
 //! Errors of the spool, and the one SMTP reply the server gives for all storage trouble.
+//! It must never put message content or credentials into an error.
 
 use crate::smtp::{EnhancedCode, Reply};
 use std::io;

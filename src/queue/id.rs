@@ -2,6 +2,9 @@
 //! counter, written as 13 characters of lower-case Crockford base32. Fixed width and an
 //! alphabet in ASCII order make the text sort like the number, so `ls msg/` lists the
 //! spool oldest first, and the text is safe as a file name on any file system.
+//!
+//! An id must never repeat within one spool, and never contain a character that is not
+//! safe in a file name.
 
 use std::fmt;
 use std::str::FromStr;

@@ -80,7 +80,7 @@ impl Ledger {
         f.write_all(&json)?;
         f.sync_all()?;
         std::fs::rename(&tmp, &path)?;
-        super::spool::fsync_dir(dir)
+        crate::platform::fsync_dir(dir)
     }
 }
 

@@ -1,6 +1,9 @@
 //! What the spool keeps about a message besides its body: the envelope, when it arrived,
 //! and one state per recipient. Stored as JSON in redb (new fields must be
 //! `#[serde(default)]` so older spools stay readable).
+//!
+//! A record must never hold the message body (that is a file of its own), and a field
+//! must never be removed or renamed without a migration.
 
 use crate::smtp::{Envelope, Reply};
 use serde::{Deserialize, Serialize};

@@ -1,6 +1,8 @@
 //! What happens to one queued recipient after a delivery attempt: delivered, failed for
 //! good, retried (and whether the attempt counts), or held while the account is paused.
-//! Pure: a verdict, the reply and its phase in, a decision out; no clock, no I/O.
+//! One function, [`decide`], of the attempt's [`RcptOutcome`] — a provider reply with
+//! the verdict it got where it arrived, or a local failure — so nothing classifies a
+//! reply twice. Pure: no clock, no I/O.
 //!
 //! It must never fail a recipient because of our own pacing (throttles, admission waits,
 //! unreachable provider), never count an attempt while the account is paused, and never
@@ -8,7 +10,8 @@
 
 use std::time::Duration;
 
-use crate::policy::classify::retry_hint;
+use super::transport::{LocalKind, RcptOutcome};
+use crate::policy::classify::reply_hint;
 use crate::policy::verdict::{Phase, Verdict};
 use crate::smtp::Reply;
 
@@ -51,12 +54,60 @@ pub enum Decision {
 /// a transient blocklisting) before the recipient fails with a bounce report.
 pub const POLICY_BLOCK_ATTEMPTS: u32 = 3;
 
+/// The decision for one recipient's outcome of an attempt, and the verdict's name for
+/// the delivery log. `attempts`: counted attempts before this one; `rcpts`: recipients
+/// in the transaction; `backing_off`: the upstream is in its connect backoff (so an
+/// unreachable provider holds the queue rather than delaying each message).
+pub fn decide(
+    out: &RcptOutcome,
+    attempts: u32,
+    rcpts: usize,
+    backing_off: bool,
+) -> (Decision, &'static str) {
+    let retry = |counts| Decision::Retry { counts, hint: None };
+    match out {
+        RcptOutcome::Reply {
+            phase,
+            reply,
+            verdict,
+        } => {
+            // After DATA one reply answers for every recipient of the transaction: it
+            // cannot say which address is bad.
+            let whole = rcpts > 1 && matches!(phase, Phase::Data | Phase::DataEnd);
+            let d = decide_reply(verdict, *phase, reply, attempts, whole);
+            (d, verdict.name())
+        }
+        RcptOutcome::Local { kind, .. } => match kind {
+            LocalKind::Paused => (Decision::Hold, "paused"),
+            // No update at all: the recipient stays due and is picked up again as soon
+            // as a slot is free, or (unreachable) when the upstream's connect backoff has
+            // passed.
+            LocalKind::Busy => (Decision::Hold, "busy"),
+            LocalKind::Unreachable if backing_off => (Decision::Hold, "unreachable"),
+            // Without an upstream backoff in force (a failure the controller does not
+            // count as a connect failure), delay the message instead, so a broken
+            // upstream is never retried in a tight loop.
+            LocalKind::Unreachable => (retry(false), "unreachable"),
+            // Counted, so that a message that breaks the connection every time backs off
+            // further and further instead of being re-sent every few seconds for days
+            // (attempts only steer the backoff).
+            LocalKind::Broken => (retry(true), "connection-lost"),
+            LocalKind::BadAddress => (Decision::Failed(FailKind::Address), "bad-address"),
+            // What the rule table makes of a 5.6.x refusal: this message, not the address.
+            LocalKind::Unsendable => (
+                Decision::Failed(FailKind::Message),
+                Verdict::RejectMessage.name(),
+            ),
+        },
+    }
+}
+
 /// The decision for `reply`, received in `phase` and classified as `verdict`, for a
 /// recipient that has had `attempts` counted attempts before this one. `whole`: the reply
 /// answered a whole transaction of several recipients (DATA, end of DATA), so it cannot
 /// be about one address: an address verdict (unknown user, mailbox full) fails the
 /// message for all of them, as a message failure — never "hard", never suppressed.
-pub fn decide(
+fn decide_reply(
     verdict: &Verdict,
     phase: Phase,
     reply: &Reply,
@@ -74,14 +125,14 @@ pub fn decide(
         // in ..." when it gives one.
         Verdict::Throttle(_) => Decision::Retry {
             counts: false,
-            hint: retry_hint(&reply.text()),
+            hint: reply_hint(reply),
         },
         // Before any recipient was named (greeting, EHLO, AUTH, MAIL) a policy block is
         // about the sender's account or IP, not this message: uncounted, never bounced.
         Verdict::PolicyBlock if !matches!(phase, Phase::Rcpt | Phase::Data | Phase::DataEnd) => {
             Decision::Retry {
                 counts: false,
-                hint: retry_hint(&reply.text()),
+                hint: reply_hint(reply),
             }
         }
         Verdict::Defer { hint } => Decision::Retry {
@@ -124,44 +175,55 @@ mod tests {
     use super::*;
     use crate::policy::classify::Classifier;
 
-    fn decide_reply(phase: Phase, text: &str, attempts: u32) -> Decision {
+    /// The outcome of a one-recipient transaction answered `text` in `phase`, with the
+    /// verdict the built-in rules give it where it arrives.
+    fn answered(phase: Phase, text: &str) -> RcptOutcome {
         let c = Classifier::builtin().unwrap();
-        let r = Reply::parse_lenient(text).unwrap();
-        decide(&c.classify(phase, &r).verdict, phase, &r, attempts, false)
+        let reply = Reply::parse_lenient(text).unwrap();
+        let verdict = c.classify(phase, &reply).verdict;
+        RcptOutcome::Reply {
+            phase,
+            reply,
+            verdict,
+        }
+    }
+
+    fn decision(phase: Phase, text: &str, attempts: u32) -> Decision {
+        decide(&answered(phase, text), attempts, 1, false).0
     }
 
     #[test]
     fn each_kind_of_reply() {
         use Decision::*;
-        assert_eq!(decide_reply(Phase::DataEnd, "250 2.0.0 Ok", 0), Delivered);
+        assert_eq!(decision(Phase::DataEnd, "250 2.0.0 Ok", 0), Delivered);
         assert_eq!(
-            decide_reply(Phase::Rcpt, "550 5.1.1 No such user", 0),
+            decision(Phase::Rcpt, "550 5.1.1 No such user", 0),
             Failed(FailKind::Address)
         );
         assert_eq!(
-            decide_reply(Phase::Rcpt, "552 5.2.2 Mailbox full", 0),
+            decision(Phase::Rcpt, "552 5.2.2 Mailbox full", 0),
             Failed(FailKind::Mailbox)
         );
         assert_eq!(
-            decide_reply(Phase::DataEnd, "552 5.3.4 Message too big", 0),
+            decision(Phase::DataEnd, "552 5.3.4 Message too big", 0),
             Failed(FailKind::Message)
         );
         assert_eq!(
-            decide_reply(Phase::Mail, "421 4.7.0 Too many connections", 0),
+            decision(Phase::Mail, "421 4.7.0 Too many connections", 0),
             Retry {
                 counts: false,
                 hint: None
             }
         );
         assert_eq!(
-            decide_reply(Phase::Rcpt, "450 4.7.1 Rate limit exceeded", 5),
+            decision(Phase::Rcpt, "450 4.7.1 Rate limit exceeded", 5),
             Retry {
                 counts: false,
                 hint: None
             }
         );
         assert_eq!(
-            decide_reply(
+            decision(
                 Phase::Rcpt,
                 "451 4.7.1 Greylisted, try again in 5 minutes",
                 0
@@ -171,12 +233,9 @@ mod tests {
                 hint: Some(Duration::from_secs(300))
             }
         );
+        assert_eq!(decision(Phase::Auth, "535 5.7.8 Bad credentials", 0), Hold);
         assert_eq!(
-            decide_reply(Phase::Auth, "535 5.7.8 Bad credentials", 0),
-            Hold
-        );
-        assert_eq!(
-            decide_reply(
+            decision(
                 Phase::Mail,
                 "550 5.4.5 Daily user sending quota exceeded",
                 0
@@ -192,7 +251,7 @@ mod tests {
             "550 Send quota exceeded",
             "452 4.5.3 Too many recipients",
         ] {
-            let d = decide_reply(Phase::Rcpt, text, 0);
+            let d = decision(Phase::Rcpt, text, 0);
             assert!(
                 !matches!(d, Decision::Failed(FailKind::Address)),
                 "{text}: {d:?}"
@@ -201,42 +260,107 @@ mod tests {
         // A 5.7.x block is retried a few times, then fails the message (not the address).
         let block = "554 5.7.1 Message rejected as spam";
         assert!(matches!(
-            decide_reply(Phase::DataEnd, block, 0),
+            decision(Phase::DataEnd, block, 0),
             Decision::Retry { counts: true, .. } | Decision::Hold
         ));
         assert!(matches!(
-            decide_reply(Phase::DataEnd, block, POLICY_BLOCK_ATTEMPTS - 1),
+            decision(Phase::DataEnd, block, POLICY_BLOCK_ATTEMPTS - 1),
             Decision::Failed(FailKind::Message) | Decision::Hold
         ));
     }
 
     #[test]
     fn an_address_verdict_for_a_whole_transaction_fails_the_message_not_the_address() {
-        let c = Classifier::builtin().unwrap();
         for text in [
             "550 5.1.1 <a@example.org>: Recipient address rejected: User unknown",
             "552 5.2.2 Mailbox full",
         ] {
-            let r = Reply::parse_lenient(text).unwrap();
-            let v = c.classify(Phase::DataEnd, &r).verdict;
+            let out = answered(Phase::DataEnd, text);
             assert_eq!(
-                decide(&v, Phase::DataEnd, &r, 0, true),
+                decide(&out, 0, 2, false).0,
                 Decision::Failed(FailKind::Message),
                 "{text}"
             );
             // One recipient: the reply is about that address.
             assert!(matches!(
-                decide(&v, Phase::DataEnd, &r, 0, false),
+                decide(&out, 0, 1, false).0,
                 Decision::Failed(FailKind::Address | FailKind::Mailbox)
             ));
         }
         // A 4xx for the whole transaction is retried as before.
-        let r = Reply::parse_lenient("452 4.2.2 Mailbox full").unwrap();
-        let v = c.classify(Phase::DataEnd, &r).verdict;
         assert!(matches!(
-            decide(&v, Phase::DataEnd, &r, 0, true),
+            decide(
+                &answered(Phase::DataEnd, "452 4.2.2 Mailbox full"),
+                0,
+                2,
+                false
+            )
+            .0,
             Decision::Retry { .. }
         ));
+    }
+
+    /// The verdict that came with the reply decides, not a second reading of the reply:
+    /// a user rule that calls a 550 a rate throttle is obeyed.
+    #[test]
+    fn the_decision_follows_the_verdict_that_came_with_the_reply() {
+        let out = RcptOutcome::Reply {
+            phase: Phase::Rcpt,
+            reply: Reply::parse_lenient("550 5.1.1 try again in 2 minutes").unwrap(),
+            verdict: Verdict::Throttle(crate::policy::verdict::ThrottleKind::Rate),
+        };
+        assert_eq!(
+            decide(&out, 3, 1, false),
+            (
+                Decision::Retry {
+                    counts: false,
+                    hint: Some(Duration::from_secs(120))
+                },
+                "throttle-rate"
+            )
+        );
+    }
+
+    #[test]
+    fn local_failures() {
+        let local = |kind| RcptOutcome::Local {
+            kind,
+            reply: Reply::plain(451, "local"),
+        };
+        let cases = [
+            (LocalKind::Paused, false, Decision::Hold),
+            (LocalKind::Busy, false, Decision::Hold),
+            (LocalKind::Unreachable, true, Decision::Hold),
+            (
+                LocalKind::Unreachable,
+                false,
+                Decision::Retry {
+                    counts: false,
+                    hint: None,
+                },
+            ),
+            (
+                LocalKind::Broken,
+                false,
+                Decision::Retry {
+                    counts: true,
+                    hint: None,
+                },
+            ),
+            (
+                LocalKind::BadAddress,
+                false,
+                Decision::Failed(FailKind::Address),
+            ),
+            (
+                LocalKind::Unsendable,
+                false,
+                Decision::Failed(FailKind::Message),
+            ),
+        ];
+        for (kind, backing_off, want) in cases {
+            assert_eq!(decide(&local(kind), 0, 1, backing_off).0, want, "{kind:?}");
+        }
     }
 
     #[test]

@@ -61,7 +61,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use redb::{Database, ReadableTable, TableDefinition};
 use tokio::io::AsyncWriteExt;
@@ -115,21 +115,13 @@ fn open_db(path: &Path, faults: &Faults) -> Result<Database, SpoolError> {
     let ctx = || format!("opening {}", path.display());
     let mut opts = OpenOptions::new();
     opts.read(true).write(true).create(true).truncate(false);
-    // Portable path (not unix): the file gets the platform's default permissions; keep
-    // the spool directory private instead.
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let file = opts.open(path).map_err(|e| SpoolError::io(&ctx(), &e))?;
-    #[cfg(unix)]
-    {
-        // An older spool's file may have been created with the umask's mode.
-        use std::os::unix::fs::PermissionsExt;
-        let meta = file.metadata().map_err(|e| SpoolError::io(&ctx(), &e))?;
-        if meta.permissions().mode() & 0o077 != 0 {
-            file.set_permissions(fs::Permissions::from_mode(0o600))
-                .map_err(|e| SpoolError::io(&format!("chmod 600 {}", path.display()), &e))?;
-        }
-    }
+    // The non-Unix path: see `platform`.
+    let file = crate::platform::owner_only(&mut opts)
+        .open(path)
+        .map_err(|e| SpoolError::io(&ctx(), &e))?;
+    // An older spool's file may have been created with the umask's mode.
+    crate::platform::tighten(&file)
+        .map_err(|e| SpoolError::io(&format!("chmod 600 {}", path.display()), &e))?;
     let backend = redb::backends::FileBackend::new(file).map_err(|e| SpoolError::db(&ctx(), e))?;
     #[cfg(test)]
     let backend = faulty::FaultyBackend::new(backend, faults.clone());
@@ -148,23 +140,19 @@ pub struct Spool {
     writer: Option<JoinHandle<()>>,
 }
 
+/// The spool's own stamps (arrival, queue ids) read the wall clock the relay's
+/// `SystemClock` reads.
 pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+    crate::policy::clock::wall_ms()
 }
 
-pub(crate) fn fsync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
+pub(crate) use crate::platform::fsync_dir;
 
 fn create_dir(path: &Path) -> Result<(), SpoolError> {
     let mut b = fs::DirBuilder::new();
     b.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
-    b.create(path)
+    crate::platform::private_dir(&mut b)
+        .create(path)
         .map_err(|e| SpoolError::io(&format!("creating {}", path.display()), &e))?;
     if !path.is_dir() {
         return Err(SpoolError::Io(format!(
@@ -257,10 +245,10 @@ impl Spool {
         let path = self.shared.tmp.join(id.to_string());
         let mut opts = tokio::fs::OpenOptions::new();
         opts.write(true).create_new(true);
-        // Portable path (not unix): default permissions; the spool directory is 0700.
-        #[cfg(unix)]
-        opts.mode(0o600);
-        match opts.open(&path).await {
+        match crate::platform::owner_only_async(&mut opts)
+            .open(&path)
+            .await
+        {
             Ok(file) => Ok(BodyWriter {
                 id,
                 file: Some(file),

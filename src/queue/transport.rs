@@ -1,14 +1,16 @@
 //! What the delivery workers need from whatever carries a message to the provider: one
-//! transaction (MAIL, RCPTs, DATA) and one outcome per recipient. `cli` implements it
+//! transaction (MAIL, RCPTs, DATA) and one outcome per recipient. `relay` implements it
 //! over the upstream admission stack (the same path passthrough uses, so one policy
 //! governs both modes); tests use scripted transports.
 //!
-//! Contract: an implementation must return exactly one [`Outcome`] per recipient given,
-//! in order, must never report a recipient delivered unless the provider accepted the
-//! message for it, and must turn every local failure into [`Outcome::Local`] — never
-//! hang past its own admission and protocol timeouts, never panic.
+//! Contract: an implementation must return exactly one [`RcptOutcome`] per recipient
+//! given, in order, must never report a recipient delivered unless the provider accepted
+//! the message for it, must hand on the verdict each provider reply got where it arrived
+//! (nothing here classifies a reply again), and must turn every local failure into
+//! [`RcptOutcome::Local`] — never hang past its own admission and protocol timeouts,
+//! never panic.
 
-use crate::policy::verdict::Phase;
+use crate::policy::verdict::{Phase, Verdict};
 use crate::smtp::{Envelope, Reply};
 use std::future::Future;
 
@@ -28,19 +30,28 @@ pub enum LocalKind {
     Broken,
     /// The address cannot be sent at all (it would break the command line).
     BadAddress,
+    /// The address cannot go to this provider: the client refused it itself (`reply`,
+    /// e.g. `553 5.6.7` for a non-ASCII address without SMTPUTF8). The message fails for
+    /// it; the address is fine.
+    Unsendable,
 }
 
 /// The result of one attempt for one recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// The provider's reply that decides this recipient, and the phase it came in
-    /// (`Mail` when MAIL was refused, `Rcpt`, `Data`, `DataEnd`, `Greeting`, `Auth`, ...).
-    Reply { phase: Phase, reply: Reply },
+pub enum RcptOutcome {
+    /// The provider's reply that decides this recipient, the phase it came in (`Mail`
+    /// when MAIL was refused, `Rcpt`, `Data`, `DataEnd`, `Greeting`, `Auth`, ...), and
+    /// the verdict it got where it arrived.
+    Reply {
+        phase: Phase,
+        reply: Reply,
+        verdict: Verdict,
+    },
     /// No provider reply decides: `reply` is the local 4xx that says why.
     Local { kind: LocalKind, reply: Reply },
 }
 
-impl Outcome {
+impl RcptOutcome {
     pub fn reply(&self) -> &Reply {
         match self {
             Self::Reply { reply, .. } | Self::Local { reply, .. } => reply,
@@ -55,5 +66,5 @@ pub trait Transport: Send + Sync + 'static {
         env: &Envelope,
         rcpts: &[String],
         message: &[u8],
-    ) -> impl Future<Output = Vec<Outcome>> + Send;
+    ) -> impl Future<Output = Vec<RcptOutcome>> + Send;
 }

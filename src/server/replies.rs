@@ -3,7 +3,6 @@
 //! Replies from the provider never come from here: they are relayed verbatim. Nothing in
 //! this file may be a 2xx to MAIL, RCPT or DATA — only the relay may say that.
 
-use super::session::Timeout;
 use crate::smtp::{EnhancedCode, Reply};
 
 const fn ec(class: u8, subject: u16, detail: u16) -> EnhancedCode {
@@ -192,4 +191,17 @@ pub fn auth_challenge(b64: &str) -> Reply {
         enhanced: None,
         lines: vec![b64.to_string()],
     }
+}
+
+/// Which deadline ran out while waiting for the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Timeout {
+    /// `idle_timeout`: nothing at all arrived.
+    Idle,
+    /// `command_timeout`: a command line did not arrive complete.
+    Command,
+    /// `data_block_timeout`: a block of the message did not arrive.
+    DataBlock,
+    /// `pre_mail_timeout`: no MAIL FROM in time.
+    PreMail,
 }

@@ -22,8 +22,7 @@
 //! command line verbatim (AUTH lines carry credentials); wait on the client or the relay
 //! without a bound (the deadlines above, shutdown grace).
 
-use super::replies;
-use super::starttls::Stream;
+use super::replies::{self, Timeout};
 use super::{Relay, RelayTransaction, Shared};
 use crate::smtp::command::{self, Command};
 use crate::smtp::line::{find_line, LineError, MAX_COMMAND_LINE};
@@ -34,6 +33,10 @@ use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+
+/// The session's connection: plain until STARTTLS succeeds (`Gone` only while the
+/// handshake owns the socket; any I/O on it fails).
+pub(crate) type Stream = crate::net::MaybeTls<tokio_rustls::server::TlsStream<TcpStream>>;
 
 /// How much is read from the socket at a time.
 const READ_CHUNK: usize = 16 * 1024;
@@ -56,19 +59,6 @@ pub(crate) enum Close {
     Io,
     Timeout(Timeout),
     Shutdown,
-}
-
-/// Which deadline ran out while waiting for the client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Timeout {
-    /// `idle_timeout`: nothing at all arrived.
-    Idle,
-    /// `command_timeout`: a command line did not arrive complete.
-    Command,
-    /// `data_block_timeout`: a block of the message did not arrive.
-    DataBlock,
-    /// `pre_mail_timeout`: no MAIL FROM in time.
-    PreMail,
 }
 
 /// What the session is reading, for the deadline of [`Session::read_more`].

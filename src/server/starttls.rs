@@ -6,14 +6,12 @@
 //! before the handshake (EHLO, AUTH), or put key material into an error or a log line.
 
 use super::replies;
-use super::session::{Close, Session};
+use super::session::{Close, Session, Stream};
 use super::{Relay, ServerError};
 use crate::config::ServerTls;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::sync::Arc;
-use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
 /// Builds the STARTTLS acceptor (TLS 1.2 and 1.3, ring provider) from PEM files: the
@@ -43,10 +41,6 @@ pub fn load_tls_acceptor(tls: &ServerTls) -> Result<TlsAcceptor, ServerError> {
         .map_err(|e| cert_err(e.to_string()))?;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
-
-/// The session's connection: plain until STARTTLS succeeds (`Gone` only while the
-/// handshake owns the socket; any I/O on it fails).
-pub(crate) type Stream = crate::net::MaybeTls<TlsStream<TcpStream>>;
 
 impl<R: Relay> Session<R> {
     pub(crate) async fn handle_starttls(&mut self) -> Result<(), Close> {

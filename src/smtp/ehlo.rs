@@ -1,6 +1,8 @@
 //! EHLO capabilities as a client sees them in the provider's EHLO reply (RFC 5321 4.1.1.1
 //! and the extensions we use). Parsed fresh after every EHLO: after STARTTLS the old set
 //! must be forgotten (RFC 3207 4.2).
+//!
+//! It must never keep capabilities across a STARTTLS, and never do I/O.
 
 use super::reply::Reply;
 

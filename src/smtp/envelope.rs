@@ -1,6 +1,8 @@
 //! The envelope of one transaction as it travels from the mailer to the provider: the
 //! reverse-path and the MAIL FROM parameters we carry over. Recipients are plain
 //! addresses (`String`), one RCPT each.
+//!
+//! It must never hold policy or I/O: only what the transaction says.
 
 /// MAIL FROM and the parameters mailvalve forwards when the provider supports them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -4,6 +4,8 @@
 //!
 //! Hand-written rather than smtp-proto's `LineReceiver`, which accepts a bare LF as a
 //! line end — the very ambiguity this module exists to refuse.
+//!
+//! It must never accept a line that ends in anything but CRLF.
 
 /// RFC 5321 4.5.3.1.4: a command line is at most 512 octets including CRLF.
 pub const MAX_COMMAND_LINE: usize = 512;

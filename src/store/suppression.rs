@@ -66,39 +66,28 @@ impl RedbFile {
 fn open_file(path: &Path) -> std::io::Result<(std::fs::File, bool)> {
     let mut o = std::fs::OpenOptions::new();
     o.read(true).write(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    crate::platform::owner_only(&mut o);
     match o.clone().create_new(true).open(path) {
         Ok(f) => return Ok((f, true)),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(e),
     }
     let f = o.open(path)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        if f.metadata()?.permissions().mode() & 0o077 != 0 {
-            tracing::warn!(
-                path = %path.display(),
-                "the suppression database is accessible by other users; `chmod 600` it (it holds addresses)"
-            );
-        }
+    if crate::platform::is_shared(&f.metadata()?) {
+        tracing::warn!(
+            path = %path.display(),
+            "the suppression database is accessible by other users; `chmod 600` it (it holds addresses)"
+        );
     }
     Ok((f, false))
 }
 
 fn sync_parent(path: &Path) -> std::io::Result<()> {
-    #[cfg(unix)]
-    {
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    #[cfg(not(unix))]
-    let _ = path;
-    Ok(())
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    crate::platform::fsync_dir(dir)
 }
 
 impl SuppressionStore for RedbFile {

@@ -3,6 +3,8 @@
 //! required on import (a list exported from a newsletter tool often has just that).
 //! Times are RFC 3339. An import is checked completely before anything is written: a
 //! malformed file reports every bad line by number and changes nothing.
+//!
+//! It must never write part of a bad import, and never export anything but the list.
 
 use crate::policy::suppression::{normalize, Entry, Source};
 use std::io::{Read, Write};

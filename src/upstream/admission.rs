@@ -9,8 +9,9 @@
 //!
 //! The deadline travels in the request ([`AdmissionRequest`]) rather than in a
 //! `tower::timeout::Timeout` around the stack, so only the *waiting* is bounded by
-//! `admission_wait`; connecting has its own `timeouts.connect`. A future pause gate or
-//! adaptive limit slots in as another layer, or by resizing [`Admission::limit`].
+//! `admission_wait`; connecting has its own `timeouts.connect`. With the policy, the
+//! policy gate (pause, adaptive rate) is the outermost layer and the concurrency limit
+//! follows the controller's ([`ConcurrencyLimit::following`]).
 //!
 //! This module must never hand out more leases than the concurrency limit, and never let
 //! a caller wait past its deadline for a rate slot or a permit.
@@ -18,9 +19,11 @@
 use super::concurrency::{ConcurrencyLayer, ConcurrencyLimit};
 use super::error::UpstreamError;
 use super::lease::Lease;
-use super::pause_gate::PauseGateLayer;
-use super::pool::{Pool, PoolService};
+use super::lease::PoolService;
+use super::policy_gate::PolicyGateLayer;
+use super::pool::Pool;
 use super::rate_limit::{RateLimitLayer, RateLimits};
+pub use super::request::AdmissionRequest;
 use super::settings::Settings;
 use crate::policy::controller::Controller;
 use std::sync::Arc;
@@ -28,23 +31,6 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tower::util::BoxCloneSyncService;
 use tower::{ServiceBuilder, ServiceExt};
-
-/// What travels down the stack: when waiting must stop.
-#[derive(Debug, Clone, Copy)]
-pub struct AdmissionRequest {
-    pub deadline: Instant,
-    /// The configured wait, for the error message.
-    pub wait: Duration,
-}
-
-impl AdmissionRequest {
-    pub fn new(wait: Duration) -> Self {
-        Self {
-            deadline: Instant::now() + wait,
-            wait,
-        }
-    }
-}
 
 /// The admission stack for one upstream. Cheap to share (`Arc` inside); `Send + Sync`.
 #[derive(Clone)]
@@ -76,8 +62,8 @@ impl Admission {
 
     /// The stack with the policy in front: pause gate and adaptive rate (the
     /// controller), then the configured fixed limits, the adaptive concurrency limit
-    /// (resized by the observer after every reply) and the pool. `settings` should carry
-    /// the observer that feeds `controller`.
+    /// (`limit`, following the controller's) and the pool. `settings` should carry the
+    /// observer that feeds `controller`.
     pub fn with_policy(
         settings: Arc<Settings>,
         controller: Arc<Controller>,
@@ -98,7 +84,7 @@ impl Admission {
             Some(c) => Pool::with_backoff(settings.clone(), c.clone()),
             None => Pool::new(settings.clone()),
         };
-        let gate = controller.map(PauseGateLayer::new);
+        let gate = controller.map(PolicyGateLayer::new);
         if tokio::runtime::Handle::try_current().is_ok() {
             pool.spawn_reaper();
         }
@@ -148,7 +134,7 @@ impl Admission {
         }
     }
 
-    /// The concurrency limit, shared: resize it with `set_limit`.
+    /// The concurrency limit, shared (without the policy, resize it with `set_limit`).
     pub fn limit(&self) -> &Arc<ConcurrencyLimit> {
         &self.limit
     }

@@ -6,21 +6,39 @@
 //! (`334` to go on, `235` when done); anything else positive is the client's protocol
 //! guard's [`UpstreamError::Unexpected`], never "authenticated".
 
-use super::client::{Connection, Expect};
+use super::answer::Answer;
 use super::error::UpstreamError;
+use super::expect::Expect;
 use crate::config::Secret;
 use crate::policy::verdict::Phase;
+use crate::smtp::ehlo::Capabilities;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
+use std::future::Future;
+use std::time::Duration;
 
-/// Authenticates `conn`. PLAIN if offered, else LOGIN, else `NoAuthMechanism`.
-pub(crate) async fn authenticate(
-    conn: &mut Connection,
+/// What AUTH needs of a connection (`client::Connection` implements it): one command
+/// and its reply, with the line logged as `shown`.
+pub(crate) trait Commands {
+    fn command_redacted(
+        &mut self,
+        line: &str,
+        shown: &str,
+        phase: Phase,
+        expect: Expect,
+        wait: Duration,
+    ) -> impl Future<Output = Result<Answer, UpstreamError>> + Send;
+}
+
+/// Authenticates `conn`, which offered `caps`. PLAIN if offered, else LOGIN, else
+/// `NoAuthMechanism`. Each step waits at most `wait`.
+pub(crate) async fn authenticate<C: Commands>(
+    conn: &mut C,
+    caps: &Capabilities,
+    wait: Duration,
     user: &str,
     pass: &Secret,
 ) -> Result<(), UpstreamError> {
-    let caps = conn.capabilities().clone();
-    let wait = conn.command_timeout();
     if caps.auth_plain {
         let mut raw = Vec::with_capacity(user.len() + pass.expose().len() + 2);
         raw.push(0);
@@ -79,7 +97,7 @@ pub(crate) async fn authenticate(
 }
 
 /// `r` is negative or `235` (the guard refused anything else positive).
-fn finish(r: crate::smtp::Reply) -> Result<(), UpstreamError> {
+fn finish(r: Answer) -> Result<(), UpstreamError> {
     if r.code == 235 {
         tracing::debug!("authenticated with the provider");
         Ok(())

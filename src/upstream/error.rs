@@ -5,6 +5,7 @@
 //! module must never put a secret (password, AUTH exchange) into an error or a reply, and
 //! `to_reply` must never answer 2xx or 5xx: a local failure is never the message's fault.
 
+use super::answer::Answer;
 use crate::policy::verdict::{PauseScope, Phase};
 use crate::smtp::{EnhancedCode, Reply, ReplyError};
 use std::io;
@@ -17,26 +18,26 @@ pub enum UpstreamError {
     #[error("cannot reach the provider: {0}")]
     Connect(#[source] io::Error),
     /// No answer (or no progress writing) within the configured RFC 5321 timeout.
-    #[error("provider timed out in phase {}", phase_name(*.phase))]
+    #[error("provider timed out in phase {}", .phase)]
     Timeout { phase: Phase },
     /// TLS configuration or handshake failure.
     #[error("TLS with the provider failed: {0}")]
     Tls(String),
     /// The greeting was not 2xx (e.g. `421 Too many connections`).
     #[error("provider refused the connection: {0}")]
-    Greeting(Reply),
+    Greeting(Answer),
     /// Neither EHLO nor HELO was accepted.
     #[error("provider refused EHLO/HELO: {0}")]
-    Ehlo(Reply),
+    Ehlo(Answer),
     /// STARTTLS required but not offered (`None`) or refused (`Some(reply)`).
     #[error("provider STARTTLS failed: {}", .0.as_ref().map_or("not offered".to_string(), |r| r.to_string()))]
-    StartTls(Option<Reply>),
+    StartTls(Option<Answer>),
     /// Credentials are configured, but the provider offers neither AUTH PLAIN nor LOGIN.
     #[error("provider offers no AUTH mechanism mailvalve supports (PLAIN, LOGIN)")]
     NoAuthMechanism,
     /// The provider rejected the credentials. Holds the provider's reply, never the secret.
     #[error("provider rejected the credentials: {0}")]
-    Auth(Reply),
+    Auth(Answer),
     /// The provider sent something that is not an SMTP reply.
     #[error("provider protocol error: {0}")]
     Protocol(#[from] ReplyError),
@@ -46,12 +47,12 @@ pub enum UpstreamError {
     /// are, so the connection is dropped, the message retried and nothing is counted as
     /// accepted. Holds the reply for the log (an AUTH challenge is the provider's, never
     /// our secret).
-    #[error("provider broke the protocol: {} in phase {}, where it is not a valid answer", .reply.code, phase_name(*.phase))]
+    #[error("provider broke the protocol: {} in phase {}, where it is not a valid answer", .reply.code, .phase)]
     Unexpected { phase: Phase, reply: Reply },
     /// The provider sent bytes before a command it had not yet been given (more replies
     /// than commands, e.g. after pipelining): the replies can no longer be matched to
     /// the commands. The connection is dropped.
-    #[error("provider sent {bytes} octets nobody asked for before phase {}", phase_name(*.phase))]
+    #[error("provider sent {bytes} octets nobody asked for before phase {}", .phase)]
     Unsolicited { phase: Phase, bytes: usize },
     /// The provider closed the connection when a reply was expected.
     #[error("provider closed the connection")]
@@ -75,21 +76,6 @@ pub enum UpstreamError {
     /// Admission: recent connection failures; the upstream backs off this long.
     #[error("provider unreachable recently; backing off {0:?}")]
     Backoff(Duration),
-}
-
-/// Lower-case name of a phase, for messages and logs.
-pub fn phase_name(phase: Phase) -> &'static str {
-    match phase {
-        Phase::Greeting => "greeting",
-        Phase::Ehlo => "ehlo",
-        Phase::StartTls => "starttls",
-        Phase::Auth => "auth",
-        Phase::Mail => "mail",
-        Phase::Rcpt => "rcpt",
-        Phase::Data => "data",
-        Phase::DataEnd => "data-end",
-        Phase::Rset => "rset",
-    }
 }
 
 impl UpstreamError {
@@ -149,7 +135,7 @@ impl UpstreamError {
                 format!(
                     "Provider broke the SMTP protocol ({} to {}); connection dropped, try again later",
                     reply.code,
-                    phase_name(*phase)
+                    phase.name()
                 ),
             ),
             Self::Unsolicited { phase, .. } => Reply::new(
@@ -157,7 +143,7 @@ impl UpstreamError {
                 e(5, 0),
                 format!(
                     "Provider sent replies nobody asked for (before {}); connection dropped, try again later",
-                    phase_name(*phase)
+                    phase.name()
                 ),
             ),
             Self::Closed | Self::Unusable => Reply::new(
@@ -286,11 +272,11 @@ mod tests {
                 phase: Phase::DataEnd,
             },
             UpstreamError::Tls("bad\r\ncert".into()),
-            UpstreamError::Greeting(Reply::plain(421, "Too many")),
-            UpstreamError::Ehlo(Reply::plain(550, "no")),
+            UpstreamError::Greeting(Answer::provider(Reply::plain(421, "Too many"), None)),
+            UpstreamError::Ehlo(Answer::provider(Reply::plain(550, "no"), None)),
             UpstreamError::StartTls(None),
             UpstreamError::NoAuthMechanism,
-            UpstreamError::Auth(Reply::plain(535, "bad")),
+            UpstreamError::Auth(Answer::provider(Reply::plain(535, "bad"), None)),
             UpstreamError::Protocol(ReplyError::LineTooLong),
             UpstreamError::Unexpected {
                 phase: Phase::Data,

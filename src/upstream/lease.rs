@@ -1,5 +1,6 @@
 //! A [`Lease`]: one provider connection plus the concurrency permit it was admitted
-//! under, for one or more transactions of one caller.
+//! under, for one or more transactions of one caller; and [`PoolService`], the bottom of
+//! the admission stack that checks one out of the pool.
 //!
 //! `release()` RSETs if needed and gives the connection back to the pool, then frees
 //! the permit (in that order, so the next waiter finds the connection idle). Dropping a
@@ -8,9 +9,14 @@
 
 use super::client::Connection;
 use super::concurrency::{HoldPermit, Permit};
+use super::error::UpstreamError;
 use super::pool::Pool;
+use super::request::AdmissionRequest;
+use futures::future::BoxFuture;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use tower::Service;
 
 pub struct Lease {
     /// `Some` from creation until `release` or drop.
@@ -89,5 +95,36 @@ impl Drop for Lease {
             tracing::debug!("lease dropped without release; provider connection closed");
         }
         // The permit (if any) drops after the connection.
+    }
+}
+
+/// The bottom of the admission stack: a [`Lease`] on a pooled or new connection
+/// (without a permit; the concurrency layer adds it).
+#[derive(Clone, Debug)]
+pub struct PoolService {
+    pool: Arc<Pool>,
+}
+
+impl PoolService {
+    pub fn new(pool: Arc<Pool>) -> Self {
+        Self { pool }
+    }
+}
+
+impl Service<AdmissionRequest> for PoolService {
+    type Response = Lease;
+    type Error = UpstreamError;
+    type Future = BoxFuture<'static, Result<Lease, UpstreamError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _req: AdmissionRequest) -> Self::Future {
+        let pool = self.pool.clone();
+        Box::pin(async move {
+            let conn = pool.take().await?;
+            Ok(Lease::new(conn, pool))
+        })
     }
 }

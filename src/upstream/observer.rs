@@ -1,8 +1,9 @@
 //! The one feedback path from the provider to the policy. The client calls an
 //! [`Observer`] for every reply of every phase, every connection failure and timeout,
 //! and the 354 / final-reply latencies; [`PolicyObserver`] classifies each reply once,
-//! feeds the verdict to the controller, resizes the admission's concurrency limit to the
-//! controller's, and records suppressions for the recipient the reply answered.
+//! hands the verdict back to the client (it travels with the reply), feeds it to the
+//! controller (whose connection limit admission observes), and records suppressions for
+//! the recipient the reply answered.
 //!
 //! A transaction accepted at the end of DATA is counted once, by the reply itself
 //! (`Controller::on_reply(DataEnd, Accept)`); there is no second "delivered" signal.
@@ -32,8 +33,15 @@ pub trait Observer: Send + Sync + 'static {
     /// A reply, with the recipient it answers when there is exactly one (RCPT, and the
     /// end of DATA of a single-recipient transaction), and what identifies the message
     /// when the caller said (`Connection::set_message_identity`). A 2xx at `DataEnd` is
-    /// the one signal that the provider accepted a message.
-    fn reply(&self, phase: Phase, reply: &Reply, rcpt: Option<&str>, message: Option<&str>);
+    /// the one signal that the provider accepted a message. Returns the verdict when it
+    /// classifies the reply (it then travels with the reply, see `upstream::Answer`).
+    fn reply(
+        &self,
+        phase: Phase,
+        reply: &Reply,
+        rcpt: Option<&str>,
+        message: Option<&str>,
+    ) -> Option<Verdict>;
     /// No reply: refused, timed out, TLS failure, connection lost, garbage.
     fn failure(&self, phase: Option<Phase>, error: &UpstreamError);
     /// A new connection is being set up (TCP, greeting, EHLO, TLS, AUTH).
@@ -61,7 +69,6 @@ impl PolicyObserver {
         suppression: Option<Arc<dyn Recorder>>,
         limit: Arc<ConcurrencyLimit>,
     ) -> Self {
-        limit.set_limit(controller.concurrency_limit());
         Self {
             classifier,
             controller,
@@ -86,14 +93,6 @@ impl PolicyObserver {
             },
         }
     }
-
-    fn sync_limit(&self) {
-        let want = self.controller.concurrency_limit();
-        if want != self.limit.limit() {
-            tracing::info!(connections = want, "concurrency limit changed");
-            self.limit.set_limit(want);
-        }
-    }
 }
 
 impl PolicyObserver {
@@ -111,7 +110,13 @@ fn now_secs() -> u64 {
 }
 
 impl Observer for PolicyObserver {
-    fn reply(&self, phase: Phase, reply: &Reply, rcpt: Option<&str>, message: Option<&str>) {
+    fn reply(
+        &self,
+        phase: Phase,
+        reply: &Reply,
+        rcpt: Option<&str>,
+        message: Option<&str>,
+    ) -> Option<Verdict> {
         let c = self.classifier.classify(phase, reply);
         let verdict = c.verdict;
         if verdict != Verdict::Accept {
@@ -131,7 +136,7 @@ impl Observer for PolicyObserver {
                 Err(e) => tracing::error!(rcpt, "cannot record suppression: {e}"),
             }
         }
-        self.sync_limit();
+        Some(verdict)
     }
 
     fn failure(&self, phase: Option<Phase>, error: &UpstreamError) {
@@ -178,7 +183,6 @@ impl Observer for PolicyObserver {
             }
             _ => {}
         }
-        self.sync_limit();
     }
 
     fn connect_started(&self) {
@@ -201,7 +205,6 @@ impl Observer for PolicyObserver {
         if self.controller.on_latency(kind, sample) {
             tracing::info!(?kind, ?sample, "provider slowed down; one connection fewer");
         }
-        self.sync_limit();
     }
 }
 

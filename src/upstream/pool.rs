@@ -10,18 +10,14 @@
 //! a permit when the backoff began do not each open one more. The pool must never hand
 //! out a connection that is known dead, and never hold its lock across an await.
 
-use super::admission::AdmissionRequest;
 use super::client::Connection;
 use super::error::UpstreamError;
-use super::lease::Lease;
 use super::settings::Settings;
 use crate::policy::controller::Controller;
-use futures::future::BoxFuture;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll};
+
 use std::time::Instant;
-use tower::Service;
 
 struct Idle {
     conn: Connection,
@@ -182,37 +178,6 @@ impl Pool {
                 let Some(pool) = weak.upgrade() else { return };
                 pool.reap().await;
             }
-        })
-    }
-}
-
-/// The bottom of the admission stack: a [`Lease`] on a pooled or new connection
-/// (without a permit; the concurrency layer adds it).
-#[derive(Clone, Debug)]
-pub struct PoolService {
-    pool: Arc<Pool>,
-}
-
-impl PoolService {
-    pub fn new(pool: Arc<Pool>) -> Self {
-        Self { pool }
-    }
-}
-
-impl Service<AdmissionRequest> for PoolService {
-    type Response = Lease;
-    type Error = UpstreamError;
-    type Future = BoxFuture<'static, Result<Lease, UpstreamError>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _req: AdmissionRequest) -> Self::Future {
-        let pool = self.pool.clone();
-        Box::pin(async move {
-            let conn = pool.take().await?;
-            Ok(Lease::new(conn, pool))
         })
     }
 }

@@ -8,8 +8,8 @@
 //! earlier limit is not given back when a later one makes the request time out (the
 //! limits are waited on longest window first, so a spent quota burns nothing else).
 
-use super::admission::AdmissionRequest;
 use super::error::UpstreamError;
+use super::request::AdmissionRequest;
 use crate::config::RateConfig;
 use futures::future::BoxFuture;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};

@@ -55,7 +55,7 @@ async fn queue_421_greeting_forever_backs_off_and_holds_the_queue() {
         .await;
     // Default controller parameters: the engine's own pacing, nothing sped up.
     let q = queue(p.upstream_config(), |c, prof| {
-        wiring::controller_params(c, prof)
+        limits::controller_params(c, prof)
     })
     .await;
     const MESSAGES: usize = 20;

@@ -41,7 +41,7 @@ async fn a_failed_recipient_is_posted_to_the_bounce_webhook() {
         .start()
         .await;
     let mut cfg = config(dir.path(), p.upstream_config());
-    cfg.queue.webhook = Some(mailvalve::queue::webhook::WebhookConfig {
+    cfg.queue.webhook = Some(mailvalve::config::webhook::WebhookConfig {
         url,
         username: Some("listmonk".into()),
         password: Some(mailvalve::config::Secret::new("api-token")),
@@ -226,7 +226,7 @@ async fn a_5xx_after_data_for_several_recipients_fails_all_and_suppresses_none()
         .await;
     let mut cfg = config(dir.path(), p.upstream_config());
     cfg.queue.bounces = false;
-    cfg.queue.webhook = Some(mailvalve::queue::webhook::WebhookConfig {
+    cfg.queue.webhook = Some(mailvalve::config::webhook::WebhookConfig {
         url,
         ..Default::default()
     });

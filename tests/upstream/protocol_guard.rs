@@ -14,11 +14,12 @@ impl mailvalve::upstream::observer::Observer for Recording {
         reply: &Reply,
         _rcpt: Option<&str>,
         _message: Option<&str>,
-    ) {
+    ) -> Option<mailvalve::policy::verdict::Verdict> {
         self.0
             .lock()
             .unwrap()
             .push(format!("reply {phase:?} {}", reply.code));
+        None
     }
     fn failure(&self, phase: Option<mailvalve::policy::verdict::Phase>, e: &UpstreamError) {
         let kind = match e {

@@ -49,7 +49,7 @@ fn queue_keys_are_checked() {
     c.queue.dir = std::path::PathBuf::new();
     c.queue.max_age = Duration::ZERO;
     c.queue.bounce_from = "postmaster".into();
-    c.queue.webhook = Some(crate::queue::webhook::WebhookConfig {
+    c.queue.webhook = Some(crate::config::webhook::WebhookConfig {
         url: "ftp://example.org/hook".into(),
         ..Default::default()
     });

@@ -4,8 +4,7 @@
 //! and an error that names the rule and the field.
 
 use super::matchers::{
-    parse_phase, phase_bit, ClassMask, CodePat, EnhPat, VerdictKind, ADDRESS_PHASES, ALL_PHASES,
-    CLASS_ANY,
+    phase_bit, ClassMask, CodePat, EnhPat, VerdictKind, ADDRESS_PHASES, ALL_PHASES, CLASS_ANY,
 };
 use super::spec::{RuleError, RuleSource, RuleSpec};
 use crate::policy::verdict::Phase;
@@ -130,7 +129,7 @@ pub(crate) fn compile(
         }
         phases = 0;
         for name in list {
-            let ph = parse_phase(name).ok_or_else(|| {
+            let ph = Phase::parse(name).ok_or_else(|| {
                 err(
                     "phase",
                     format!(

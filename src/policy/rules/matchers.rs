@@ -94,27 +94,6 @@ pub(crate) const fn phase_bit(p: Phase) -> u16 {
 pub(super) const ALL_PHASES: u16 = u16::MAX;
 pub(super) const ADDRESS_PHASES: u16 = phase_bit(Phase::Rcpt) | phase_bit(Phase::DataEnd);
 
-pub(super) fn parse_phase(s: &str) -> Option<Phase> {
-    let norm: String = s
-        .trim()
-        .chars()
-        .filter(|c| !matches!(c, '-' | '_' | ' '))
-        .map(|c| c.to_ascii_lowercase())
-        .collect();
-    Some(match norm.as_str() {
-        "greeting" | "connect" | "banner" => Phase::Greeting,
-        "ehlo" | "helo" => Phase::Ehlo,
-        "starttls" => Phase::StartTls,
-        "auth" => Phase::Auth,
-        "mail" | "mailfrom" => Phase::Mail,
-        "rcpt" | "rcptto" => Phase::Rcpt,
-        "data" => Phase::Data,
-        "dataend" | "eod" | "enddata" => Phase::DataEnd,
-        "rset" => Phase::Rset,
-        _ => return None,
-    })
-}
-
 /// Bit n set: the class-n digit may match (n = 0..=9).
 pub(super) type ClassMask = u16;
 pub(super) const CLASS_ANY: ClassMask = 0x3ff;

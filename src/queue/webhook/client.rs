@@ -6,18 +6,17 @@
 //! redirects (a 3xx is an error, as any other non-2xx status), no proxy from the
 //! environment, HTTP/1.1 only, one connection per POST (`Connection: close`).
 //!
-//! The URL is checked by hand first (see `url.rs` beside this file, for why).
+//! The configuration and its URL are checked first, by `config::webhook` (by hand; it
+//! says why), and the checked parts are rebuilt into reqwest's URL here.
 //!
 //! Must never put the password in an error, a log line or `Debug` output (the
 //! `Authorization` value is marked sensitive and never formatted), never wait longer than
 //! the configured timeout, and never skip certificate verification.
 
-use super::url::{parse_url, Target};
-use super::WebhookConfig;
+use crate::config::webhook::{WebhookConfig, WebhookTarget};
 use crate::config::Secret;
 use base64::Engine as _;
 use reqwest::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONNECTION, CONTENT_TYPE};
-use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 use serde_json::Value;
 use std::error::Error as _;
@@ -51,7 +50,7 @@ pub enum WebhookError {
 
 /// A validated webhook, ready to POST.
 pub struct Webhook {
-    target: Target,
+    target: WebhookTarget,
     /// What the POST goes to: `target` as reqwest's URL.
     url: reqwest::Url,
     client: reqwest::Client,
@@ -74,23 +73,15 @@ impl fmt::Debug for Webhook {
 }
 
 impl Webhook {
-    /// Validates the configuration (URL `http://` or `https://` with a host and an optional
-    /// port; no credentials in the URL; a username without `:`; a timeout above 0) and, for
-    /// https, loads the trusted roots. The error names the key and never the password.
+    /// Checks the configuration ([`WebhookConfig::check`]: URL, timeout, credentials)
+    /// and, for https, loads the trusted roots. The error names the key and never the
+    /// password.
     pub fn new(cfg: WebhookConfig) -> Result<Self, String> {
-        let target = parse_url(&cfg.url)?;
-        let url = target.url()?;
-        if cfg.timeout.is_zero() {
-            return Err("webhook.timeout must be more than 0".into());
-        }
-        let authorization = match (&cfg.username, &cfg.password) {
-            (Some(u), p) => {
-                if u.contains(':') || u.chars().any(char::is_control) {
-                    return Err(
-                        "webhook.username must not contain ':' or control characters".into(),
-                    );
-                }
-                let pass = p.as_ref().map(Secret::expose).unwrap_or("");
+        let target = cfg.check()?;
+        let url = reqwest_url(&target)?;
+        let authorization = match &cfg.username {
+            Some(u) => {
+                let pass = cfg.password.as_ref().map(Secret::expose).unwrap_or("");
                 let token = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{pass}"));
                 // Base64 is always a valid header value; the error cannot hold the secret.
                 let mut value = HeaderValue::from_str(&format!("Basic {token}"))
@@ -98,10 +89,7 @@ impl Webhook {
                 value.set_sensitive(true);
                 Some(value)
             }
-            (None, Some(_)) => {
-                return Err("webhook.password is set but webhook.username is not".into())
-            }
-            (None, None) => None,
+            None => None,
         };
         let mut builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -112,12 +100,6 @@ impl Webhook {
             .pool_max_idle_per_host(0)
             .user_agent(concat!("mailvalve/", env!("CARGO_PKG_VERSION")));
         if target.https {
-            ServerName::try_from(target.host.clone()).map_err(|e| {
-                format!(
-                    "webhook.url: {:?} is not a valid TLS server name: {e}",
-                    target.host
-                )
-            })?;
             builder = builder.use_preconfigured_tls(tls_config()?);
         }
         let client = builder
@@ -245,6 +227,18 @@ fn truncate(s: &str, max: usize) -> &str {
         Some((i, _)) => &s[..i],
         None => s,
     }
+}
+
+/// The checked target as reqwest's URL, rebuilt from its parts (no fragment).
+fn reqwest_url(t: &WebhookTarget) -> Result<reqwest::Url, String> {
+    let scheme = if t.https { "https" } else { "http" };
+    let host = if t.host.contains(':') {
+        format!("[{}]", t.host)
+    } else {
+        t.host.clone()
+    };
+    let url = format!("{scheme}://{host}:{}{}", t.port, t.path);
+    reqwest::Url::parse(&url).map_err(|e| format!("webhook.url is not a valid URL: {e}"))
 }
 
 /// Certificate verification is always on, against `net::system_roots` (the same roots

@@ -3,8 +3,10 @@
 //! limits, adaptive concurrency, pool and observer (classifier → controller →
 //! suppression) that passthrough uses. One policy, two modes.
 //!
-//! It only translates: provider replies become [`Outcome::Reply`] with their phase,
-//! every [`UpstreamError`] becomes [`Outcome::Local`] (or the provider reply it holds).
+//! It only translates: provider replies become [`RcptOutcome::Reply`] with their phase
+//! and the verdict the observer gave them where they arrived (each reply is classified
+//! once, there), every [`UpstreamError`] becomes [`RcptOutcome::Local`] (or the provider
+//! reply it holds), a reply the client made up becomes [`LocalKind::Unsendable`].
 //! It must never report a recipient delivered without a 2xx at the end of DATA of its
 //! own transaction. It does not check reply codes itself: the upstream client's one
 //! guard turns every positive reply the protocol does not allow (a `250` to DATA, to
@@ -12,9 +14,9 @@
 //! replies it translates are negative ones, the expected ones, and the final reply.
 
 use crate::policy::verdict::Phase;
-use crate::queue::transport::{LocalKind, Outcome, Transport};
-use crate::smtp::{Envelope, Reply};
-use crate::upstream::{Admission, UpstreamError};
+use crate::queue::transport::{LocalKind, RcptOutcome, Transport};
+use crate::smtp::Envelope;
+use crate::upstream::{Admission, Answer, UpstreamError};
 
 pub struct AdmissionTransport {
     admission: Admission,
@@ -26,17 +28,43 @@ impl AdmissionTransport {
     }
 }
 
+/// A reply for a queued recipient: the provider's, with the verdict it got where it
+/// arrived, or the client's own refusal.
+fn answered(phase: Phase, a: &Answer) -> RcptOutcome {
+    let reply = a.reply.clone();
+    match &a.verdict {
+        Some(verdict) if !a.local => RcptOutcome::Reply {
+            phase,
+            reply,
+            verdict: verdict.clone(),
+        },
+        _ if a.local && reply.class() == 5 => RcptOutcome::Local {
+            kind: LocalKind::Unsendable,
+            reply,
+        },
+        _ if a.local => RcptOutcome::Local {
+            kind: LocalKind::Broken,
+            reply,
+        },
+        // The relay's admission always carries the policy observer; a reply that was
+        // not classified is retried, never taken as delivered or failed.
+        _ => {
+            tracing::error!(%reply, "provider reply without a verdict; retried");
+            RcptOutcome::Local {
+                kind: LocalKind::Broken,
+                reply,
+            }
+        }
+    }
+}
+
 /// What an upstream failure means for a queued recipient.
-fn outcome(e: &UpstreamError) -> Outcome {
-    let provider = |phase, reply: &Reply| Outcome::Reply {
-        phase,
-        reply: reply.clone(),
-    };
+fn outcome(e: &UpstreamError) -> RcptOutcome {
     match e {
-        UpstreamError::Greeting(r) => provider(Phase::Greeting, r),
-        UpstreamError::Ehlo(r) => provider(Phase::Ehlo, r),
-        UpstreamError::Auth(r) => provider(Phase::Auth, r),
-        UpstreamError::StartTls(Some(r)) => provider(Phase::StartTls, r),
+        UpstreamError::Greeting(r) => answered(Phase::Greeting, r),
+        UpstreamError::Ehlo(r) => answered(Phase::Ehlo, r),
+        UpstreamError::Auth(r) => answered(Phase::Auth, r),
+        UpstreamError::StartTls(Some(r)) => answered(Phase::StartTls, r),
         other => {
             let setup = matches!(
                 other.phase(),
@@ -64,7 +92,7 @@ fn outcome(e: &UpstreamError) -> Outcome {
                 }
                 _ => LocalKind::Broken,
             };
-            Outcome::Local {
+            RcptOutcome::Local {
                 kind,
                 reply: other.to_reply(),
             }
@@ -91,8 +119,8 @@ pub fn message_identity(env: &Envelope, message: &[u8]) -> String {
 }
 
 impl Transport for AdmissionTransport {
-    async fn deliver(&self, env: &Envelope, rcpts: &[String], message: &[u8]) -> Vec<Outcome> {
-        let all = |o: Outcome| vec![o; rcpts.len()];
+    async fn deliver(&self, env: &Envelope, rcpts: &[String], message: &[u8]) -> Vec<RcptOutcome> {
+        let all = |o: RcptOutcome| vec![o; rcpts.len()];
         let mut lease = match self.admission.lease().await {
             Ok(l) => l,
             Err(e) => return all(outcome(&e)),
@@ -105,18 +133,9 @@ impl Transport for AdmissionTransport {
         };
         if mail.class() != 2 {
             lease.release().await;
-            return all(Outcome::Reply {
-                phase: Phase::Mail,
-                reply: mail,
-            });
+            return all(answered(Phase::Mail, &mail));
         }
-        let mut out: Vec<Outcome> = replies
-            .iter()
-            .map(|r| Outcome::Reply {
-                phase: Phase::Rcpt,
-                reply: r.clone(),
-            })
-            .collect();
+        let mut out: Vec<RcptOutcome> = replies.iter().map(|r| answered(Phase::Rcpt, r)).collect();
         // A provider that answered fewer RCPTs than asked breaks the contract; the rest
         // are retried.
         while out.len() < rcpts.len() {
@@ -132,20 +151,14 @@ impl Transport for AdmissionTransport {
         let data = match lease.data(message).await {
             // The transaction still open means DATA was refused (4xx/5xx; the client's
             // guard lets no other answer than 354 through).
-            Ok(r) if lease.in_transaction() => Outcome::Reply {
-                phase: Phase::Data,
-                reply: r,
-            },
-            Ok(r) => Outcome::Reply {
-                phase: Phase::DataEnd,
-                reply: r,
-            },
+            Ok(r) if lease.in_transaction() => answered(Phase::Data, &r),
+            Ok(r) => answered(Phase::DataEnd, &r),
             Err(e) => outcome(&e),
         };
         for i in accepted {
             out[i] = data.clone();
         }
-        if matches!(data, Outcome::Local { .. }) {
+        if matches!(data, RcptOutcome::Local { .. }) {
             drop(lease);
         } else {
             lease.release().await;

@@ -1,13 +1,14 @@
-//! The policy's gate at the front of the admission stack: asks the controller whether
-//! the account may send now. Paused (credentials refused, quota spent, repeated policy
+//! The policy gate at the front of the admission stack: asks the controller whether the
+//! account may send now (its pause gate, `policy::pause::PauseGate`, then its adaptive
+//! rate). Paused (credentials refused, quota spent, repeated policy
 //! blocks) → fails at once with [`UpstreamError::Paused`], so the mailer hears why
 //! instead of hanging; the adaptive rate says "wait d" → waits, but never past the
 //! request's deadline (then `Busy`, the same 451 as any admission timeout).
 //!
 //! It must never let a request through while the controller says paused.
 
-use super::admission::AdmissionRequest;
 use super::error::UpstreamError;
+use super::request::AdmissionRequest;
 use crate::policy::controller::{Controller, Wait};
 use futures::future::BoxFuture;
 use std::sync::Arc;
@@ -15,20 +16,20 @@ use std::task::{Context, Poll};
 use tower::{Layer, Service, ServiceExt};
 
 #[derive(Clone)]
-pub struct PauseGateLayer {
+pub struct PolicyGateLayer {
     controller: Arc<Controller>,
 }
 
-impl PauseGateLayer {
+impl PolicyGateLayer {
     pub fn new(controller: Arc<Controller>) -> Self {
         Self { controller }
     }
 }
 
-impl<S> Layer<S> for PauseGateLayer {
-    type Service = PauseGate<S>;
+impl<S> Layer<S> for PolicyGateLayer {
+    type Service = PolicyGate<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        PauseGate {
+        PolicyGate {
             inner,
             controller: self.controller.clone(),
         }
@@ -36,12 +37,12 @@ impl<S> Layer<S> for PauseGateLayer {
 }
 
 #[derive(Clone)]
-pub struct PauseGate<S> {
+pub struct PolicyGate<S> {
     inner: S,
     controller: Arc<Controller>,
 }
 
-impl<S> Service<AdmissionRequest> for PauseGate<S>
+impl<S> Service<AdmissionRequest> for PolicyGate<S>
 where
     S: Service<AdmissionRequest, Error = UpstreamError> + Clone + Send + 'static,
     S::Future: Send,

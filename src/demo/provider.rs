@@ -16,6 +16,14 @@
 //!   gets `451 4.7.1 Greylisted, please try again in 3 seconds`; later ones are accepted;
 //! - **delivery**: DATA takes `data_latency`, then `250`, and each accepted recipient is
 //!   counted as delivered (so duplicates would show).
+//!
+//! Why there is a second simulated provider (`tests/sim/provider.rs`): that one answers
+//! the controller directly, in simulated time (tokio's paused clock would not drive real
+//! sockets), so the simulation tests can assert exact numbers over hours of traffic in
+//! milliseconds; this one is a real SMTP server on loopback, in real time, so the demo
+//! shows the whole path — server, relay, admission, client — that `mailvalve run` takes.
+//! The limits they model are the same (connections with 421, a rate with 450 4.7.1,
+//! unknown recipients); what they are driven by cannot be.
 
 use crate::config::ServerConfig;
 use crate::server::{Relay, RelayTransaction, Server, SessionStats};

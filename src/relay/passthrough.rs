@@ -74,12 +74,13 @@ impl Relay for Passthrough {
         match lease.envelope(&env, &rcpts).await {
             Ok((mail, replies)) if mail.class() == 2 => {
                 let buffer = Arc::clone(&self.buffer);
-                Ok((PassthroughTx { lease, buffer }, mail, replies))
+                let replies = replies.into_iter().map(Reply::from).collect();
+                Ok((PassthroughTx { lease, buffer }, mail.reply, replies))
             }
             Ok((mail, _)) => {
                 // The provider refused MAIL: the connection is fine, give it back.
                 lease.release().await;
-                Err(mail)
+                Err(mail.reply)
             }
             // Dropping the lease closes the broken connection and frees its permit.
             Err(e) => Err(e.to_reply()),
@@ -91,7 +92,10 @@ impl RelayTransaction for PassthroughTx {
     type Body = BufferedBody;
 
     async fn rcpt(&mut self, rcpts: Vec<String>) -> Result<Vec<Reply>, Reply> {
-        self.lease.rcpt(&rcpts).await.map_err(|e| e.to_reply())
+        match self.lease.rcpt(&rcpts).await {
+            Ok(replies) => Ok(replies.into_iter().map(Reply::from).collect()),
+            Err(e) => Err(e.to_reply()),
+        }
     }
 
     async fn body(&mut self) -> Result<BufferedBody, Reply> {
@@ -99,10 +103,10 @@ impl RelayTransaction for PassthroughTx {
     }
 
     async fn data(&mut self, message: BufferedBody) -> Reply {
-        self.lease
-            .data(message.bytes())
-            .await
-            .unwrap_or_else(|e| e.to_reply())
+        match self.lease.data(message.bytes()).await {
+            Ok(answer) => answer.reply,
+            Err(e) => e.to_reply(),
+        }
     }
 
     async fn end(self) {

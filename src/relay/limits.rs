@@ -6,11 +6,11 @@
 //! by `[upstream.limits]`; `upstream.max_connections` and `[upstream.rate]` are hard caps
 //! on top. It must never raise a limit above what the user configured.
 
-use crate::config::profile::{Limits, Profile, RuleConfig};
+use crate::config::limits::Limits;
+use crate::config::profile::Profile;
 use crate::config::{Config, RateConfig};
 use crate::policy::classify::Classifier;
 use crate::policy::controller::ControllerParams;
-use crate::policy::rules::RuleSpec;
 
 /// The profile's limits with the user's overrides applied.
 pub fn limits(cfg: &Config, profile: &Profile) -> Limits {
@@ -64,8 +64,7 @@ pub fn fixed_rates(cfg: &Config, profile: &Profile) -> RateConfig {
 
 /// The classifier: user rules, then the profile's, then the built-in defaults.
 pub fn classifier(cfg: &Config, profile: &Profile) -> anyhow::Result<Classifier> {
-    let profile_rules: Vec<RuleSpec> = profile.rules.iter().map(RuleConfig::to_spec).collect();
-    Classifier::new(&cfg.rules, &profile_rules).map_err(|e| match e.origin {
+    Classifier::new(&cfg.rules, &profile.rules).map_err(|e| match e.origin {
         crate::policy::rules::RuleSource::Profile => {
             anyhow::anyhow!("provider profile {}: {e}", profile.name)
         }

@@ -1,0 +1,204 @@
+//! [`RelayHandle`]: the one handle on a running relay, cheap to clone. Whatever looks at
+//! or steers the relay goes through it — the control socket (`mailvalve queue ...`,
+//! through [`control::Hooks`], which the handle implements), SIGHUP, and later the HTTP
+//! API.
+//!
+//! Read: limits and learned ceilings, the pause state and its reason, queue counts,
+//! delivery counters. Steer: pause, resume, retry (one message or all), delete.
+//!
+//! It must never change a recipient's state except through the spool's own durable
+//! operations, and never block the caller for longer than one spool commit.
+
+use super::policy::Policy;
+use super::queue_mode::Engine;
+use crate::policy::controller::ControllerStats;
+use crate::policy::pause::PauseState;
+use crate::queue::control::{self, Hooks, LiveStatus};
+use crate::queue::deliver::StatsSnapshot;
+use crate::queue::{QueueId, Spool, Which};
+use futures::future::BoxFuture;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// The handle. Clones share the relay.
+#[derive(Clone)]
+pub struct RelayHandle {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    policy: Arc<Policy>,
+    /// Queue mode: the delivery engine (and through it the spool).
+    queue: Option<Arc<Engine>>,
+    /// The spool directory (the control socket and the operator's pause flag live
+    /// there, in both modes).
+    dir: PathBuf,
+}
+
+/// The connection and rate limits now, with what was learned.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// Provider connections leased right now.
+    pub connections_in_use: usize,
+    /// The controller's limit, its learned ceiling, its rate (msg/s) and rate ceiling.
+    pub controller: ControllerStats,
+}
+
+/// How many messages and recipients wait in the spool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueueCounts {
+    pub messages: usize,
+    pub pending_recipients: usize,
+}
+
+impl RelayHandle {
+    pub(crate) fn new(policy: Arc<Policy>, queue: Option<Arc<Engine>>, dir: PathBuf) -> Self {
+        Self {
+            inner: Arc::new(Inner { policy, queue, dir }),
+        }
+    }
+
+    /// The policy the relay runs (controller, classifier, admission, suppression list).
+    pub fn policy(&self) -> &Arc<Policy> {
+        &self.inner.policy
+    }
+
+    /// Queue mode's spool.
+    pub fn spool(&self) -> Option<&Arc<Spool>> {
+        self.inner.queue.as_ref().map(|d| d.spool())
+    }
+
+    /// The connection and rate limits now.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            connections_in_use: self.inner.policy.admission.limit().in_use(),
+            controller: self.inner.policy.controller.stats(),
+        }
+    }
+
+    /// The account's pause (credentials refused, quota spent, repeated policy blocks)
+    /// and its reason.
+    pub fn account_pause(&self) -> PauseState {
+        self.inner.policy.controller.pause_state()
+    }
+
+    /// Whether the operator paused delivery (`mailvalve queue pause`).
+    pub fn operator_paused(&self) -> bool {
+        control::pause_flag(&self.inner.dir).exists()
+    }
+
+    /// Queue mode's counters since start.
+    pub fn delivery_stats(&self) -> Option<StatsSnapshot> {
+        self.inner.queue.as_ref().map(|d| d.stats())
+    }
+
+    /// Messages and pending recipients in the spool (queue mode). Reads every record:
+    /// off the async workers.
+    pub async fn queue_counts(&self) -> Option<Result<QueueCounts, String>> {
+        let spool = self.spool()?.clone();
+        let counted = tokio::task::spawn_blocking(move || {
+            spool.list().map(|msgs| QueueCounts {
+                messages: msgs.len(),
+                pending_recipients: msgs
+                    .iter()
+                    .map(|m| m.rcpts.iter().filter(|r| !r.state.is_final()).count())
+                    .sum(),
+            })
+        })
+        .await;
+        Some(match counted {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(e) => Err(format!("queue count task failed: {e}")),
+        })
+    }
+
+    fn engine(&self) -> Result<&Arc<Engine>, String> {
+        self.inner
+            .queue
+            .as_ref()
+            .ok_or_else(|| control::NO_QUEUE.into())
+    }
+
+    /// Pauses delivery (queue mode); survives restarts. Mail is still accepted.
+    pub fn pause(&self) -> Result<(), String> {
+        let engine = self.engine()?;
+        control::set_pause_flag(&self.inner.dir, true)?;
+        engine.hold_flag().store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Resumes delivery; also ends an account pause (credentials fixed).
+    pub fn resume(&self) -> Result<(), String> {
+        let engine = self.engine()?;
+        control::set_pause_flag(&self.inner.dir, false)?;
+        engine.hold_flag().store(false, Ordering::Release);
+        self.resume_account();
+        engine.waker().notify_one();
+        Ok(())
+    }
+
+    /// Ends an account pause only (SIGHUP after fixing the credentials).
+    pub fn resume_account(&self) {
+        self.inner.policy.controller.resume();
+        if let Some(engine) = &self.inner.queue {
+            engine.waker().notify_one();
+        }
+    }
+
+    /// Makes one message (or all) due now and wakes delivery; returns how many.
+    pub async fn retry(&self, which: Which) -> Result<usize, String> {
+        let engine = self.engine()?;
+        let n = control::retry(engine.spool(), which).await?;
+        engine.waker().notify_one();
+        Ok(n)
+    }
+
+    /// Removes a message without delivering it (no bounce report).
+    pub async fn delete(&self, id: QueueId) -> Result<(), String> {
+        control::delete(self.engine()?.spool(), id).await
+    }
+}
+
+/// The control socket's commands, against the running relay.
+impl Hooks for RelayHandle {
+    fn spool(&self) -> Option<&Spool> {
+        RelayHandle::spool(self).map(|s| s.as_ref())
+    }
+
+    fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    fn set_paused(&self, paused: bool) -> Result<(), String> {
+        if paused {
+            self.pause()
+        } else {
+            self.resume()
+        }
+    }
+
+    fn retry(&self, which: Which) -> BoxFuture<'_, Result<usize, String>> {
+        Box::pin(RelayHandle::retry(self, which))
+    }
+
+    fn delete(&self, id: QueueId) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(RelayHandle::delete(self, id))
+    }
+
+    fn live(&self) -> Option<LiveStatus> {
+        let engine = self.inner.queue.as_ref()?;
+        let c = self.inner.policy.controller.stats();
+        Some(LiveStatus {
+            delivery: engine.stats(),
+            halted: engine.is_halted(),
+            concurrency_limit: c.concurrency_limit,
+            concurrency_ceiling: c.concurrency_ceiling,
+            rate: c.rate,
+            account_pause: match self.account_pause() {
+                PauseState::Running => None,
+                PauseState::Paused { scope, .. } => Some(scope),
+            },
+        })
+    }
+}
