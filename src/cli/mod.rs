@@ -18,6 +18,7 @@ pub mod explain;
 pub mod logging;
 pub mod profiles;
 pub mod queue;
+pub mod reload;
 pub mod run;
 pub mod suppress;
 
@@ -72,6 +73,10 @@ pub enum Command {
         #[command(subcommand)]
         cmd: queue::QueueCmd,
     },
+    /// Make the running instance re-read its configuration (like SIGHUP): a valid one
+    /// takes effect for the next transaction, an invalid one is refused and the running
+    /// one stays.
+    Reload(ConfigArgs),
     /// Manage the suppression list (addresses the provider rejected for good).
     Suppress {
         #[command(flatten)]
@@ -122,6 +127,10 @@ pub fn dispatch(cli: Cli) -> ExitCode {
         } => explain_command(&reply, phase.as_deref(), profile.as_deref(), &lang),
         Command::Queue { config, cmd } => match load(config.config.as_deref()) {
             Ok(cfg) => report(queue::run(cmd, &cfg)),
+            Err(code) => code,
+        },
+        Command::Reload(args) => match load(args.config.as_deref()) {
+            Ok(cfg) => report(reload::run(&cfg)),
             Err(code) => code,
         },
         Command::Suppress { config, cmd } => match load(config.config.as_deref()) {
@@ -183,7 +192,7 @@ fn report(r: anyhow::Result<()>) -> ExitCode {
 
 fn run_command(path: Option<&Path>) -> ExitCode {
     match load(path) {
-        Ok(cfg) => report(run::run(cfg)),
+        Ok(cfg) => report(run::run(cfg, path)),
         Err(code) => code,
     }
 }

@@ -46,6 +46,25 @@ impl ConcurrencyState {
     }
 
     /// The current limit: always in `1..=max`.
+    /// The most connections allowed.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// A new maximum (configuration reload). The limit shrinks to it at once; the learned
+    /// ceiling is dropped, as it was learned against the old maximum.
+    pub fn set_max(&mut self, max: usize) {
+        let max = max.max(1);
+        if max == self.max {
+            return;
+        }
+        self.max = max;
+        self.limit = self.limit.clamp(1, max);
+        self.ceiling = None;
+        self.run = 0;
+        self.saturated = false;
+    }
+
     pub fn limit(&self) -> usize {
         self.limit
     }

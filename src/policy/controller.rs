@@ -364,6 +364,11 @@ impl<C: Clock> Controller<C> {
         false
     }
 
+    /// The most connections allowed now (the configured maximum; a reload may change it).
+    pub fn max_connections(&self) -> usize {
+        self.lock().conc.max()
+    }
+
     /// The connection limit now (always at least 1).
     pub fn concurrency_limit(&self) -> usize {
         self.lock().conc.limit()
@@ -412,6 +417,26 @@ impl<C: Clock> Controller<C> {
 
     pub fn is_paused(&self) -> bool {
         self.pause_state().is_paused()
+    }
+
+    /// New configured limits (configuration reload), for the next transaction: the most
+    /// connections and the rate ceiling (messages/s, `None` = unlimited). What was
+    /// learned is kept where its limit did not change and dropped where it did. Returns
+    /// which of the two changed. ([`Controller::params`] keeps the values it started with.)
+    pub fn set_limits(&self, max_connections: usize, rate_per_second: Option<f64>) -> (bool, bool) {
+        let mut st = self.lock();
+        let conc = st.conc.max() != max_connections.max(1);
+        if conc {
+            st.conc.set_max(max_connections);
+        }
+        let next = st.rate.with_max(rate_per_second);
+        let rate = next.max() != st.rate.max();
+        if rate {
+            st.rate = next;
+            self.limiter.set_rate(st.rate.rate());
+        }
+        self.publish_limit(&st);
+        (conc, rate)
     }
 
     /// Ends any pause (operator command or config reload).

@@ -5,7 +5,9 @@
 //! It must never raise a limit above what the user configured (the precedence lives in
 //! [`super::limits`]) and never log a secret (the upstream settings redact their own).
 
+use super::counting::CountingObserver;
 use super::limits;
+use super::metrics::RelayMetrics;
 use crate::config::profile::{self, Profile};
 use crate::config::Config;
 use crate::policy::classify::Classifier;
@@ -24,6 +26,8 @@ pub struct Policy {
     pub classifier: Arc<Classifier>,
     pub admission: Admission,
     pub suppressions: Arc<Suppressions<RedbStore>>,
+    /// What the relay counts for `/metrics` and the dashboard (fed by the observer).
+    pub metrics: Arc<RelayMetrics>,
 }
 
 impl Policy {
@@ -52,11 +56,15 @@ impl Policy {
         let limit = ConcurrencyLimit::following(controller.watch_limit());
         let mut upstream = config.upstream.clone();
         upstream.rate = limits::fixed_rates(config, profile);
-        let observer = Arc::new(PolicyObserver::new(
-            classifier.clone(),
-            controller.clone(),
-            Some(suppressions.clone() as Arc<dyn Recorder>),
-            limit.clone(),
+        let metrics = Arc::new(RelayMetrics::default());
+        let observer = Arc::new(CountingObserver::new(
+            PolicyObserver::new(
+                classifier.clone(),
+                controller.clone(),
+                Some(suppressions.clone() as Arc<dyn Recorder>),
+                limit.clone(),
+            ),
+            metrics.clone(),
         ));
         let settings = Settings::new(upstream)
             .map_err(|e| anyhow::anyhow!("upstream: {e}"))?
@@ -67,6 +75,7 @@ impl Policy {
             classifier,
             admission,
             suppressions,
+            metrics,
         })
     }
 }

@@ -66,6 +66,8 @@ pub enum Command {
     Pause,
     Resume,
     Status,
+    /// Re-read and apply the configuration (`mailvalve reload`; both modes).
+    Reload,
 }
 
 impl Command {
@@ -80,6 +82,7 @@ impl Command {
             Self::Pause => "pause".into(),
             Self::Resume => "resume".into(),
             Self::Status => "status".into(),
+            Self::Reload => "reload".into(),
         }
     }
 
@@ -101,6 +104,7 @@ impl Command {
             ("status", None) => Self::Status,
             ("pause", None) => Self::Pause,
             ("resume", None) => Self::Resume,
+            ("reload", None) => Self::Reload,
             ("show", a) => Self::Show(id(a)?),
             ("delete", a) => Self::Delete(id(a)?),
             ("retry", Some("--all")) => Self::Retry(Which::All),
@@ -128,6 +132,11 @@ pub trait Hooks: Send + Sync {
     fn delete(&self, id: QueueId) -> BoxFuture<'_, Result<(), String>>;
     /// The running instance's counters and limits; `None` offline.
     fn live(&self) -> Option<LiveStatus>;
+    /// Re-reads and applies the configuration; the text for the operator. Offline there
+    /// is nothing running to reload.
+    fn reload(&self) -> Result<String, String> {
+        Err("no instance is running: there is nothing to reload".into())
+    }
 }
 
 /// The answer to a queue command in passthrough mode.
@@ -243,6 +252,9 @@ pub async fn delete(spool: &Spool, id: QueueId) -> Result<(), String> {
 /// Runs `cmd` through `hooks`. `Ok` is the text for the operator, `Err` the error
 /// message.
 pub async fn execute(hooks: &dyn Hooks, cmd: Command) -> Result<String, String> {
+    if cmd == Command::Reload {
+        return off_runtime(|| hooks.reload());
+    }
     let (spool, dir) = (hooks.spool().ok_or(NO_QUEUE)?, hooks.dir());
     let now = now_ms();
     match cmd {
@@ -327,6 +339,7 @@ pub async fn execute(hooks: &dyn Hooks, cmd: Command) -> Result<String, String> 
             }
             Ok(out)
         }
+        Command::Reload => hooks.reload(),
     }
 }
 
@@ -446,6 +459,7 @@ mod tests {
             Command::Pause,
             Command::Resume,
             Command::Status,
+            Command::Reload,
         ] {
             assert_eq!(Command::parse(&c.to_line()), Ok(c));
         }
