@@ -10,6 +10,8 @@ mod support;
 
 #[path = "http/api.rs"]
 mod api;
+#[path = "http/browser.rs"]
+mod browser;
 #[path = "http/guard.rs"]
 mod guard;
 #[path = "http/metrics.rs"]

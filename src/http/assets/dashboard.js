@@ -120,7 +120,7 @@ function drawChart(history) {
 function fillLog(id, items) {
   const ol = $(id);
   ol.textContent = "";
-  if (!items.length) { const li = document.createElement("li"); li.textContent = t("nothing"); ol.appendChild(li); return; }
+  if (!items.length) { const li = document.createElement("li"); li.className = "empty"; li.textContent = t("nothing"); ol.appendChild(li); return; }
   items.slice().reverse().slice(0, 15).forEach((r) => {
     const li = document.createElement("li");
     const time = document.createElement("time"); time.textContent = clock(r.at); li.appendChild(time);
@@ -138,6 +138,8 @@ function fillLog(id, items) {
   });
 }
 
+function pendingOf(s) { return (s.queue && s.queue.pending_recipients) || 0; }
+
 function render(s) {
   const u = s.upstreams[0];
   const d = s.delivery;
@@ -148,7 +150,8 @@ function render(s) {
   setText("deferred", fmt.format(d.deferred));
   setText("failed", fmt.format(d.failed));
   setText("suppressed", fmt.format(d.suppressed));
-  setText("eta", duration(s.eta_seconds));
+  const stopped = s.operator_paused || u.pause.paused;
+  setText("eta", stopped && pendingOf(s) > 0 ? t("paused") : duration(s.eta_seconds));
   const pending = (s.queue && s.queue.pending_recipients) || 0;
   const total = d.delivered + d.failed + pending;
   $("progress").style.width = total ? `${(100 * (d.delivered + d.failed)) / total}%` : "0";
