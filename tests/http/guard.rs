@@ -168,3 +168,51 @@ fn off_loopback_the_configuration_needs_a_token_and_tls() {
     cfg.http.listen = None;
     assert!(mailvalve::config::validate(&cfg).is_ok());
 }
+
+#[tokio::test]
+async fn over_tls_with_the_token_it_answers_and_plain_http_gets_nothing() {
+    let provider = Provider::builder().start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let (cert, key) = (dir.path().join("http.crt"), dir.path().join("http.key"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+    let mut cfg = config(dir.path(), provider.upstream_config());
+    cfg.http.token = Some(Secret::new("tls-token"));
+    cfg.http.tls = Some(ServerTls {
+        cert: cert.clone(),
+        key,
+    });
+    let mv = start(cfg).await;
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ck.cert.pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let url = format!("https://127.0.0.1:{}/api/v1/status", mv.http.port());
+    let r = timeout(WAIT, client.get(&url).bearer_auth("tls-token").send())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let r = timeout(WAIT, client.get(&url).send())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        401,
+        "the token is still required over TLS"
+    );
+    // Plain HTTP on the TLS port: no answer, and certainly no data.
+    let plain = http(
+        mv.http,
+        "GET",
+        "/api/v1/status",
+        &[("Authorization", "Bearer tls-token")],
+        None,
+    )
+    .await;
+    assert_ne!(plain.status, 200, "{plain:?}");
+    mv.stop().await;
+}
