@@ -1,5 +1,5 @@
 //! The HTTP listener as `mailvalve run` starts it (the real binary): it prints the
-//! dashboard's address; SIGHUP and `mailvalve reload` re-read the configuration (an
+//! dashboard's address; `queue status --watch` draws progress from the API; SIGHUP and `mailvalve reload` re-read the configuration (an
 //! invalid one is refused, visible in the API, the running one stays); off loopback
 //! without a token and TLS it refuses to start, naming the keys.
 
@@ -85,6 +85,32 @@ fn run_prints_the_dashboard_and_sighup_and_reload_reread_the_config() {
     );
     assert!(get(http, "/metrics").contains("mailvalve_build_info"));
     assert_eq!(status(http)["upstreams"][0]["connections"]["max"], 4);
+
+    // `queue status --watch` draws the same progress from the API.
+    let mut watch = Proc::spawn(
+        "queue status --watch",
+        Command::new(mailvalve())
+            .args(["queue", "-c"])
+            .arg(&file)
+            .args(["status", "--watch", "--every", "1"]),
+        dir.path().join("watch.log"),
+    );
+    let deadline = Instant::now() + WAIT;
+    while !watch.output().contains("ETA") {
+        assert!(
+            Instant::now() < deadline,
+            "watch drew nothing: {}",
+            watch.output()
+        );
+        sleep(Duration::from_millis(50));
+    }
+    let drawn = watch.output();
+    assert!(
+        drawn.contains("received 0  queued 0  delivered 0"),
+        "{drawn}"
+    );
+    assert!(drawn.contains("connections 0/"), "{drawn}");
+    watch.terminate(Duration::from_secs(5));
 
     // SIGHUP with a broken file: refused, visible in the API, the old config stays.
     std::fs::write(&file, config(dir.path(), smtp, &listen, 1, "gmial")).unwrap();

@@ -21,6 +21,7 @@ pub mod queue;
 pub mod reload;
 pub mod run;
 pub mod suppress;
+pub mod watch;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
