@@ -1,8 +1,9 @@
 //! What the relay counts for `/metrics`, the API and the dashboard beyond the counters
 //! its parts keep themselves (delivery outcomes, the controller's figures): messages
 //! received and their sizes, every provider reply by code class and verdict, the
-//! provider's reply latencies, operator pauses, reloads, and the last provider replies
-//! with their verdicts (what the dashboard shows as the provider's words).
+//! provider's reply latencies, operator pauses, reloads, and the provider's last
+//! refusals (4xx/5xx) with their verdicts — what the dashboard shows as the provider's
+//! words; the 2xx in between would push them out within a few messages.
 //!
 //! Fed by two thin wrappers ([`super::counting`]): one around the upstream observer (every
 //! reply passes it once, already classified) and one around the inbound relay.
@@ -21,7 +22,7 @@ use serde::Serialize;
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
-/// How many provider replies [`RelayMetrics::recent`] keeps.
+/// How many provider refusals (4xx/5xx) [`RelayMetrics::recent_replies`] keeps.
 pub const RECENT_REPLIES: usize = 100;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -97,18 +98,23 @@ impl Default for RelayMetrics {
 }
 
 impl RelayMetrics {
-    /// Counts a classified provider reply and keeps it among the recent ones.
+    /// Counts a classified provider reply; keeps it among the recent ones when it is a
+    /// refusal (4xx/5xx).
     pub fn reply(&self, phase: &'static str, reply: &Reply, verdict: &Verdict, at: u64) {
         if matches!(verdict, Verdict::Throttle(_)) {
             self.throttles.inc();
         }
         let verdict = verdict.name();
+        let keep = !reply.is_positive();
         self.replies
             .get_or_create(&ReplyLabels {
                 class: class_name(reply.code),
                 verdict,
             })
             .inc();
+        if !keep {
+            return;
+        }
         let seen = SeenReply {
             at,
             phase,
@@ -124,7 +130,7 @@ impl RelayMetrics {
         }
     }
 
-    /// The last provider replies, oldest first.
+    /// The provider's last refusals, oldest first.
     pub fn recent_replies(&self) -> Vec<SeenReply> {
         self.recent
             .lock()
@@ -149,5 +155,47 @@ pub fn pause_reason(scope: PauseScope) -> &'static str {
         PauseScope::Auth => "auth",
         PauseScope::Quota => "quota",
         PauseScope::Policy => "policy",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::verdict::ThrottleKind;
+
+    #[test]
+    fn counts_every_reply_and_keeps_the_last_refusals() {
+        let m = RelayMetrics::default();
+        let ok = Reply::plain(250, "ok");
+        let busy = Reply::plain(421, "4.7.0 Too many connections");
+        m.reply("rcpt", &ok, &Verdict::Accept, 1);
+        m.reply(
+            "greeting",
+            &busy,
+            &Verdict::Throttle(ThrottleKind::Connections),
+            2,
+        );
+        for i in 0..RECENT_REPLIES as u64 + 5 {
+            m.reply("data-end", &ok, &Verdict::Accept, 10 + i);
+        }
+        let recent = m.recent_replies();
+        assert_eq!(recent.len(), 1, "2xx are counted, not kept: {recent:?}");
+        assert_eq!(
+            (recent[0].code, recent[0].verdict),
+            (421, "throttle-connections")
+        );
+        assert_eq!(m.throttles.get(), 1);
+        let accepted = m
+            .replies
+            .get_or_create(&ReplyLabels {
+                class: "2xx",
+                verdict: "accept",
+            })
+            .get();
+        assert_eq!(accepted, RECENT_REPLIES as u64 + 6);
+        for i in 0..RECENT_REPLIES as u64 + 5 {
+            m.reply("rcpt", &busy, &Verdict::Defer { hint: None }, 100 + i);
+        }
+        assert_eq!(m.recent_replies().len(), RECENT_REPLIES, "bounded");
     }
 }

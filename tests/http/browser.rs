@@ -76,7 +76,12 @@ async fn dashboard_shows_the_api_numbers_and_its_buttons_pause_and_resume() {
     for i in 0..12 {
         send(mv.smtp, &[&format!("reader{i}@example.org")], i).await;
     }
-    until(&mv, "12 delivered", |s| s["delivery"]["delivered"] == 12).await;
+    // The counters move before the spool's commit: wait for both, so the API's numbers
+    // hold still while the page is compared with them.
+    until(&mv, "12 delivered, none pending", |s| {
+        s["delivery"]["delivered"] == 12 && s["queue"]["pending_recipients"] == 0
+    })
+    .await;
 
     let driver_port = free_port();
     let mut proc = Proc::spawn(

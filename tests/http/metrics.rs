@@ -69,8 +69,11 @@ async fn metrics_parse_and_match_a_known_run() {
         let replies = send(mv.smtp, &[r], i).await;
         assert!(replies[replies.len() - 2].starts_with("250"), "{replies:?}");
     }
-    until(&mv, "3 delivered, 1 failed", |s| {
-        s["delivery"]["delivered"] == 3 && s["delivery"]["failed"] == 1
+    // The counters move before the spool's commit: wait for both.
+    until(&mv, "3 delivered, 1 failed, none pending", |s| {
+        s["delivery"]["delivered"] == 3
+            && s["delivery"]["failed"] == 1
+            && s["queue"]["pending_recipients"] == 0
     })
     .await;
 
