@@ -74,6 +74,11 @@ impl ConcurrencyState {
         self.ceiling.map(|(c, _)| c)
     }
 
+    /// When the ceiling was learned (clock time).
+    pub fn ceiling_learned_at(&self) -> Option<Duration> {
+        self.ceiling.map(|(_, at)| at)
+    }
+
     /// How many times the limit went down.
     pub fn decreases(&self) -> u64 {
         self.decreases

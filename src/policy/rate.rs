@@ -113,6 +113,11 @@ impl RateState {
         self.ceiling.map(|(c, _)| c)
     }
 
+    /// When the ceiling was learned (clock time).
+    pub fn ceiling_learned_at(&self) -> Option<Duration> {
+        self.ceiling.map(|(_, at)| at)
+    }
+
     pub fn decreases(&self) -> u64 {
         self.decreases
     }

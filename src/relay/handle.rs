@@ -109,14 +109,18 @@ impl RelayHandle {
         self.inner.running.config()
     }
 
-    /// A time on the controller's clock (a pause's end) as unix milliseconds.
+    /// A time on the controller's clock (a pause's end, when a ceiling was learned) as
+    /// unix milliseconds.
     pub fn clock_to_wall_ms(&self, at: std::time::Duration) -> u64 {
         use crate::policy::clock::Clock;
         let clock = self.inner.policy.controller.clock();
-        let ahead = at.saturating_sub(clock.now());
-        clock
-            .unix_ms()
-            .saturating_add(u64::try_from(ahead.as_millis()).unwrap_or(u64::MAX))
+        let now = clock.now();
+        let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        if at >= now {
+            clock.unix_ms().saturating_add(ms(at - now))
+        } else {
+            clock.unix_ms().saturating_sub(ms(now - at))
+        }
     }
 
     /// Re-reads the configuration from where it came from (file and `MAILVALVE__*`),

@@ -195,3 +195,41 @@ async fn passthrough_has_no_queue_and_says_so() {
     assert_eq!(r.status, 409);
     mv.stop().await;
 }
+
+#[tokio::test]
+async fn status_says_what_was_learned_and_when() {
+    // The provider refuses a second concurrent connection with 421.
+    let provider = Provider::builder().max_connections(1).start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), provider.upstream_config());
+    cfg.upstream.max_connections = 4;
+    let mv = start(cfg).await;
+    let before = mailvalve::policy::clock::wall_ms();
+    assert_eq!(mv.post("/api/v1/pause").await.status, 200);
+    for i in 0..6 {
+        send(mv.smtp, &[&format!("r{i}@example.org")], i).await;
+    }
+    assert_eq!(mv.post("/api/v1/resume").await.status, 200);
+    let s = until(&mv, "6 delivered", |s| s["delivery"]["delivered"] == 6).await;
+    let after = mailvalve::policy::clock::wall_ms();
+    let c = &s["upstreams"][0]["connections"];
+    assert_eq!(c["learned_ceiling"], 1, "{s}");
+    let at = c["learned_at"].as_u64().expect("when it was learned");
+    assert!(
+        (before..=after).contains(&at),
+        "{before} <= {at} <= {after}"
+    );
+    let refusals = s["upstreams"][0]["recent_replies"].as_array().unwrap();
+    assert!(
+        refusals
+            .iter()
+            .any(|r| r["code"] == 421 && r["verdict"] == "throttle-connections"),
+        "the provider's words: {refusals:?}"
+    );
+    let m = mv.get("/metrics").await.body;
+    assert!(
+        m.contains("mailvalve_upstream_connection_ceiling 1\n"),
+        "{m}"
+    );
+    mv.stop().await;
+}

@@ -170,10 +170,11 @@ function render(s) {
   tb.textContent = "";
   tb.appendChild(row(["", t("now"), t("learned"), t("max")]));
   const c = u.connections;
-  tb.appendChild(row([t("connections"), `${c.open} / ${c.limit}`, c.learned_ceiling ?? t("none"), c.max]));
+  const learned = (v, at, f) => v === null || v === undefined ? t("none") : `${f(v)} (${clock(at)})`;
+  tb.appendChild(row([t("connections"), `${c.open} / ${c.limit}`, learned(c.learned_ceiling, c.learned_at, (v) => v), c.max]));
   const r = u.rate;
   tb.appendChild(row([t("rateRow"), r.per_second === null ? t("unlimited") : r.per_second.toFixed(2),
-    r.learned_ceiling === null ? t("none") : r.learned_ceiling.toFixed(2), ""]));
+    learned(r.learned_ceiling, r.learned_at, (v) => v.toFixed(2)), ""]));
   drawChart(s.history || []);
   const replies = u.recent_replies || [];
   fillLog("timeline", replies.filter((x) => /^(throttle|pause|policy|defer)/.test(x.verdict)));
