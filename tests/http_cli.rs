@@ -73,7 +73,11 @@ fn run_prints_the_dashboard_and_sighup_and_reload_reread_the_config() {
     std::fs::write(&file, config(dir.path(), smtp, &listen, 4, "local")).unwrap();
     let mut proc = Proc::spawn(
         "mailvalve",
-        Command::new(mailvalve()).arg("run").arg("-c").arg(&file),
+        Command::new(mailvalve())
+            .env_remove("RUST_LOG")
+            .arg("run")
+            .arg("-c")
+            .arg(&file),
         dir.path().join("mailvalve.log"),
     );
     proc.wait_listening(smtp, STARTUP);
@@ -139,8 +143,9 @@ fn run_prints_the_dashboard_and_sighup_and_reload_reread_the_config() {
     );
     assert_eq!(s["upstreams"][0]["connections"]["max"], 4);
 
-    // `mailvalve reload` with a valid file: applied.
-    std::fs::write(&file, config(dir.path(), smtp, &listen, 1, "local")).unwrap();
+    // `mailvalve reload` with a valid file: applied, the log level too.
+    let valid = config(dir.path(), smtp, &listen, 1, "local") + "\n[log]\nlevel = \"debug\"\n";
+    std::fs::write(&file, valid).unwrap();
     let r = Command::new(mailvalve())
         .arg("reload")
         .arg("-c")

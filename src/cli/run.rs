@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Runs until shutdown. The configuration has already passed `config::validate`.
 pub fn run(config: Config, path: Option<&std::path::Path>) -> anyhow::Result<()> {
-    super::logging::init_tracing(&config.log.level);
+    let set_level = super::logging::init_reloadable(&config.log.level);
     for w in crate::config::warnings(&config) {
         tracing::warn!("config: {w}");
     }
@@ -22,10 +22,14 @@ pub fn run(config: Config, path: Option<&std::path::Path>) -> anyhow::Result<()>
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(serve(config, path.map(|p| p.to_path_buf())))
+    rt.block_on(serve(config, path.map(|p| p.to_path_buf()), set_level))
 }
 
-async fn serve(config: Config, path: Option<std::path::PathBuf>) -> anyhow::Result<()> {
+async fn serve(
+    config: Config,
+    path: Option<std::path::PathBuf>,
+    set_level: Option<crate::relay::reload::SetLogLevel>,
+) -> anyhow::Result<()> {
     let relay = Relay::new(config)?.reloadable_from(path);
     let cfg = relay.config();
     let listener =
@@ -46,6 +50,9 @@ async fn serve(config: Config, path: Option<std::path::PathBuf>) -> anyhow::Resu
     tokio::spawn(on_signal(shutdown.clone()));
     let http_cfg = cfg.http.clone();
     let running = relay.start(listener, shutdown.clone()).await?;
+    if let Some(f) = set_level {
+        running.handle().on_log_level(f);
+    }
     println!("mailvalve: SMTP on {}", running.local_addr());
     let http = match crate::http::start(&http_cfg, running.handle().clone(), shutdown.clone()).await
     {

@@ -144,6 +144,11 @@ impl RelayHandle {
         Ok(outcome)
     }
 
+    /// Lets a reload change the log level (`mailvalve run` installs it).
+    pub fn on_log_level(&self, f: super::reload::SetLogLevel) {
+        self.inner.running.set_log_level_hook(f);
+    }
+
     /// The last reload's outcome, if there was one.
     pub fn last_reload(&self) -> Option<super::reload::ReloadRecord> {
         self.inner.running.last()

@@ -5,11 +5,12 @@
 //!
 //! Takes effect at once: the connection maximum and the rate ceiling (from
 //! `upstream.max_connections`, `[upstream.limits]` and the profile's figures) — what was
-//! learned is kept unless the limit it was learned against changed — and every valid
-//! reload ends an account pause (fixed credentials). Said, not silently ignored: what
+//! learned is kept unless the limit it was learned against changed — the log level
+//! (unless `RUST_LOG` decides it), and every valid reload ends an account pause (fixed
+//! credentials). Said, not silently ignored: what
 //! needs a restart (`server.*`, `http.*`, `mode`, `queue.dir`, `suppression.path`, and
-//! for now the provider connection settings, credentials, rate caps, reply rules,
-//! webhook and log level).
+//! for now the provider connection settings, credentials, rate caps, reply rules and
+//! webhook).
 //!
 //! It must never leave a half-applied configuration (an invalid one changes nothing),
 //! and never put a secret into its outcome (key names only).
@@ -20,7 +21,10 @@ use super::policy::{profile_of, Policy};
 use crate::config::Config;
 use serde::Serialize;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// Sets the log level (a tracing filter) of the running process; `cli` installs it.
+pub type SetLogLevel = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 
 /// What a valid reload did.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
@@ -74,6 +78,7 @@ pub struct Running {
     config: Mutex<Arc<Config>>,
     source: Source,
     last: Mutex<Option<ReloadRecord>>,
+    log_level: OnceLock<SetLogLevel>,
 }
 
 impl Running {
@@ -82,7 +87,13 @@ impl Running {
             config: Mutex::new(Arc::new(config)),
             source,
             last: Mutex::new(None),
+            log_level: OnceLock::new(),
         }
+    }
+
+    /// How a reload changes the log level (once; later calls are ignored).
+    pub fn set_log_level_hook(&self, f: SetLogLevel) {
+        let _ = self.log_level.set(f);
     }
 
     pub fn config(&self) -> Arc<Config> {
@@ -216,12 +227,23 @@ pub fn apply(policy: &Policy, running: &Running, new: Config) -> Result<ReloadOu
         ),
     );
     need("suppression", differs(&old.suppression, &new.suppression));
-    need("log.level", old.log.level != new.log.level);
     need(
         "rules / upstream.profile (reply rules)",
         differs(&old.rules, &new.rules) || old.upstream.profile != new.upstream.profile,
     );
     restart.extend(connection_keys(&old, &new));
+    let mut applied = Vec::new();
+    if old.log.level != new.log.level {
+        match running.log_level.get().map(|set| set(&new.log.level)) {
+            Some(Ok(())) => applied.push(format!("log level: {}", new.log.level)),
+            Some(Err(e)) => {
+                tracing::warn!("log level not changed: {e}");
+                restart.push("log.level".into());
+            }
+            // RUST_LOG decides, or no subscriber of ours.
+            None => restart.push("log.level".into()),
+        }
+    }
 
     let params = limits::controller_params(&new, &profile);
     let before = policy.controller.stats();
@@ -229,7 +251,6 @@ pub fn apply(policy: &Policy, running: &Running, new: Config) -> Result<ReloadOu
     let (conc, rate) = policy
         .controller
         .set_limits(params.max_connections, params.rate_per_second);
-    let mut applied = Vec::new();
     if conc {
         applied.push(format!(
             "connections: at most {} (was {max_before}){}",
