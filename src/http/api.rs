@@ -294,7 +294,8 @@ async fn explain(State(s): State<AppState>, Query(q): Query<ExplainQuery>) -> Ap
             )
         })?,
     };
-    let c = s.handle.policy().classifier.classify(phase, &reply);
+    let classifier = s.handle.policy().current_classifier();
+    let c = classifier.classify(phase, &reply);
     ok(json!({
         "reply": reply.to_string(),
         "phase": phase.name(),

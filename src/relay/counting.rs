@@ -17,12 +17,12 @@ use std::time::Duration;
 
 /// The upstream observer, counted.
 pub struct CountingObserver<O> {
-    inner: O,
+    inner: Arc<O>,
     metrics: Arc<RelayMetrics>,
 }
 
 impl<O> CountingObserver<O> {
-    pub fn new(inner: O, metrics: Arc<RelayMetrics>) -> Self {
+    pub fn new(inner: Arc<O>, metrics: Arc<RelayMetrics>) -> Self {
         Self { inner, metrics }
     }
 }

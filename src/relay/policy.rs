@@ -23,7 +23,10 @@ use std::sync::Arc;
 /// Everything the policy consists of at run time, built from config + profile.
 pub struct Policy {
     pub controller: Arc<Controller>,
+    /// The rule table at start; a reload replaces the observer's ([`Policy::classifier`]).
     pub classifier: Arc<Classifier>,
+    /// Classifies every provider reply (and feeds the controller and the suppression list).
+    pub observer: Arc<PolicyObserver>,
     pub admission: Admission,
     pub suppressions: Arc<Suppressions<RedbStore>>,
     /// What the relay counts for `/metrics` and the dashboard (fed by the observer).
@@ -57,13 +60,14 @@ impl Policy {
         let mut upstream = config.upstream.clone();
         upstream.rate = limits::fixed_rates(config, profile);
         let metrics = Arc::new(RelayMetrics::default());
+        let policy_observer = Arc::new(PolicyObserver::new(
+            classifier.clone(),
+            controller.clone(),
+            Some(suppressions.clone() as Arc<dyn Recorder>),
+            limit.clone(),
+        ));
         let observer = Arc::new(CountingObserver::new(
-            PolicyObserver::new(
-                classifier.clone(),
-                controller.clone(),
-                Some(suppressions.clone() as Arc<dyn Recorder>),
-                limit.clone(),
-            ),
+            policy_observer.clone(),
             metrics.clone(),
         ));
         let settings = Settings::new(upstream)
@@ -76,7 +80,15 @@ impl Policy {
             admission,
             suppressions,
             metrics,
+            observer: policy_observer,
         })
+    }
+}
+
+impl Policy {
+    /// The reply rules in force now (the ones a reload installed, if any).
+    pub fn current_classifier(&self) -> Arc<Classifier> {
+        self.observer.classifier()
     }
 }
 

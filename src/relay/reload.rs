@@ -3,14 +3,14 @@
 //! and `run` do (`config::load_validated`), and apply what can change for the next
 //! transaction without dropping sessions or the queue.
 //!
-//! Takes effect at once: the connection maximum and the rate ceiling (from
+//! Takes effect at once: the reply rules (`[[rules]]` and the profile's), the
+//! connection maximum and the rate ceiling (from
 //! `upstream.max_connections`, `[upstream.limits]` and the profile's figures) — what was
 //! learned is kept unless the limit it was learned against changed — the log level
 //! (unless `RUST_LOG` decides it), and every valid reload ends an account pause (fixed
 //! credentials). Said, not silently ignored: what
 //! needs a restart (`server.*`, `http.*`, `mode`, `queue.dir`, `suppression.path`, and
-//! for now the provider connection settings, credentials, rate caps, reply rules and
-//! webhook).
+//! for now the provider connection settings, credentials, rate caps and webhook).
 //!
 //! It must never leave a half-applied configuration (an invalid one changes nothing),
 //! and never put a secret into its outcome (key names only).
@@ -203,6 +203,14 @@ fn connection_keys(old: &Config, new: &Config) -> Vec<String> {
 pub fn apply(policy: &Policy, running: &Running, new: Config) -> Result<ReloadOutcome, String> {
     let profile = profile_of(&new).map_err(|e| format!("{e:#}"))?;
     let old = running.config();
+    // Everything that can fail comes first, so a failure changes nothing. (The rules
+    // were compiled by validation already, the same way.)
+    let rules_changed =
+        differs(&old.rules, &new.rules) || old.upstream.profile != new.upstream.profile;
+    let classifier = match rules_changed {
+        true => Some(limits::classifier(&new, &profile).map_err(|e| format!("{e:#}"))?),
+        false => None,
+    };
     let mut restart: Vec<String> = Vec::new();
     let mut need = |key: &str, changed: bool| {
         if changed {
@@ -227,10 +235,6 @@ pub fn apply(policy: &Policy, running: &Running, new: Config) -> Result<ReloadOu
         ),
     );
     need("suppression", differs(&old.suppression, &new.suppression));
-    need(
-        "rules / upstream.profile (reply rules)",
-        differs(&old.rules, &new.rules) || old.upstream.profile != new.upstream.profile,
-    );
     restart.extend(connection_keys(&old, &new));
     let mut applied = Vec::new();
     if old.log.level != new.log.level {
@@ -243,6 +247,15 @@ pub fn apply(policy: &Policy, running: &Running, new: Config) -> Result<ReloadOu
             // RUST_LOG decides, or no subscriber of ours.
             None => restart.push("log.level".into()),
         }
+    }
+
+    if let Some(classifier) = classifier {
+        policy.observer.set_classifier(Arc::new(classifier));
+        applied.push(format!(
+            "reply rules: {} of [[rules]], then profile {}",
+            new.rules.len(),
+            profile.name
+        ));
     }
 
     let params = limits::controller_params(&new, &profile);

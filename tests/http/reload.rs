@@ -90,6 +90,23 @@ async fn a_lower_limit_takes_effect_mid_run_and_an_invalid_config_changes_nothin
         "one connection at a time after the reload, so the provider never refused: {refused:?}"
     );
 
+    // New reply rules take effect for the next reply (explain uses the running table).
+    let verdict = |r: Resp| r.json()["verdict"].as_str().unwrap_or_default().to_string();
+    let ask = "/api/v1/explain?reply=550%205.1.1%20member%20left%20the%20club";
+    assert_eq!(verdict(mv.get(ask).await), "suppress");
+    let mut ruled = one.clone();
+    ruled.rules.push(mailvalve::policy::rules::RuleSpec {
+        code: Some("550".into()),
+        text: Some("left the club".into()),
+        verdict: "defer".into(),
+        ..Default::default()
+    });
+    write(&file, &ruled);
+    let r = mv.post("/api/v1/reload").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("reply rules: 1 of [[rules]]"), "{}", r.body);
+    assert_eq!(verdict(mv.get(ask).await), "defer");
+
     // `mailvalve reload` goes over the control socket to the same handle.
     #[cfg(unix)]
     {
