@@ -269,7 +269,8 @@ impl Default for UpstreamTimeouts {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SuppressionConfig {
-    /// The redb database file (created if missing; its directory must exist).
+    /// The redb database file (created if missing, with its directory). Relative to the
+    /// config file's directory (see `load`).
     pub path: PathBuf,
     /// Mailbox-full replies suppress an address after this many occurrences ...
     pub soft_threshold: u32,
