@@ -40,7 +40,9 @@ dir = "spool"
 /// `mailvalve <args>` with `cwd` as the working directory.
 fn cli(cwd: &Path, args: &[&str]) -> (bool, String) {
     let mut cmd = Command::new(mailvalve());
-    cmd.current_dir(cwd).args(args).env_remove("MAILVALVE_CONFIG");
+    cmd.current_dir(cwd)
+        .args(args)
+        .env_remove("MAILVALVE_CONFIG");
     let (st, out) = run("mailvalve-cli", &mut cmd, cwd, CLI);
     (st.success(), out)
 }

@@ -20,6 +20,7 @@ pub mod explain;
 pub mod logging;
 pub mod profiles;
 pub mod queue;
+mod rules_de;
 pub mod run;
 pub mod suppress;
 
@@ -229,8 +230,7 @@ mod tests {
             &["mailvalve", "queue", "retry", "--all", "-c", "f.toml"],
         ];
         for args in placements {
-            let cli = Cli::try_parse_from(*args)
-                .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            let cli = Cli::try_parse_from(*args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
             assert_eq!(
                 cli.config.config.as_deref(),
                 Some(Path::new("f.toml")),

@@ -225,6 +225,28 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
                             },
                         ));
                     }
+                    Decision::NextTransaction => {
+                        // Due now: the dispatcher takes the message again as soon as
+                        // this round ends, for a transaction of its own.
+                        self.stats.deferred.fetch_add(1, Ordering::Relaxed);
+                        self.log_outcome(
+                            &msg,
+                            &rcpt.address,
+                            Action::Deferred,
+                            &reply,
+                            verdict,
+                            attempts,
+                            Some(now),
+                        );
+                        updates.push((
+                            i,
+                            RcptState::Pending {
+                                attempts,
+                                next_attempt: now,
+                                last_reply: Some(reply),
+                            },
+                        ));
+                    }
                     Decision::Hold => {
                         held = true;
                         let is_busy = matches!(
