@@ -444,6 +444,17 @@ fn upstream(config: &Config, p: &mut Problems) {
     }
 
     non_zero(p, "upstream.idle_timeout", u.idle_timeout);
+    non_zero(p, "upstream.reachability_interval", u.reachability_interval);
+    if u.reachability_interval > super::schema::MAX_REACHABILITY_INTERVAL {
+        p.push(
+            "upstream.reachability_interval",
+            format!(
+                "is {}, more than the 30s allowed: an unreachable provider is checked at \
+                 least every 30s so that delivery resumes soon after it is back",
+                humantime::format_duration(u.reachability_interval)
+            ),
+        );
+    }
     let t = &u.timeouts;
     for (name, d) in [
         ("connect", t.connect),

@@ -146,10 +146,14 @@ impl RelayHandle {
         }
     }
 
-    /// Makes one message (or all) due now and wakes delivery; returns how many.
+    /// Makes one message (or all) due now and wakes delivery; returns how many. Also
+    /// ends the wait after connection failures: the provider is tried at once (an
+    /// operator who says "retry" after the provider came back must not wait out a
+    /// backoff).
     pub async fn retry(&self, which: Which) -> Result<usize, String> {
         let engine = self.engine()?;
         let n = control::retry(engine.spool(), which).await?;
+        self.inner.policy.controller.try_connect_now();
         engine.waker().notify_one();
         Ok(n)
     }
@@ -199,6 +203,7 @@ impl Hooks for RelayHandle {
                 PauseState::Running => None,
                 PauseState::Paused { scope, .. } => Some(scope),
             },
+            reachability: self.inner.policy.controller.reachability(),
         })
     }
 }

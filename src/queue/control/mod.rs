@@ -36,6 +36,7 @@ use super::deliver::StatsSnapshot;
 use super::record::{Message, RcptState, StoredReply};
 use super::spool::now_ms;
 use super::{QueueId, Spool, Which};
+use crate::policy::controller::Reachability;
 use crate::policy::verdict::PauseScope;
 
 mod socket;
@@ -145,6 +146,8 @@ pub struct LiveStatus {
     pub rate: Option<f64>,
     /// Why the account is paused, if it is.
     pub account_pause: Option<PauseScope>,
+    /// Whether the provider can be reached (since when not, next check).
+    pub reachability: Reachability,
 }
 
 impl LiveStatus {
@@ -155,8 +158,20 @@ impl LiveStatus {
         } else {
             ""
         };
+        let provider = match self.reachability {
+            Reachability::Reachable => "provider: reachable\n".to_owned(),
+            Reachability::Unreachable {
+                since_ms,
+                next_check,
+                failures,
+            } => format!(
+                "provider: UNREACHABLE since {} ({failures} failed connection attempt(s) in a row); next check in {}s (`mailvalve queue retry --all` checks at once)\n",
+                super::delivery_log::rfc3339(since_ms),
+                next_check.as_secs()
+            ),
+        };
         format!(
-            "instance: running\n{halted}since start: {} delivered, {} deferred, {} failed, {} bounce report(s), {} transaction(s)\nconnections: limit {} (ceiling {})\nrate: {}\naccount pause: {}\n",
+            "instance: running\n{provider}{halted}since start: {} delivered, {} deferred, {} failed, {} bounce report(s), {} transaction(s)\nconnections: limit {} (ceiling {})\nrate: {}\naccount pause: {}\n",
             d.delivered,
             d.deferred,
             d.failed,
@@ -291,7 +306,21 @@ pub async fn execute(hooks: &dyn Hooks, cmd: Command) -> Result<String, String> 
         }
         Command::Retry(which) => {
             let n = hooks.retry(which).await?;
-            Ok(format!("{n} message(s) due now\n"))
+            let total = off_runtime(|| spool.list())
+                .map(|m| {
+                    m.iter()
+                        .filter(|m| m.rcpts.iter().any(|r| !r.state.is_final()))
+                        .count()
+                })
+                .unwrap_or(n);
+            let live = if hooks.live().is_some() {
+                "; the provider is tried at once, any wait after connection failures ends"
+            } else {
+                "; delivered when mailvalve runs"
+            };
+            Ok(format!(
+                "{n} message(s) moved forward, {total} message(s) due now{live}\n"
+            ))
         }
         Command::Delete(id) => {
             hooks.delete(id).await?;

@@ -51,7 +51,7 @@ use super::transport::Transport;
 use super::webhook::Webhook;
 use super::{QueueId, Spool};
 use crate::policy::clock::Clock;
-use crate::policy::controller::Controller;
+use crate::policy::controller::{Controller, Reachability};
 use crate::policy::pause::PauseState;
 use crate::smtp::Reply;
 
@@ -66,6 +66,10 @@ pub trait Pacing: Send + Sync + 'static {
     /// While the upstream backs off after connection failures: how much longer.
     fn connect_wait(&self) -> Option<Duration> {
         None
+    }
+    /// Whether the provider can be reached, as the connect outcomes say.
+    fn reachability(&self) -> Reachability {
+        Reachability::Reachable
     }
 }
 
@@ -87,6 +91,9 @@ impl<C: Clock + 'static> Pacing for Controller<C> {
     }
     fn connect_wait(&self) -> Option<Duration> {
         Controller::connect_wait(self)
+    }
+    fn reachability(&self) -> Reachability {
+        Controller::reachability(self)
     }
 }
 
