@@ -82,6 +82,21 @@ impl<'a> Fields<'a> {
             .any(|v| v.ctype().to_ascii_lowercase().starts_with("auto-replied"))
     }
 
+    /// The `Subject`, decoded (RFC 2047 encoded words), trimmed, at most 200 characters
+    /// and on one line: what `mailvalve queue list` shows beside the recipient.
+    pub fn subject(&self) -> Option<String> {
+        let s = self.0.as_ref()?.subject()?;
+        let one_line: String = s
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(200)
+            .collect();
+        (!one_line.is_empty()).then_some(one_line)
+    }
+
     /// The first `X-Listmonk-Campaign` field, trimmed, as it stands.
     pub fn listmonk_campaign(&self) -> Option<&str> {
         self.values(HeaderName::Other(LISTMONK_CAMPAIGN.into()))
@@ -94,6 +109,19 @@ impl<'a> Fields<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subject_is_decoded_and_on_one_line() {
+        let f = Fields::of(b"From: a@b\r\nSubject: =?UTF-8?Q?Vereins-Newsletter_M=C3=A4rz?=\r\n\tTeil 2\r\n\r\nSubject: body\r\n");
+        assert_eq!(
+            f.subject().as_deref(),
+            Some("Vereins-Newsletter März Teil 2")
+        );
+        assert_eq!(
+            Fields::of(b"From: a@b\r\n\r\nSubject: in the body\r\n").subject(),
+            None
+        );
+    }
 
     #[test]
     fn header_block_edges() {
