@@ -27,8 +27,11 @@ pub enum Action {
     Failed,
     /// Still undelivered after the queue's `max_age`; a bounce report goes to the sender.
     Expired,
-    /// Not tried because the account is paused; no attempt was used up.
+    /// Not tried because the account is paused (or the provider cannot be reached); no
+    /// attempt was used up. Written once, when the hold starts.
     Held,
+    /// Tried again after a hold: written once, when the hold ends, before the outcome.
+    Resumed,
     /// Not tried because the address is on the suppression list.
     Suppressed,
 }
@@ -258,6 +261,7 @@ mod tests {
             (Action::Failed, "failed"),
             (Action::Expired, "expired"),
             (Action::Held, "held"),
+            (Action::Resumed, "resumed"),
             (Action::Suppressed, "suppressed"),
         ];
         for (a, n) in names {

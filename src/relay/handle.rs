@@ -125,6 +125,7 @@ impl RelayHandle {
         let engine = self.engine()?;
         control::set_pause_flag(&self.inner.dir, true)?;
         engine.hold_flag().store(true, Ordering::Release);
+        tracing::info!("operator: delivery paused (queue pause); mail is still accepted");
         Ok(())
     }
 
@@ -135,6 +136,7 @@ impl RelayHandle {
         engine.hold_flag().store(false, Ordering::Release);
         self.resume_account();
         engine.waker().notify_one();
+        tracing::info!("operator: delivery resumed (queue resume)");
         Ok(())
     }
 
@@ -155,12 +157,21 @@ impl RelayHandle {
         let n = control::retry(engine.spool(), which).await?;
         self.inner.policy.controller.try_connect_now();
         engine.waker().notify_one();
+        match which {
+            Which::All => tracing::info!(
+                messages = n,
+                "operator: retry of every message now (queue retry --all)"
+            ),
+            Which::One(id) => tracing::info!(%id, "operator: retry now (queue retry)"),
+        }
         Ok(n)
     }
 
     /// Removes a message without delivering it (no bounce report).
     pub async fn delete(&self, id: QueueId) -> Result<(), String> {
-        control::delete(self.engine()?.spool(), id).await
+        control::delete(self.engine()?.spool(), id).await?;
+        tracing::info!(%id, "operator: message deleted without delivery (queue delete)");
+        Ok(())
     }
 }
 

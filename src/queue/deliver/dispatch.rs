@@ -20,6 +20,9 @@ use crate::queue::schedule;
 use crate::queue::transport::Transport;
 use crate::queue::{QueueId, SpoolError};
 
+/// How often the progress line is written while delivering.
+const PROGRESS_EVERY_MS: u64 = 60_000;
+
 impl<T: Transport, P: Pacing> Delivery<T, P> {
     /// Runs until `shutdown`, then lets the transactions in flight finish (at most
     /// `grace`) and returns.
@@ -32,11 +35,14 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
         let mut unsaved_pause = 0u64;
         // Since when (Unix ms) the provider is unreachable, as last logged.
         let mut away_since: Option<u64> = None;
+        // The counters at the last progress line, and when it was written.
+        let mut progress = (self.stats(), self.pacing.now_ms());
         loop {
             if shutdown.is_cancelled() {
                 break;
             }
             away_since = self.log_reachability(away_since);
+            progress = self.log_progress(progress);
             // Outcomes that could not be written come first; nothing is sent until they
             // are on disk.
             if self.is_halted() {
@@ -161,6 +167,26 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
         if unsaved_pause > 0 {
             self.save_pause().await;
         }
+    }
+
+    /// One info line a minute while there is something to tell: what happened in that
+    /// minute and what is left. Returns the state to remember.
+    fn log_progress(&self, (last, at): (super::StatsSnapshot, u64)) -> (super::StatsSnapshot, u64) {
+        let now = self.pacing.now_ms();
+        if now.saturating_sub(at) < PROGRESS_EVERY_MS {
+            return (last, at);
+        }
+        let s = self.stats();
+        if s != last {
+            tracing::info!(
+                delivered = s.delivered - last.delivered,
+                deferred = s.deferred - last.deferred,
+                failed = s.failed - last.failed,
+                queued = self.spool.len(),
+                "queue: progress in the last minute"
+            );
+        }
+        (s, now)
     }
 
     /// Logs when the provider becomes unreachable and when it is back (once each, not at

@@ -177,6 +177,9 @@ pub struct Delivery<T: Transport, P: Pacing> {
     wake: Arc<Notify>,
     held: Arc<AtomicBool>,
     in_flight: Mutex<HashSet<QueueId>>,
+    /// Recipients (message, index) whose hold was logged: a hold is logged once when it
+    /// starts and once when it ends, not at every check.
+    holds: Mutex<HashSet<(QueueId, usize)>>,
     /// Messages whose last round could not read them (record or body): not before
     /// (unix ms), and how many times in a row. Keeps a broken message from being re-sent
     /// in a loop; the count stays until a round succeeds, so the wait keeps growing.
@@ -261,6 +264,7 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
             wake: Arc::new(Notify::new()),
             held: Arc::new(AtomicBool::new(false)),
             in_flight: Mutex::new(HashSet::new()),
+            holds: Mutex::new(HashSet::new()),
             delayed: Mutex::new(HashMap::new()),
             // Nothing is sent before a first commit shows the spool takes writes.
             gate: Mutex::new(Gate {

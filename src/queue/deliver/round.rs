@@ -161,6 +161,17 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
                 };
                 let (decision, verdict) = schedule::decide(out, attempts, chunk.len(), backing_off);
                 let reply = StoredReply::from(out.reply());
+                if decision != Decision::Hold && self.hold_ended(msg.id, i) {
+                    self.log_outcome(
+                        &msg,
+                        &rcpt.address,
+                        Action::Resumed,
+                        &reply,
+                        verdict,
+                        attempts,
+                        None,
+                    );
+                }
                 match decision {
                     Decision::Delivered => {
                         self.stats.delivered.fetch_add(1, Ordering::Relaxed);
@@ -257,7 +268,7 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
                             }
                         );
                         busy |= is_busy;
-                        if !is_busy {
+                        if !is_busy && self.hold_started(msg.id, i) {
                             self.log_outcome(
                                 &msg,
                                 &rcpt.address,
@@ -513,6 +524,22 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
         }
         job.bounced = true;
         Ok(())
+    }
+
+    /// Records that recipient `i` of `id` is held; true the first time (log it then).
+    fn hold_started(&self, id: QueueId, i: usize) -> bool {
+        self.holds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((id, i))
+    }
+
+    /// Records that recipient `i` of `id` is tried again; true if it was held.
+    fn hold_ended(&self, id: QueueId, i: usize) -> bool {
+        self.holds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(id, i))
     }
 
     #[allow(clippy::too_many_arguments)]
