@@ -127,6 +127,7 @@ async fn status_and_list_tell_the_state_during_an_outage() {
     );
     assert!(status.contains("2 recipient(s) pending"), "{status}");
     assert!(status.contains("pace: "), "{status}");
+    assert!(status.contains("today: 0 delivered"), "{status}");
     assert!(
         !status.contains("Quota") && !status.contains("Some("),
         "{status}"

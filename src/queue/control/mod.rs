@@ -170,8 +170,12 @@ impl LiveStatus {
                 next_check.as_secs()
             ),
         };
+        let t = &d.today;
         format!(
-            "instance: running\n{provider}{halted}since start: {} delivered, {} deferred, {} failed, {} bounce report(s), {} transaction(s)\nconnections: limit {} (ceiling {})\npace: {}\naccount pause: {}\n",
+            "instance: running\n{provider}{halted}today: {} delivered, {} deferred, {} failed\nsince start: {} delivered, {} deferred, {} failed, {} bounce report(s), {} transaction(s)\nconnections: limit {} (ceiling {})\npace: {}\naccount pause: {}\n",
+            t.delivered,
+            t.deferred,
+            t.failed,
             d.delivered,
             d.deferred,
             d.failed,

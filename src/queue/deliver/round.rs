@@ -48,7 +48,7 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
                         } = &r.state
                         {
                             let reply = expired_reply(last_reply.as_ref());
-                            self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                            self.count(super::Counted::Failed);
                             self.log_outcome(
                                 &msg,
                                 &r.address,
@@ -174,7 +174,7 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
                 }
                 match decision {
                     Decision::Delivered => {
-                        self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+                        self.count(super::Counted::Delivered);
                         self.log_outcome(
                             &msg,
                             &rcpt.address,
@@ -217,7 +217,7 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
                             .retry_delay(if counts { attempts } else { 0 }, hint);
                         let next = schedule::next_attempt(now, delay);
                         let attempts = attempts + u32::from(counts);
-                        self.stats.deferred.fetch_add(1, Ordering::Relaxed);
+                        self.count(super::Counted::Deferred);
                         self.log_outcome(
                             &msg,
                             &rcpt.address,
@@ -239,7 +239,7 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
                     Decision::NextTransaction => {
                         // Due now: the dispatcher takes the message again as soon as
                         // this round ends, for a transaction of its own.
-                        self.stats.deferred.fetch_add(1, Ordering::Relaxed);
+                        self.count(super::Counted::Deferred);
                         self.log_outcome(
                             &msg,
                             &rcpt.address,
@@ -323,7 +323,7 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
         failures: &mut Vec<Failure>,
     ) {
         let address = msg.rcpts[i].address.clone();
-        self.stats.failed.fetch_add(1, Ordering::Relaxed);
+        self.count(super::Counted::Failed);
         let action = if kind == FailKind::Expired {
             Action::Expired
         } else {
