@@ -1,7 +1,8 @@
 //! The header section of a queued message, read for the few fields queue mode acts on:
 //! `Content-Type` and `Auto-Submitted` (is it a bounce or an automatic reply? see
-//! `dsn::is_bounce`) and `X-Listmonk-Campaign` (the campaign a bounce is reported for,
-//! see `webhook::campaign_uuid`). The one place where both the bounce report and the
+//! `dsn::is_bounce`), `X-Listmonk-Campaign` (the campaign a bounce is reported for,
+//! see `webhook::campaign_uuid`) and `Subject` (stored when a message is accepted, for
+//! `queue list`). The one place where both the bounce report and the
 //! webhook read a message's headers.
 //!
 //! The fields are parsed by mail-parser (unfolding, comments, quoted parameters).
@@ -47,7 +48,9 @@ impl<'a> Fields<'a> {
             // RFC 3834's `auto-submitted` is a keyword with optional `;` parameters and
             // comments: the shape of a MIME type without a subtype.
             .header_content_type(HeaderName::AutoSubmitted)
-            .header_raw(HeaderName::Other(LISTMONK_CAMPAIGN.into()));
+            .header_raw(HeaderName::Other(LISTMONK_CAMPAIGN.into()))
+            // Decoded (RFC 2047 encoded words), for `queue list`.
+            .header_text(HeaderName::Subject);
         Self(parser.parse_headers(header_block(message)))
     }
 
