@@ -41,6 +41,9 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// How long a request's head may take to arrive.
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Largest request body accepted (suppression adds, reload): JSON, never mail.
 const MAX_BODY: usize = 1 << 20;
 
@@ -165,7 +168,12 @@ async fn accept_loop(
         let stop = shutdown.clone();
         tokio::spawn(async move {
             let service = TowerToHyperService::new(app);
-            let builder = hyper::server::conn::http1::Builder::new();
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            // A client that trickles its request head holds a connection at most this
+            // long (slowloris).
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT);
             match acceptor {
                 Some(acceptor) => {
                     let tls = match tokio::time::timeout(
