@@ -71,6 +71,9 @@ max_message_size = $max_size
 max_sessions = $((SESSIONS + 10))
 $buffer_keys
 
+[http]
+listen = ""
+
 [upstream]
 host = "127.0.0.1"
 port = $4

@@ -123,6 +123,9 @@ write_config() { # file mode listen_port upstream_port [spool]
 listen = "127.0.0.1:$3"
 hostname = "mailvalve.bench"
 
+[http]
+listen = ""
+
 [upstream]
 host = "127.0.0.1"
 port = $4

@@ -45,12 +45,15 @@
 //!   configuration, runs passthrough and queue mode over the floors above, owns the
 //!   background tasks and the [`relay::RelayHandle`] that reads and steers the running
 //!   relay.
+//! - [`http`]: the HTTP listener — `/metrics`, the JSON API, the embedded dashboard —
+//!   over the relay's handle. Imports `relay` and the floors below it.
 //! - [`demo`]: the demo's engine (a simulated provider, a campaign, the relay between).
 //! - [`cli`]: the subcommands: argument parsing and printing only. Nothing imports `cli`.
 
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod http;
 pub mod net;
 pub mod platform;
 pub mod policy;

@@ -29,6 +29,9 @@ listen = "{{LISTEN}}"
 hostname = "mailvalve.test"
 shutdown_grace = "2s"
 
+[http]
+listen = "127.0.0.1:0"
+
 [upstream]
 host = "127.0.0.1"
 port = {provider_port}

@@ -297,6 +297,9 @@ fn config(postfix_port: u16) -> String {
 listen = "{{LISTEN}}"
 hostname = "mailvalve.test"
 
+[http]
+listen = "127.0.0.1:0"
+
 [upstream]
 host = "127.0.0.1"
 port = {postfix_port}

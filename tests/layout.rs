@@ -27,12 +27,19 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "smtp", "net", "platform", "policy", "config", "store", "server", "upstream", "queue",
         ],
     ),
+    (
+        "http",
+        &[
+            "smtp", "net", "platform", "policy", "config", "store", "server", "upstream", "queue",
+            "relay",
+        ],
+    ),
     ("demo", &["smtp", "policy", "config", "server", "relay"]),
     (
         "cli",
         &[
             "smtp", "net", "platform", "policy", "config", "store", "server", "upstream", "queue",
-            "relay", "demo",
+            "relay", "http", "demo",
         ],
     ),
 ];

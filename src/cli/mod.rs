@@ -20,9 +20,11 @@ pub mod explain;
 pub mod logging;
 pub mod profiles;
 pub mod queue;
+pub mod reload;
 mod rules_de;
 pub mod run;
 pub mod suppress;
+pub mod watch;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
@@ -75,6 +77,10 @@ pub enum Command {
         #[command(subcommand)]
         cmd: queue::QueueCmd,
     },
+    /// Make the running instance re-read its configuration (like SIGHUP): a valid one
+    /// takes effect for the next transaction, an invalid one is refused and the running
+    /// one stays.
+    Reload,
     /// Manage the suppression list (addresses the provider rejected for good).
     Suppress {
         #[command(subcommand)]
@@ -127,6 +133,10 @@ pub fn dispatch(cli: Cli) -> ExitCode {
         } => explain_command(&reply, phase.as_deref(), profile.as_deref(), &lang),
         Command::Queue { cmd } => match load(config) {
             Ok(cfg) => report(queue::run(cmd, &cfg)),
+            Err(code) => code,
+        },
+        Command::Reload => match load(config) {
+            Ok(cfg) => report(reload::run(&cfg)),
             Err(code) => code,
         },
         Command::Suppress { cmd } => match load(config) {
@@ -188,7 +198,7 @@ fn report(r: anyhow::Result<()>) -> ExitCode {
 
 fn run_command(path: Option<&Path>) -> ExitCode {
     match load(path) {
-        Ok(cfg) => report(run::run(cfg)),
+        Ok(cfg) => report(run::run(cfg, path)),
         Err(code) => code,
     }
 }

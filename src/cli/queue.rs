@@ -31,7 +31,15 @@ pub enum QueueCmd {
     /// Deliver again; also ends a pause after refused credentials.
     Resume,
     /// Queue size, pause state and, when running, delivery counters and limits.
-    Status,
+    /// `--watch`: progress, ETA and limits from the running instance, redrawn until
+    /// Ctrl-C.
+    Status {
+        #[arg(long)]
+        watch: bool,
+        /// Seconds between redraws with --watch.
+        #[arg(long, default_value_t = 2, requires = "watch", value_parser = clap::value_parser!(u64).range(1..))]
+        every: u64,
+    },
 }
 
 impl QueueCmd {
@@ -53,12 +61,15 @@ impl QueueCmd {
             Self::Delete { id } => Command::Delete(*id),
             Self::Pause => Command::Pause,
             Self::Resume => Command::Resume,
-            Self::Status => Command::Status,
+            Self::Status { .. } => Command::Status,
         })
     }
 }
 
 pub fn run(cmd: QueueCmd, cfg: &Config) -> anyhow::Result<()> {
+    if let QueueCmd::Status { watch: true, every } = cmd {
+        return super::watch::run(cfg, std::time::Duration::from_secs(every));
+    }
     let command = cmd.command()?;
     let dir = cfg.queue.dir.clone();
     let rt = tokio::runtime::Builder::new_current_thread()

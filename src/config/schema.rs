@@ -6,7 +6,7 @@
 //! a secret: `Secret` redacts itself in `Debug` and `Display`.
 //! It must never hold behaviour: no I/O, no checks beyond the types.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,6 +24,8 @@ pub struct Config {
     /// Queue mode: the spool, retries, bounce reports, delivery log.
     pub queue: super::queue::QueueConfig,
     pub log: LogConfig,
+    /// The HTTP listener: `/metrics`, the JSON API, the dashboard.
+    pub http: HttpConfig,
     /// Your own reply rules, tried before the provider profile's and the built-in ones.
     pub rules: Vec<crate::policy::rules::RuleSpec>,
 }
@@ -37,6 +39,7 @@ impl Default for Config {
             suppression: SuppressionConfig::default(),
             queue: super::queue::QueueConfig::default(),
             log: LogConfig::default(),
+            http: HttpConfig::default(),
             rules: Vec::new(),
         }
     }
@@ -50,6 +53,61 @@ pub enum Mode {
     Queue,
     /// Each transaction is relayed live over a leased upstream connection.
     Passthrough,
+}
+
+/// `[http]`: the HTTP listener for `/metrics`, the JSON API and the dashboard.
+/// `validate` insists on `token` and `tls` when `listen` is not loopback.
+/// The HTTP listener's default address: loopback only.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:2580";
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Where to listen; `""` turns the listener off.
+    #[serde(
+        serialize_with = "listen_to_string",
+        deserialize_with = "listen_from_string"
+    )]
+    pub listen: Option<SocketAddr>,
+    /// Bearer token (`Authorization: Bearer ...`); required off loopback. Best set by
+    /// environment: `MAILVALVE__HTTP__TOKEN`.
+    pub token: Option<Secret>,
+    /// Certificate and key (PEM); required off loopback.
+    pub tls: Option<ServerTls>,
+    /// Host names (besides localhost and the listener's own address) that the Host
+    /// header may carry, e.g. the name of a reverse proxy.
+    pub allowed_hosts: Vec<String>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN.parse().ok(),
+            token: None,
+            tls: None,
+            allowed_hosts: Vec::new(),
+        }
+    }
+}
+
+fn listen_to_string<S: Serializer>(v: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(a) => s.serialize_str(&a.to_string()),
+        None => s.serialize_str(""),
+    }
+}
+
+fn listen_from_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let s = String::deserialize(d)?;
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(None);
+    }
+    s.parse().map(Some).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "{s:?} is not an address with port, e.g. \"127.0.0.1:2580\" (or \"\" for off)"
+        ))
+    })
 }
 
 /// The inbound side: where the mailer connects.
@@ -345,5 +403,24 @@ impl fmt::Display for Secret {
 impl Serialize for Secret {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str("***")
+    }
+}
+
+#[cfg(test)]
+mod http_tests {
+    use super::*;
+
+    #[test]
+    fn listen_parses_and_empty_is_off() {
+        let c: HttpConfig = toml::from_str("listen = \"\"").unwrap();
+        assert_eq!(c.listen, None);
+        let c: HttpConfig = toml::from_str("listen = \"127.0.0.1:0\"").unwrap();
+        assert_eq!(c.listen, Some("127.0.0.1:0".parse().unwrap()));
+        let e = toml::from_str::<HttpConfig>("listen = \"nowhere\"").unwrap_err();
+        assert!(e.to_string().contains("not an address"), "{e}");
+        assert_eq!(
+            HttpConfig::default().listen,
+            Some(DEFAULT_LISTEN.parse().unwrap())
+        );
     }
 }

@@ -53,6 +53,7 @@ pub fn validate(config: &Config) -> Result<(), Vec<ValidationError>> {
     server(config, &mut p);
     upstream(config, &mut p);
     queue(config, &mut p);
+    http(config, &mut p);
     data_paths(config, &mut p);
     rules(config, &mut p);
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&config.log.level) {
@@ -86,6 +87,61 @@ fn queue(c: &Config, p: &mut Problems) {
         if let Err(e) = w.check() {
             p.push("queue.webhook.url", e);
         }
+    }
+}
+
+/// `[http]`: off loopback the API steers the relay, so it needs a token and TLS.
+fn http(c: &Config, p: &mut Problems) {
+    let h = &c.http;
+    if h.token
+        .as_ref()
+        .is_some_and(|t| t.expose().trim().is_empty())
+    {
+        p.push("http.token", "must not be empty (or leave it out)");
+    }
+    if let Some(listen) = h.listen {
+        if !listen.ip().is_loopback() {
+            if h.token.is_none() {
+                p.push(
+                    "http.token",
+                    format!(
+                        "must be set: http.listen ({listen}) is not loopback, and off loopback \
+                         every request needs a bearer token (set MAILVALVE__HTTP__TOKEN)"
+                    ),
+                );
+            }
+            if h.tls.is_none() {
+                p.push(
+                    "http.tls",
+                    format!(
+                        "must be set (cert and key): http.listen ({listen}) is not loopback, and \
+                         off loopback the token must not cross the network in clear"
+                    ),
+                );
+            }
+        }
+        if c.server.listen == listen {
+            p.push(
+                "http.listen",
+                format!("is the same address as server.listen ({listen})"),
+            );
+        }
+    }
+    for (i, host) in h.allowed_hosts.iter().enumerate() {
+        if host.is_empty()
+            || host
+                .chars()
+                .any(|ch| ch.is_whitespace() || ch.is_control() || ch == ':' || ch == '/')
+        {
+            p.push(
+                format!("http.allowed_hosts[{i}]"),
+                format!("{host:?} is not a host name (no port, no scheme)"),
+            );
+        }
+    }
+    if let Some(tls) = &h.tls {
+        certificates(p, "http.tls.cert", &tls.cert);
+        private_key(p, "http.tls.key", &tls.key);
     }
 }
 

@@ -46,6 +46,25 @@ impl ConcurrencyState {
     }
 
     /// The current limit: always in `1..=max`.
+    /// The most connections allowed.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// A new maximum (configuration reload). The limit shrinks to it at once; the learned
+    /// ceiling is dropped, as it was learned against the old maximum.
+    pub fn set_max(&mut self, max: usize) {
+        let max = max.max(1);
+        if max == self.max {
+            return;
+        }
+        self.max = max;
+        self.limit = self.limit.clamp(1, max);
+        self.ceiling = None;
+        self.run = 0;
+        self.saturated = false;
+    }
+
     pub fn limit(&self) -> usize {
         self.limit
     }
@@ -53,6 +72,11 @@ impl ConcurrencyState {
     /// The learned ceiling, if one is in force.
     pub fn ceiling(&self) -> Option<usize> {
         self.ceiling.map(|(c, _)| c)
+    }
+
+    /// When the ceiling was learned (clock time).
+    pub fn ceiling_learned_at(&self) -> Option<Duration> {
+        self.ceiling.map(|(_, at)| at)
     }
 
     /// How many times the limit went down.

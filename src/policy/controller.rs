@@ -156,6 +156,9 @@ pub struct ControllerStats {
     pub pauses: u64,
     pub latency_step_downs: u64,
     pub connect_failures: u32,
+    /// When the connection and rate ceilings were learned (clock time).
+    pub concurrency_ceiling_at: Option<Duration>,
+    pub rate_ceiling_at: Option<Duration>,
 }
 
 #[derive(Debug)]
@@ -401,6 +404,11 @@ impl<C: Clock> Controller<C> {
         false
     }
 
+    /// The most connections allowed now (the configured maximum; a reload may change it).
+    pub fn max_connections(&self) -> usize {
+        self.lock().conc.max()
+    }
+
     /// The connection limit now (always at least 1).
     pub fn concurrency_limit(&self) -> usize {
         self.lock().conc.limit()
@@ -451,6 +459,26 @@ impl<C: Clock> Controller<C> {
         self.pause_state().is_paused()
     }
 
+    /// New configured limits (configuration reload), for the next transaction: the most
+    /// connections and the rate ceiling (messages/s, `None` = unlimited). What was
+    /// learned is kept where its limit did not change and dropped where it did. Returns
+    /// which of the two changed. ([`Controller::params`] keeps the values it started with.)
+    pub fn set_limits(&self, max_connections: usize, rate_per_second: Option<f64>) -> (bool, bool) {
+        let mut st = self.lock();
+        let conc = st.conc.max() != max_connections.max(1);
+        if conc {
+            st.conc.set_max(max_connections);
+        }
+        let next = st.rate.with_max(rate_per_second);
+        let rate = next.max() != st.rate.max();
+        if rate {
+            st.rate = next;
+            self.limiter.set_rate(st.rate.rate());
+        }
+        self.publish_limit(&st);
+        (conc, rate)
+    }
+
     /// Ends any pause (operator command or config reload).
     pub fn resume(&self) {
         self.lock().pause.resume();
@@ -476,6 +504,8 @@ impl<C: Clock> Controller<C> {
             pauses: st.pause.pauses(),
             latency_step_downs: st.latency_step_downs,
             connect_failures: st.connect.failures(),
+            concurrency_ceiling_at: st.conc.ceiling_learned_at(),
+            rate_ceiling_at: st.rate.ceiling_learned_at(),
         }
     }
 }
@@ -508,6 +538,47 @@ mod tests {
         assert!(matches!(c.admit(), Err(Wait::Paused { .. })));
         clock.advance(Duration::from_secs(600));
         assert!(c.admit().is_ok());
+    }
+
+    #[test]
+    fn new_limits_keep_what_was_learned_unless_its_limit_changed() {
+        let (c, clock) = ctl(ControllerParams {
+            initial_connections: 4,
+            max_connections: 4,
+            rate_per_second: Some(10.0),
+            ..ControllerParams::default()
+        });
+        let mut rx = c.watch_limit();
+        clock.advance(Duration::from_secs(5));
+        let busy = Verdict::Throttle(ThrottleKind::Connections);
+        c.on_reply(Phase::Greeting, &busy, ctx(3, 2));
+        let slow = Verdict::Throttle(ThrottleKind::Rate);
+        c.on_reply(Phase::Mail, &slow, ctx(1, 1));
+        let s = c.stats();
+        assert_eq!(s.concurrency_ceiling, Some(2));
+        assert_eq!(s.concurrency_ceiling_at, Some(Duration::from_secs(5)));
+        assert!(s.rate_ceiling.is_some() && s.rate_ceiling_at.is_some());
+
+        // The same limits: nothing changes, nothing is forgotten.
+        assert_eq!(c.set_limits(4, Some(10.0)), (false, false));
+        assert_eq!(c.stats().concurrency_ceiling, Some(2));
+        assert!(c.stats().rate_ceiling.is_some());
+
+        // A lower maximum: the limit follows at once (admission is told), the
+        // connection ceiling learned against 4 is dropped; the rate's is kept.
+        assert_eq!(c.set_limits(1, Some(10.0)), (true, false));
+        assert_eq!(c.max_connections(), 1);
+        assert_eq!(c.concurrency_limit(), 1);
+        assert_eq!(*rx.borrow_and_update(), 1);
+        assert_eq!(c.stats().concurrency_ceiling, None);
+        assert!(c.stats().rate_ceiling.is_some());
+
+        // Another rate: a fresh rate loop at the new ceiling.
+        assert_eq!(c.set_limits(1, Some(2.0)), (false, true));
+        assert_eq!(c.stats().rate_ceiling, None);
+        assert_eq!(c.rate(), Some(2.0));
+        assert_eq!(c.set_limits(1, None), (false, true));
+        assert_eq!(c.rate(), None);
     }
 
     #[test]

@@ -87,6 +87,22 @@ impl RateState {
         }
     }
 
+    /// The configured ceiling (messages/s), `None` = unlimited.
+    pub fn max(&self) -> Option<f64> {
+        self.p.max
+    }
+
+    /// The same loop with another configured ceiling (configuration reload): a fresh
+    /// state, since what was learned was learned against the old one. Counters stay.
+    pub fn with_max(&self, max: Option<f64>) -> Self {
+        let mut next = Self::new(RateParams {
+            max,
+            ..self.p.clone()
+        });
+        next.decreases = self.decreases;
+        next
+    }
+
     /// Current rate in messages/s, `None` = unlimited.
     pub fn rate(&self) -> Option<f64> {
         self.rate
@@ -95,6 +111,11 @@ impl RateState {
     /// The learned ceiling, if one is in force.
     pub fn ceiling(&self) -> Option<f64> {
         self.ceiling.map(|(c, _)| c)
+    }
+
+    /// When the ceiling was learned (clock time).
+    pub fn ceiling_learned_at(&self) -> Option<Duration> {
+        self.ceiling.map(|(_, at)| at)
     }
 
     pub fn decreases(&self) -> u64 {

@@ -4,13 +4,17 @@
 //! API.
 //!
 //! Read: limits and learned ceilings, the pause state and its reason, queue counts,
-//! delivery counters. Steer: pause, resume, retry (one message or all), delete.
+//! delivery counters, the relay's metrics. Steer: pause, resume, retry (one message or
+//! all), delete, reload the configuration ([`super::reload`]).
 //!
 //! It must never change a recipient's state except through the spool's own durable
 //! operations, and never block the caller for longer than one spool commit.
 
+use super::metrics::RelayMetrics;
 use super::policy::Policy;
 use super::queue_mode::Engine;
+use super::reload::{ReloadOutcome, Running};
+use crate::config::Config;
 use crate::policy::controller::ControllerStats;
 use crate::policy::pause::PauseState;
 use crate::queue::control::{self, Hooks, LiveStatus};
@@ -34,6 +38,18 @@ struct Inner {
     /// The spool directory (the control socket and the operator's pause flag live
     /// there, in both modes).
     dir: PathBuf,
+    /// What the relay runs: its configuration (the last valid one), where it came from.
+    running: Running,
+}
+
+/// What the relay serves, for the API and the dashboard (no secrets).
+#[derive(Debug, Clone)]
+pub struct RunInfo {
+    pub mode: &'static str,
+    pub profile: String,
+    /// The provider's `host:port`.
+    pub upstream: String,
+    pub max_connections: usize,
 }
 
 /// The connection and rate limits now, with what was learned.
@@ -53,10 +69,89 @@ pub struct QueueCounts {
 }
 
 impl RelayHandle {
-    pub(crate) fn new(policy: Arc<Policy>, queue: Option<Arc<Engine>>, dir: PathBuf) -> Self {
+    pub(crate) fn new(
+        policy: Arc<Policy>,
+        queue: Option<Arc<Engine>>,
+        dir: PathBuf,
+        running: Running,
+    ) -> Self {
         Self {
-            inner: Arc::new(Inner { policy, queue, dir }),
+            inner: Arc::new(Inner {
+                policy,
+                queue,
+                dir,
+                running,
+            }),
         }
+    }
+
+    /// The relay's own counters and recent provider replies.
+    pub fn metrics(&self) -> &Arc<RelayMetrics> {
+        &self.inner.policy.metrics
+    }
+
+    /// Mode, profile and provider of the running configuration.
+    pub fn info(&self) -> RunInfo {
+        let c = self.inner.running.config();
+        RunInfo {
+            mode: match c.mode {
+                crate::config::Mode::Queue => "queue",
+                crate::config::Mode::Passthrough => "passthrough",
+            },
+            profile: c.upstream.profile.clone(),
+            upstream: format!("{}:{}", c.upstream.host, c.upstream.port),
+            max_connections: self.inner.policy.controller.max_connections(),
+        }
+    }
+
+    /// The configuration running now (the last valid one).
+    pub fn config(&self) -> Arc<Config> {
+        self.inner.running.config()
+    }
+
+    /// A time on the controller's clock (a pause's end, when a ceiling was learned) as
+    /// unix milliseconds.
+    pub fn clock_to_wall_ms(&self, at: std::time::Duration) -> u64 {
+        use crate::policy::clock::Clock;
+        let clock = self.inner.policy.controller.clock();
+        let now = clock.now();
+        let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        if at >= now {
+            clock.unix_ms().saturating_add(ms(at - now))
+        } else {
+            clock.unix_ms().saturating_sub(ms(now - at))
+        }
+    }
+
+    /// Re-reads the configuration from where it came from (file and `MAILVALVE__*`),
+    /// validates it as `check` and `run` do, and applies it ([`RelayHandle::apply`]).
+    /// `Err` (the error `check` prints) leaves the running configuration as it was.
+    pub fn reload(&self) -> Result<ReloadOutcome, String> {
+        let loaded = self.inner.running.load();
+        let outcome = match loaded {
+            Ok(cfg) => self.apply(cfg),
+            Err(e) => Err(e),
+        };
+        self.inner.running.record(&outcome, self.metrics());
+        outcome
+    }
+
+    /// Applies a configuration that passed `config::validate` (see [`super::reload`] for
+    /// what takes effect and what needs a restart).
+    pub fn apply(&self, config: Config) -> Result<ReloadOutcome, String> {
+        let outcome = super::reload::apply(&self.inner.policy, &self.inner.running, config)?;
+        self.resume_account();
+        Ok(outcome)
+    }
+
+    /// Lets a reload change the log level (`mailvalve run` installs it).
+    pub fn on_log_level(&self, f: super::reload::SetLogLevel) {
+        self.inner.running.set_log_level_hook(f);
+    }
+
+    /// The last reload's outcome, if there was one.
+    pub fn last_reload(&self) -> Option<super::reload::ReloadRecord> {
+        self.inner.running.last()
     }
 
     /// The policy the relay runs (controller, classifier, admission, suppression list).
@@ -124,7 +219,9 @@ impl RelayHandle {
     pub fn pause(&self) -> Result<(), String> {
         let engine = self.engine()?;
         control::set_pause_flag(&self.inner.dir, true)?;
-        engine.hold_flag().store(true, Ordering::Release);
+        if !engine.hold_flag().swap(true, Ordering::AcqRel) {
+            self.metrics().operator_pauses.inc();
+        }
         tracing::info!("operator: delivery paused (queue pause); mail is still accepted");
         Ok(())
     }
@@ -199,6 +296,10 @@ impl Hooks for RelayHandle {
 
     fn delete(&self, id: QueueId) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(RelayHandle::delete(self, id))
+    }
+
+    fn reload(&self) -> Result<String, String> {
+        RelayHandle::reload(self).map(|o| o.text())
     }
 
     fn live(&self) -> Option<LiveStatus> {

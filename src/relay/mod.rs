@@ -19,12 +19,15 @@
 //! acknowledge a message before the mode's own rule allows it (passthrough: the
 //! provider's reply; queue: durable in the spool).
 
+pub mod counting;
 pub mod handle;
 pub mod limits;
+pub mod metrics;
 pub mod passthrough;
 pub mod policy;
 pub mod queue_mode;
 pub mod queue_relay;
+pub mod reload;
 pub mod transport;
 
 pub use handle::RelayHandle;
@@ -37,6 +40,7 @@ use crate::config::{Config, Mode};
 use crate::policy::controller::ControllerParams;
 use crate::server::relay::BufferBudget;
 use crate::server::suppress::SuppressingRelay;
+use counting::CountingRelay;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -47,6 +51,7 @@ pub struct Relay {
     config: Config,
     profile: Profile,
     policy: Arc<Policy>,
+    source: reload::Source,
 }
 
 impl Relay {
@@ -71,7 +76,15 @@ impl Relay {
             config,
             profile,
             policy,
+            source: reload::Source::Given,
         })
+    }
+
+    /// Says where the configuration was read from (`mailvalve run -c FILE`; `None` = the
+    /// built-in defaults), so a reload reads it again from there, plus `MAILVALVE__*`.
+    pub fn reloadable_from(mut self, path: Option<std::path::PathBuf>) -> Self {
+        self.source = reload::Source::Loaded(path);
+        self
     }
 
     pub fn config(&self) -> &Config {
@@ -99,7 +112,10 @@ impl Relay {
             config,
             profile,
             policy,
+            source,
         } = self;
+        let running = reload::Running::new(config.clone(), source);
+        let metrics = policy.metrics.clone();
         let server = Arc::new(config.server.clone());
         let (handle, task) = match config.mode {
             Mode::Passthrough => {
@@ -107,9 +123,13 @@ impl Relay {
                     config.server.passthrough_buffer,
                     config.server.passthrough_buffer_wait,
                 );
-                let handle = RelayHandle::new(policy.clone(), None, config.queue.dir.clone());
+                let handle =
+                    RelayHandle::new(policy.clone(), None, config.queue.dir.clone(), running);
                 let relay = Arc::new(SuppressingRelay::new(
-                    Passthrough::new(policy.admission.clone()).with_buffer(buffer),
+                    CountingRelay::new(
+                        Passthrough::new(policy.admission.clone()).with_buffer(buffer),
+                        metrics,
+                    ),
                     policy.suppressions.clone(),
                 ));
                 let s = shutdown.clone();
@@ -125,9 +145,10 @@ impl Relay {
                     policy.clone(),
                     Some(queue.delivery.clone()),
                     config.queue.dir.clone(),
+                    running,
                 );
                 let relay = Arc::new(SuppressingRelay::new(
-                    queue.relay.clone(),
+                    CountingRelay::new(queue.relay.clone(), metrics),
                     policy.suppressions.clone(),
                 ));
                 let s = shutdown.clone();

@@ -5,7 +5,9 @@
 //! It must never raise a limit above what the user configured (the precedence lives in
 //! [`super::limits`]) and never log a secret (the upstream settings redact their own).
 
+use super::counting::CountingObserver;
 use super::limits;
+use super::metrics::RelayMetrics;
 use crate::config::profile::{self, Profile};
 use crate::config::Config;
 use crate::policy::classify::Classifier;
@@ -21,9 +23,14 @@ use std::sync::Arc;
 /// Everything the policy consists of at run time, built from config + profile.
 pub struct Policy {
     pub controller: Arc<Controller>,
+    /// The rule table at start; a reload replaces the observer's ([`Policy::classifier`]).
     pub classifier: Arc<Classifier>,
+    /// Classifies every provider reply (and feeds the controller and the suppression list).
+    pub observer: Arc<PolicyObserver>,
     pub admission: Admission,
     pub suppressions: Arc<Suppressions<RedbStore>>,
+    /// What the relay counts for `/metrics` and the dashboard (fed by the observer).
+    pub metrics: Arc<RelayMetrics>,
 }
 
 impl Policy {
@@ -52,11 +59,16 @@ impl Policy {
         let limit = ConcurrencyLimit::following(controller.watch_limit());
         let mut upstream = config.upstream.clone();
         upstream.rate = limits::fixed_rates(config, profile);
-        let observer = Arc::new(PolicyObserver::new(
+        let metrics = Arc::new(RelayMetrics::default());
+        let policy_observer = Arc::new(PolicyObserver::new(
             classifier.clone(),
             controller.clone(),
             Some(suppressions.clone() as Arc<dyn Recorder>),
             limit.clone(),
+        ));
+        let observer = Arc::new(CountingObserver::new(
+            policy_observer.clone(),
+            metrics.clone(),
         ));
         let settings = Settings::new(upstream)
             .map_err(|e| anyhow::anyhow!("upstream: {e}"))?
@@ -67,7 +79,16 @@ impl Policy {
             classifier,
             admission,
             suppressions,
+            metrics,
+            observer: policy_observer,
         })
+    }
+}
+
+impl Policy {
+    /// The reply rules in force now (the ones a reload installed, if any).
+    pub fn current_classifier(&self) -> Arc<Classifier> {
+        self.observer.classifier()
     }
 }
 

@@ -26,7 +26,7 @@ use crate::policy::suppression::Recorder;
 use crate::policy::verdict::{Phase, Verdict};
 use crate::smtp::Reply;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub trait Observer: Send + Sync + 'static {
@@ -54,7 +54,9 @@ pub trait Observer: Send + Sync + 'static {
 
 /// The policy behind the observer: classifier, controller, suppression list.
 pub struct PolicyObserver {
-    classifier: Arc<Classifier>,
+    /// Swapped whole by a configuration reload ([`PolicyObserver::set_classifier`]); a
+    /// reply is classified by the table in force when it arrives.
+    classifier: RwLock<Arc<Classifier>>,
     controller: Arc<Controller>,
     suppression: Option<Arc<dyn Recorder>>,
     limit: Arc<ConcurrencyLimit>,
@@ -70,7 +72,7 @@ impl PolicyObserver {
         limit: Arc<ConcurrencyLimit>,
     ) -> Self {
         Self {
-            classifier,
+            classifier: RwLock::new(classifier),
             controller,
             suppression,
             limit,
@@ -109,6 +111,22 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
+impl PolicyObserver {
+    /// The rule table in force.
+    pub fn classifier(&self) -> Arc<Classifier> {
+        self.classifier
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the rule table (configuration reload): the next reply is classified by
+    /// `classifier`.
+    pub fn set_classifier(&self, classifier: Arc<Classifier>) {
+        *self.classifier.write().unwrap_or_else(|e| e.into_inner()) = classifier;
+    }
+}
+
 impl Observer for PolicyObserver {
     fn reply(
         &self,
@@ -117,7 +135,8 @@ impl Observer for PolicyObserver {
         rcpt: Option<&str>,
         message: Option<&str>,
     ) -> Option<Verdict> {
-        let c = self.classifier.classify(phase, reply);
+        let classifier = self.classifier();
+        let c = classifier.classify(phase, reply);
         let verdict = c.verdict;
         if verdict != Verdict::Accept {
             tracing::info!(phase = ?phase, reply = %reply, verdict = ?verdict, rule = %c.description, "provider reply");

@@ -162,6 +162,9 @@ listen = "{{LISTEN}}"
 hostname = "mailvalve.test"
 {server_extra}
 
+[http]
+listen = "127.0.0.1:0"
+
 [upstream]
 host = "127.0.0.1"
 port = {sink_port}

@@ -125,6 +125,9 @@ listen = "127.0.0.1:{listen}"
 hostname = "mailvalve.test"
 shutdown_grace = "3s"
 
+[http]
+listen = "127.0.0.1:0"
+
 [upstream]
 host = "127.0.0.1"
 port = {upstream}

@@ -5,11 +5,12 @@
 //! Must never miss a value it was given: a message that leaves the loader goes through
 //! [`Secrets::scrub`] first.
 
-/// Keys whose values are secrets: `upstream.password`, `server.users[3].password`, ...
+/// Keys whose values are secrets: `upstream.password`, `server.users[3].password`,
+/// `http.token`, ...
 pub(super) fn is_secret_key(key: &str) -> bool {
     let last = key.rsplit(['.', ']']).next().unwrap_or(key);
     let last = last.to_ascii_lowercase();
-    last.contains("password") || last.contains("secret")
+    last.contains("password") || last.contains("secret") || last.contains("token")
 }
 
 /// Password values written in the file, found without trusting it to parse: every

@@ -67,6 +67,8 @@ pub enum Command {
     Pause,
     Resume,
     Status,
+    /// Re-read and apply the configuration (`mailvalve reload`; both modes).
+    Reload,
 }
 
 impl Command {
@@ -81,6 +83,7 @@ impl Command {
             Self::Pause => "pause".into(),
             Self::Resume => "resume".into(),
             Self::Status => "status".into(),
+            Self::Reload => "reload".into(),
         }
     }
 
@@ -102,6 +105,7 @@ impl Command {
             ("status", None) => Self::Status,
             ("pause", None) => Self::Pause,
             ("resume", None) => Self::Resume,
+            ("reload", None) => Self::Reload,
             ("show", a) => Self::Show(id(a)?),
             ("delete", a) => Self::Delete(id(a)?),
             ("retry", Some("--all")) => Self::Retry(Which::All),
@@ -129,6 +133,11 @@ pub trait Hooks: Send + Sync {
     fn delete(&self, id: QueueId) -> BoxFuture<'_, Result<(), String>>;
     /// The running instance's counters and limits; `None` offline.
     fn live(&self) -> Option<LiveStatus>;
+    /// Re-reads and applies the configuration; the text for the operator. Offline there
+    /// is nothing running to reload.
+    fn reload(&self) -> Result<String, String> {
+        Err("no instance is running: there is nothing to reload".into())
+    }
 }
 
 /// The answer to a queue command in passthrough mode.
@@ -268,6 +277,9 @@ pub async fn delete(spool: &Spool, id: QueueId) -> Result<(), String> {
 /// Runs `cmd` through `hooks`. `Ok` is the text for the operator, `Err` the error
 /// message.
 pub async fn execute(hooks: &dyn Hooks, cmd: Command) -> Result<String, String> {
+    if cmd == Command::Reload {
+        return off_runtime(|| hooks.reload());
+    }
     let (spool, dir) = (hooks.spool().ok_or(NO_QUEUE)?, hooks.dir());
     let now = now_ms();
     match cmd {
@@ -405,6 +417,7 @@ pub async fn execute(hooks: &dyn Hooks, cmd: Command) -> Result<String, String> 
             }
             Ok(out)
         }
+        Command::Reload => hooks.reload(),
     }
 }
 
@@ -553,6 +566,7 @@ mod tests {
             Command::Pause,
             Command::Resume,
             Command::Status,
+            Command::Reload,
         ] {
             assert_eq!(Command::parse(&c.to_line()), Ok(c));
         }

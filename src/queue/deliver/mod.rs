@@ -141,6 +141,13 @@ pub struct DeliveryStats {
     pub failed: AtomicU64,
     pub bounces: AtomicU64,
     pub transactions: AtomicU64,
+    /// Recipients failed because the suppression list holds them (not in `failed`).
+    pub suppressed: AtomicU64,
+    /// Recipients given up after `queue.max_age` (also counted in `failed`).
+    pub expired: AtomicU64,
+    /// Bounce webhook posts that succeeded / failed.
+    pub webhook_ok: AtomicU64,
+    pub webhook_failed: AtomicU64,
     /// The same outcomes for the current local calendar day (since start, if started
     /// today).
     today: Mutex<Today>,
@@ -187,6 +194,10 @@ pub struct StatsSnapshot {
     pub failed: u64,
     pub bounces: u64,
     pub transactions: u64,
+    pub suppressed: u64,
+    pub expired: u64,
+    pub webhook_ok: u64,
+    pub webhook_failed: u64,
     /// Today's outcomes (zero when nothing happened yet today).
     pub today: Today,
 }
@@ -202,6 +213,10 @@ impl DeliveryStats {
             failed: g(&self.failed),
             bounces: g(&self.bounces),
             transactions: g(&self.transactions),
+            suppressed: g(&self.suppressed),
+            expired: g(&self.expired),
+            webhook_ok: g(&self.webhook_ok),
+            webhook_failed: g(&self.webhook_failed),
             today: if today.day == day {
                 today
             } else {
@@ -262,7 +277,7 @@ pub struct Delivery<T: Transport, P: Pacing> {
     /// No slot or rate cell was free (admission gave up): dispatch nothing before this
     /// (unix ms), so a long rate wait is not turned into a loop of futile attempts.
     busy_until: AtomicU64,
-    stats: DeliveryStats,
+    stats: Arc<DeliveryStats>,
     log: DeliveryLog,
     webhook: Option<Arc<Webhook>>,
 }
@@ -345,7 +360,7 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
                 ..Gate::default()
             }),
             busy_until: AtomicU64::new(0),
-            stats: DeliveryStats::default(),
+            stats: Arc::new(DeliveryStats::default()),
             log: DeliveryLog::disabled(),
             webhook: None,
         }

@@ -49,6 +49,7 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
                         {
                             let reply = expired_reply(last_reply.as_ref());
                             self.count(super::Counted::Failed);
+                            self.stats.expired.fetch_add(1, Ordering::Relaxed);
                             self.log_outcome(
                                 &msg,
                                 &r.address,
@@ -107,6 +108,7 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
             match self.suppressed.as_ref().and_then(|f| f(&r.address)) {
                 Some(reply) => {
                     let reply = StoredReply::from(&reply);
+                    self.stats.suppressed.fetch_add(1, Ordering::Relaxed);
                     self.log_outcome(
                         &msg,
                         &r.address,
@@ -324,6 +326,9 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
     ) {
         let address = msg.rcpts[i].address.clone();
         self.count(super::Counted::Failed);
+        if kind == FailKind::Expired {
+            self.stats.expired.fetch_add(1, Ordering::Relaxed);
+        }
         let action = if kind == FailKind::Expired {
             Action::Expired
         } else {
@@ -467,11 +472,16 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
                 let payload =
                     webhook::payload_for_campaign(&f.address, &campaign, f.kind.is_hard(), &meta);
                 let hook = Arc::clone(hook);
+                let stats = Arc::clone(&self.stats);
                 // `post` runs at most a few at once; the rest wait their turn.
                 tokio::spawn(async move {
-                    if let Err(e) = hook.post(&payload).await {
-                        tracing::warn!("bounce webhook failed: {e}");
-                    }
+                    match hook.post(&payload).await {
+                        Ok(()) => stats.webhook_ok.fetch_add(1, Ordering::Relaxed),
+                        Err(e) => {
+                            tracing::warn!("bounce webhook failed: {e}");
+                            stats.webhook_failed.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
                 });
             }
         }
