@@ -53,6 +53,8 @@ pub struct Loaded {
     pub path: Option<PathBuf>,
     /// Names (never values) of the `MAILVALVE__*` variables that were applied.
     pub env_overrides: Vec<String>,
+    /// Where each key's value came from (file, variable, provider profile, default).
+    pub sources: super::provenance::Sources,
 }
 
 /// Load `path` with the process's `MAILVALVE__*` environment on top. Does not validate;
@@ -156,6 +158,16 @@ where
         .try_deserialize()
         .map_err(|e| ctx.map_config_crate_error(&e))?;
 
+    let mut sources = super::provenance::Sources::new(
+        file.as_ref().map(|f| f.text.as_str()),
+        vars.vars.iter().map(|v| (v.key.clone(), v.name.clone())),
+    );
+    super::provenance::apply_profile_defaults(&mut config, &mut sources);
+    if let Some(o) = config.upstream.oauth2.as_mut() {
+        o.token_file
+            .get_or_insert_with(|| PathBuf::from(super::oauth::DEFAULT_TOKEN_FILE));
+    }
+
     if let Some(dir) = path.and_then(Path::parent) {
         resolve_relative_paths(&mut config, dir);
     }
@@ -164,6 +176,7 @@ where
         config,
         path: path.map(Path::to_path_buf),
         env_overrides: vars.vars.iter().map(|v| v.name.clone()).collect(),
+        sources,
     })
 }
 
@@ -303,5 +316,13 @@ fn resolve_relative_paths(config: &mut Config, dir: &Path) {
     }
     if let Some(ca) = config.upstream.ca_file.as_mut() {
         fix(ca);
+    }
+    if let Some(t) = config
+        .upstream
+        .oauth2
+        .as_mut()
+        .and_then(|o| o.token_file.as_mut())
+    {
+        fix(t);
     }
 }

@@ -21,6 +21,7 @@
 
 pub mod handle;
 pub mod limits;
+pub mod oauth;
 pub mod passthrough;
 pub mod policy;
 pub mod queue_mode;

@@ -52,15 +52,20 @@ impl Policy {
         let limit = ConcurrencyLimit::following(controller.watch_limit());
         let mut upstream = config.upstream.clone();
         upstream.rate = limits::fixed_rates(config, profile);
+        upstream.max_messages_per_connection = limits::messages_per_connection(config, profile);
         let observer = Arc::new(PolicyObserver::new(
             classifier.clone(),
             controller.clone(),
             Some(suppressions.clone() as Arc<dyn Recorder>),
             limit.clone(),
         ));
-        let settings = Settings::new(upstream)
+        let mut settings = Settings::new(upstream)
             .map_err(|e| anyhow::anyhow!("upstream: {e}"))?
-            .with_observer(observer);
+            .with_observer(observer)
+            .with_message_size(limits::provider_message_size(config, profile));
+        if let Some(tokens) = super::oauth::token_source(config, profile)? {
+            settings = settings.with_tokens(tokens);
+        }
         let admission = Admission::with_policy(settings, controller.clone(), limit);
         Ok(Self {
             controller,

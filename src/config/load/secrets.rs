@@ -5,11 +5,15 @@
 //! Must never miss a value it was given: a message that leaves the loader goes through
 //! [`Secrets::scrub`] first.
 
-/// Keys whose values are secrets: `upstream.password`, `server.users[3].password`, ...
+/// Keys whose values are secrets: `upstream.password`, `server.users[3].password`,
+/// `upstream.oauth2.client_secret`, `upstream.oauth2.refresh_token`, ...
 pub(super) fn is_secret_key(key: &str) -> bool {
     let last = key.rsplit(['.', ']']).next().unwrap_or(key);
     let last = last.to_ascii_lowercase();
-    last.contains("password") || last.contains("secret")
+    last.contains("password")
+        || last.contains("secret")
+        || last == "refresh_token"
+        || last == "access_token"
 }
 
 /// Password values written in the file, found without trusting it to parse: every
