@@ -1,0 +1,480 @@
+//! OAuth2 sign-in upstream (issue 11) over real loopback TCP: an in-process token
+//! endpoint (`oauth/token_endpoint.rs`: issues, expires and refuses tokens) and the
+//! scripted provider (`support::provider`) checking the XOAUTH2 / OAUTHBEARER exchange
+//! byte for byte. Every wait is bounded; no test reads the clock.
+
+mod support;
+
+#[path = "oauth/token_endpoint.rs"]
+mod token_endpoint;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use mailvalve::config::oauth::{Mechanism, OAuth2Config};
+use mailvalve::config::{Config, Mode, Secret, UpstreamConfig};
+use mailvalve::relay::{Relay, RunningRelay};
+use mailvalve::upstream::oauth::{device, Given, TokenSource};
+use mailvalve::upstream::{Connection, Settings};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use support::provider::{OAuthCheck, Provider};
+use token_endpoint::TokenEndpoint;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{sleep, timeout, Instant};
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(15);
+const USER: &str = "news@example.org";
+const REFRESH: &str = "RT-very-secret-refresh-1";
+
+fn oauth_config(ep: &TokenEndpoint, mech: Mechanism) -> OAuth2Config {
+    OAuth2Config {
+        mechanism: Some(mech),
+        token_endpoint: Some(ep.token_url()),
+        device_endpoint: Some(ep.device_url()),
+        client_id: Some("app-1".into()),
+        refresh_token: Some(Secret::new(REFRESH)),
+        scopes: Some(vec![
+            "https://outlook.office.com/SMTP.Send".into(),
+            "offline_access".into(),
+        ]),
+        ..Default::default()
+    }
+}
+
+/// The provider accepts exactly the bytes the mechanism prescribes, with a token the
+/// endpoint says is valid; each token is good for `uses` sign-ins, then it "expires".
+fn checker(ep: &TokenEndpoint, port: u16, uses: usize) -> OAuthCheck {
+    let ep = ep.clone();
+    let used: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+    Arc::new(move |mech: &str, got: &[u8]| {
+        let mut st = ep.lock();
+        let valid: Vec<String> = st.valid.iter().cloned().collect();
+        for t in valid {
+            let want = match mech {
+                "XOAUTH2" => format!("user={USER}\x01auth=Bearer {t}\x01\x01"),
+                _ => format!(
+                    "n,a={USER},\x01host=127.0.0.1\x01port={port}\x01auth=Bearer {t}\x01\x01"
+                ),
+            };
+            if got == want.as_bytes() {
+                let mut u = used.lock().unwrap();
+                let n = u.entry(t.clone()).or_insert(0);
+                *n += 1;
+                if *n >= uses {
+                    st.valid.remove(&t); // used up: refused from now on, as if expired
+                }
+                return true;
+            }
+        }
+        false
+    })
+}
+
+async fn provider(ep: &TokenEndpoint, mech: &str, uses: usize) -> Provider {
+    // The port is known only once started; the checker reads it from a cell.
+    let port = Arc::new(Mutex::new(0u16));
+    let p2 = port.clone();
+    let inner: Arc<Mutex<Option<OAuthCheck>>> = Arc::default();
+    let i2 = inner.clone();
+    let check: OAuthCheck = Arc::new(move |m: &str, b: &[u8]| {
+        let c = i2.lock().unwrap().clone();
+        c.is_some_and(|c| c(m, b))
+    });
+    let p = Provider::builder().oauth(&[mech], check).start().await;
+    *p2.lock().unwrap() = p.addr().port();
+    *inner.lock().unwrap() = Some(checker(ep, p.addr().port(), uses));
+    p
+}
+
+fn upstream(p: &Provider) -> UpstreamConfig {
+    let mut c = p.upstream_config();
+    c.username = Some(USER.into());
+    c.password = None;
+    c
+}
+
+async fn tokens(ep: &TokenEndpoint, mech: Mechanism) -> Arc<TokenSource> {
+    let resolved = oauth_config(ep, mech).resolve(None).unwrap();
+    TokenSource::new(resolved, Arc::new(Given(Secret::new(REFRESH)))).unwrap()
+}
+
+fn auth_lines(p: &Provider) -> Vec<String> {
+    p.lines()
+        .into_iter()
+        .filter(|l| !l.starts_with("EHLO") && !l.starts_with("QUIT"))
+        .collect()
+}
+
+#[tokio::test]
+async fn xoauth2_exchange_is_byte_exact() {
+    let ep = TokenEndpoint::start("app-1", REFRESH, 3600).await;
+    let p = provider(&ep, "XOAUTH2", 100).await;
+    let s = Settings::new(upstream(&p))
+        .unwrap()
+        .with_tokens(tokens(&ep, Mechanism::Xoauth2).await);
+    let conn = timeout(WAIT, Connection::connect(&s))
+        .await
+        .unwrap()
+        .unwrap();
+    drop(conn);
+    let lines = auth_lines(&p);
+    let want = B64.encode(format!("user={USER}\x01auth=Bearer AT-1\x01\x01"));
+    assert_eq!(lines, vec![format!("AUTH XOAUTH2 {want}")]);
+    let req = ep.lock().requests[0].clone();
+    assert_eq!(req["grant_type"], "refresh_token");
+    assert_eq!(req["refresh_token"], REFRESH);
+    assert_eq!(req["client_id"], "app-1");
+    assert_eq!(
+        req["scope"],
+        "https://outlook.office.com/SMTP.Send offline_access"
+    );
+}
+
+#[tokio::test]
+async fn oauthbearer_exchange_is_byte_exact() {
+    let ep = TokenEndpoint::start("app-1", REFRESH, 3600).await;
+    let p = provider(&ep, "OAUTHBEARER", 100).await;
+    let s = Settings::new(upstream(&p))
+        .unwrap()
+        .with_tokens(tokens(&ep, Mechanism::Oauthbearer).await);
+    timeout(WAIT, Connection::connect(&s))
+        .await
+        .unwrap()
+        .unwrap();
+    let port = p.addr().port();
+    let want = B64.encode(format!(
+        "n,a={USER},\x01host=127.0.0.1\x01port={port}\x01auth=Bearer AT-1\x01\x01"
+    ));
+    assert_eq!(auth_lines(&p), vec![format!("AUTH OAUTHBEARER {want}")]);
+}
+
+/// The provider refuses the token (error challenge): the client acknowledges it the
+/// way the mechanism prescribes, refreshes once and signs in with the new token on the
+/// same connection.
+#[tokio::test]
+async fn a_refused_token_is_acknowledged_refreshed_and_retried_once() {
+    for (mech, name, ack) in [
+        (Mechanism::Xoauth2, "XOAUTH2", ""),
+        (Mechanism::Oauthbearer, "OAUTHBEARER", "AQ=="),
+    ] {
+        let ep = TokenEndpoint::start("app-1", REFRESH, 3600).await;
+        let p = provider(&ep, name, 1).await;
+        let t = tokens(&ep, mech).await;
+        let s = Settings::new(upstream(&p)).unwrap().with_tokens(t.clone());
+        timeout(WAIT, Connection::connect(&s))
+            .await
+            .unwrap()
+            .unwrap();
+        // AT-1 was used up by that sign-in; the next connection is refused once.
+        timeout(WAIT, Connection::connect(&s))
+            .await
+            .unwrap()
+            .unwrap();
+        let lines = auth_lines(&p);
+        assert_eq!(lines.len(), 4, "{name}: {lines:?}");
+        assert!(lines[1].starts_with(&format!("AUTH {name} ")), "{lines:?}");
+        assert_eq!(lines[2], ack, "{name}: the answer to the error challenge");
+        let second = B64.decode(lines[3].rsplit(' ').next().unwrap()).unwrap();
+        assert!(
+            String::from_utf8_lossy(&second).contains("auth=Bearer AT-2\x01"),
+            "{name}: retried with the refreshed token"
+        );
+        assert_eq!(ep.issued(), 2);
+        assert_eq!(t.status().refreshes, 2);
+    }
+}
+
+/// A refused token that stays refused after one refresh: the connection fails with the
+/// provider's reply (and with the policy behind it, the account pauses).
+#[tokio::test]
+async fn a_token_refused_twice_is_an_auth_failure() {
+    let ep = TokenEndpoint::start("app-1", REFRESH, 3600).await;
+    // Nothing is ever valid: the checker finds no token.
+    let p = Provider::builder()
+        .oauth(&["XOAUTH2"], Arc::new(|_: &str, _: &[u8]| false))
+        .start()
+        .await;
+    let s = Settings::new(upstream(&p))
+        .unwrap()
+        .with_tokens(tokens(&ep, Mechanism::Xoauth2).await);
+    let e = timeout(WAIT, Connection::connect(&s))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(e, mailvalve::upstream::UpstreamError::Auth(ref r) if r.code == 535),
+        "{e}"
+    );
+    assert_eq!(ep.issued(), 2, "refreshed once, not in a loop");
+}
+
+#[tokio::test]
+async fn a_provider_without_the_mechanism_is_a_clear_error() {
+    let ep = TokenEndpoint::start("app-1", REFRESH, 3600).await;
+    let p = provider(&ep, "XOAUTH2", 100).await;
+    let s = Settings::new(upstream(&p))
+        .unwrap()
+        .with_tokens(tokens(&ep, Mechanism::Oauthbearer).await);
+    let e = timeout(WAIT, Connection::connect(&s))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(e.to_string().contains("OAUTHBEARER"), "{e}");
+    assert_eq!(ep.issued(), 0, "no token fetched for nothing");
+}
+
+// ---- the running relay ----
+
+struct Mv {
+    addr: SocketAddr,
+    relay: RunningRelay,
+}
+
+fn relay_config(dir: &Path, p: &Provider, ep: &TokenEndpoint) -> Config {
+    let mut up = upstream(p);
+    up.profile = "local".into();
+    up.max_messages_per_connection = 2;
+    up.oauth2 = Some(oauth_config(ep, Mechanism::Xoauth2));
+    let mut c = Config {
+        mode: Mode::Queue,
+        upstream: up,
+        ..Config::default()
+    };
+    c.queue.dir = dir.join("spool");
+    c.suppression.path = dir.join("suppression.redb");
+    c
+}
+
+async fn start(mut cfg: Config) -> Mv {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    cfg.server.listen = listener.local_addr().unwrap();
+    cfg.server.shutdown_grace = Duration::from_millis(500);
+    let relay = Relay::new(cfg)
+        .unwrap()
+        .start(listener, CancellationToken::new())
+        .await
+        .unwrap();
+    Mv {
+        addr: relay.local_addr(),
+        relay,
+    }
+}
+
+/// One mailer session, `n` messages of one recipient each; every reply.
+async fn campaign(addr: SocketAddr, n: usize) -> Vec<String> {
+    let mut s = timeout(WAIT, TcpStream::connect(addr))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    read(&mut s, &mut buf, &mut out, 1).await;
+    s.write_all(b"EHLO mailer.test\r\n").await.unwrap();
+    read(&mut s, &mut buf, &mut out, 2).await;
+    for i in 0..n {
+        let msg = format!("MAIL FROM:<news@example.org>\r\nRCPT TO:<r{i}@example.net>\r\nDATA\r\n");
+        s.write_all(msg.as_bytes()).await.unwrap();
+        let k = out.len();
+        read(&mut s, &mut buf, &mut out, k + 3).await;
+        s.write_all(format!("Subject: {i}\r\n\r\nhello {i}\r\n.\r\n").as_bytes())
+            .await
+            .unwrap();
+        read(&mut s, &mut buf, &mut out, k + 4).await;
+    }
+    let _ = s.write_all(b"QUIT\r\n").await;
+    out
+}
+
+async fn read(s: &mut TcpStream, buf: &mut Vec<u8>, out: &mut Vec<String>, n: usize) {
+    let deadline = Instant::now() + WAIT;
+    while out.len() < n {
+        while let Some(pos) = buf.windows(2).position(|w| w == b"\r\n") {
+            let line = String::from_utf8_lossy(&buf[..pos]).to_string();
+            buf.drain(..pos + 2);
+            if line.as_bytes().get(3) != Some(&b'-') {
+                out.push(line);
+            }
+        }
+        if out.len() >= n {
+            break;
+        }
+        let mut chunk = [0u8; 4096];
+        let k = timeout(deadline - Instant::now(), s.read(&mut chunk))
+            .await
+            .expect("reply in time")
+            .unwrap();
+        assert!(k > 0, "connection closed; replies so far: {out:?}");
+        buf.extend_from_slice(&chunk[..k]);
+    }
+}
+
+async fn until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A campaign through tokens that each stop working after two sign-ins (as a token
+/// expiring mid-run does): every message is delivered, the account never pauses, and
+/// neither token nor refresh token reaches the log.
+#[tokio::test]
+async fn a_campaign_through_expiring_tokens_is_delivered_without_a_pause() {
+    let logs = support::inbound::log_capture();
+    let dir = tempfile::tempdir().unwrap();
+    let ep = TokenEndpoint::start("app-1", REFRESH, 3600).await;
+    let p = provider(&ep, "XOAUTH2", 2).await;
+    let mv = start(relay_config(dir.path(), &p, &ep)).await;
+    let replies = campaign(mv.addr, 12).await;
+    assert!(
+        replies.iter().filter(|r| r.starts_with("250 ")).count() >= 12,
+        "{replies:?}"
+    );
+    until("12 messages at the provider", || p.messages().len() >= 12).await;
+    assert_eq!(p.messages().len(), 12);
+    let h = mv.relay.handle().clone();
+    assert!(!h.account_pause().is_paused(), "{:?}", h.account_pause());
+    assert!(
+        ep.issued() >= 3,
+        "tokens were refreshed mid-run: {}",
+        ep.issued()
+    );
+    let acks = p.lines().iter().filter(|l| l.is_empty()).count();
+    assert!(
+        acks >= 2,
+        "expired tokens were refused and acknowledged: {acks}"
+    );
+    timeout(WAIT, mv.relay.stop()).await.unwrap().unwrap();
+
+    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).to_string();
+    assert!(!text.contains(REFRESH), "refresh token in the log");
+    for i in 1..=ep.issued() {
+        let t = format!("AT-{i}");
+        let blob = B64.encode(format!("user={USER}\x01auth=Bearer {t}\x01\x01"));
+        assert!(!text.contains(&format!("Bearer {t}")), "{t} in the log");
+        assert!(!text.contains(&blob), "{t}'s AUTH blob in the log");
+    }
+}
+
+/// The refresh token is revoked: the account pauses (auth) with nothing lost — the
+/// messages stay queued, none is bounced or sent.
+#[tokio::test]
+async fn a_revoked_refresh_token_pauses_the_account_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let ep = TokenEndpoint::start("app-1", REFRESH, 3600).await;
+    ep.revoke();
+    let p = provider(&ep, "XOAUTH2", 100).await;
+    let mv = start(relay_config(dir.path(), &p, &ep)).await;
+    let replies = campaign(mv.addr, 3).await;
+    assert_eq!(
+        replies.iter().filter(|r| r.starts_with("250 ")).count(),
+        1 + 3 * 3,
+        "EHLO + (MAIL, RCPT, end of DATA) x3 taken: {replies:?}"
+    );
+    let h = mv.relay.handle().clone();
+    until("the account to pause", || h.account_pause().is_paused()).await;
+    match h.account_pause() {
+        mailvalve::policy::pause::PauseState::Paused { scope, until } => {
+            assert_eq!(scope, mailvalve::policy::verdict::PauseScope::Auth);
+            assert_eq!(until, None, "until someone signs in again");
+        }
+        other => panic!("{other:?}"),
+    }
+    let refused = ep
+        .lock()
+        .requests
+        .iter()
+        .filter(|r| r.get("grant_type").map(String::as_str) == Some("refresh_token"))
+        .count();
+    assert!(refused >= 1);
+    assert!(p.messages().is_empty(), "nothing sent");
+    let counts = h.queue_counts().await.unwrap().unwrap();
+    assert_eq!(counts.messages, 3, "all three still queued");
+    assert_eq!(counts.pending_recipients, 3);
+    timeout(WAIT, mv.relay.stop()).await.unwrap().unwrap();
+}
+
+// ---- device-code sign-in ----
+
+fn device_cfg(ep: &TokenEndpoint) -> mailvalve::config::oauth::ResolvedOAuth2 {
+    let mut c = oauth_config(ep, Mechanism::Xoauth2);
+    c.refresh_token = None;
+    c.resolve(None).unwrap()
+}
+
+#[tokio::test]
+async fn device_code_sign_in_polls_politely_and_keeps_the_refresh_token() {
+    let ep = TokenEndpoint::start("app-1", REFRESH, 3600).await;
+    {
+        let mut s = ep.lock();
+        s.pending_polls = 2;
+        s.slow_down_once = true;
+    }
+    let cfg = device_cfg(&ep);
+    let http = reqwest::Client::new();
+    let started = timeout(WAIT, device::start(&http, &cfg))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(started.user_code, "ABCD-EFGH");
+    assert_eq!(started.verification_uri, "https://login.example/device");
+    assert!(!format!("{started:?}").contains("DEVICE-CODE-1"));
+    let waits = Arc::new(Mutex::new(Vec::new()));
+    let w = waits.clone();
+    let token = timeout(
+        WAIT,
+        device::wait_for_grant(&http, &cfg, &started, device::MAX_WAIT, move |d| {
+            w.lock().unwrap().push(d.as_secs());
+            async {}
+        }),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(token.expose(), "RT-from-device");
+    // interval 5, then slow_down adds 5 (RFC 8628 3.5), then two pending polls.
+    assert_eq!(*waits.lock().unwrap(), vec![5, 10, 10, 10]);
+    assert_eq!(
+        ep.grant_types(),
+        vec![
+            "".to_string(),
+            "urn:ietf:params:oauth:grant-type:device_code".into(),
+            "urn:ietf:params:oauth:grant-type:device_code".into(),
+            "urn:ietf:params:oauth:grant-type:device_code".into(),
+            "urn:ietf:params:oauth:grant-type:device_code".into(),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn device_code_sign_in_declined_or_never_done_ends() {
+    let ep = TokenEndpoint::start("app-1", REFRESH, 3600).await;
+    let cfg = device_cfg(&ep);
+    let http = reqwest::Client::new();
+    ep.lock().deny = true;
+    let started = device::start(&http, &cfg).await.unwrap();
+    let e = device::wait_for_grant(&http, &cfg, &started, device::MAX_WAIT, |_| async {})
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("access_denied"), "{e}");
+
+    // Nobody signs in: polling stops when the bounded wait is over.
+    ep.lock().deny = false;
+    ep.lock().pending_polls = usize::MAX;
+    let polls = Arc::new(Mutex::new(0));
+    let p2 = polls.clone();
+    let e = device::wait_for_grant(&http, &cfg, &started, Duration::from_secs(60), move |_| {
+        *p2.lock().unwrap() += 1;
+        async {}
+    })
+    .await
+    .unwrap_err();
+    assert!(e.to_string().contains("expired_token"), "{e}");
+    assert_eq!(*polls.lock().unwrap(), 12, "60 s at 5 s intervals");
+}
