@@ -478,3 +478,103 @@ async fn device_code_sign_in_declined_or_never_done_ends() {
     assert!(e.to_string().contains("expired_token"), "{e}");
     assert_eq!(*polls.lock().unwrap(), 12, "60 s at 5 s intervals");
 }
+
+// ---- `mailvalve oauth login` and `check` ----
+
+/// The login command against the in-process endpoint: prints the address and the code,
+/// stores the refresh token in a 0600 token file, and `check` then reports it — with
+/// no secret in either output.
+#[tokio::test]
+async fn oauth_login_stores_the_token_and_check_reports_it_without_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let ep = TokenEndpoint::start("app-1", REFRESH, 3600).await;
+    ep.lock().interval = 1;
+    let file = dir.path().join("mailvalve.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[upstream]\nprofile = \"office365\"\nusername = \"{USER}\"\n[upstream.oauth2]\nclient_id = \"app-1\"\ntoken_endpoint = \"{}\"\ndevice_endpoint = \"{}\"\n",
+            ep.token_url(),
+            ep.device_url()
+        ),
+    )
+    .unwrap();
+    let secret_env = vec![(
+        "MAILVALVE__UPSTREAM__OAUTH2__CLIENT_SECRET".to_string(),
+        "client-secret-xyz".to_string(),
+    )];
+    let before = mailvalve::cli::check::check(Some(&file), secret_env.clone());
+    assert!(before.ok, "{}", before.stderr);
+    assert!(
+        before.stdout.contains("refresh token: MISSING"),
+        "{}",
+        before.stdout
+    );
+
+    let loaded = mailvalve::config::load_from(Some(&file), Vec::new()).unwrap();
+    let mut out = Vec::new();
+    timeout(
+        WAIT,
+        mailvalve::cli::oauth::login(&loaded.config, None, None, &mut out),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let printed = String::from_utf8(out).unwrap();
+    assert!(
+        printed.contains("https://login.example/device"),
+        "{printed}"
+    );
+    assert!(printed.contains("ABCD-EFGH"), "{printed}");
+    assert!(!printed.contains("RT-from-device") && !printed.contains("DEVICE-CODE-1"));
+
+    let token_file = dir.path().join("mailvalve-oauth2-token.json");
+    let stored = mailvalve::store::token_file::read(&token_file)
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.refresh_token, "RT-from-device");
+    assert_eq!(stored.profile.as_deref(), Some("office365"));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&token_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "token file is private");
+    }
+
+    let after = mailvalve::cli::check::check(Some(&file), secret_env);
+    assert!(after.ok, "{}", after.stderr);
+    let all = format!("{}{}", after.stdout, after.stderr);
+    assert!(all.contains("refresh token: stored in"), "{all}");
+    assert!(
+        all.contains("upstream.host = smtp.office365.com  (profile office365)"),
+        "{all}"
+    );
+    assert!(all.contains("AUTH XOAUTH2"), "{all}");
+    for secret in ["RT-from-device", "client-secret-xyz", REFRESH] {
+        assert!(!all.contains(secret), "{secret} in check output");
+    }
+}
+
+#[test]
+fn login_for_google_says_why_there_is_no_device_flow() {
+    let mut c = Config::default();
+    c.upstream.oauth2 = Some(OAuth2Config {
+        client_id: Some("app-1".into()),
+        ..Default::default()
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let e = rt
+        .block_on(mailvalve::cli::oauth::login(
+            &c,
+            Some("gmail"),
+            None,
+            &mut Vec::new(),
+        ))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no device-code sign-in"), "{e}");
+    assert!(e.contains("https://mail.google.com/"), "{e}");
+}

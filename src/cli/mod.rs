@@ -16,6 +16,7 @@ pub mod check;
 pub mod demo;
 pub mod explain;
 pub mod logging;
+pub mod oauth;
 pub mod profiles;
 pub mod queue;
 pub mod run;
@@ -79,6 +80,14 @@ pub enum Command {
         #[command(subcommand)]
         cmd: suppress::SuppressCmd,
     },
+    /// OAuth2 sign-in at the provider: `oauth login --profile office365` runs the
+    /// device-code flow and stores the refresh token in the token file.
+    Oauth {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(subcommand)]
+        cmd: oauth::OauthCmd,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -127,6 +136,16 @@ pub fn dispatch(cli: Cli) -> ExitCode {
         Command::Suppress { config, cmd } => match load(config.config.as_deref()) {
             Ok(cfg) => report(suppress::run(cmd, &cfg)),
             Err(code) => code,
+        },
+        // Not validated: before the first sign-in the configuration may be incomplete.
+        Command::Oauth { config, cmd } => match crate::config::process_env()
+            .and_then(|env| crate::config::load_from(config.config.as_deref(), env))
+        {
+            Ok(loaded) => report(oauth::run(cmd, &loaded)),
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
         },
     }
 }

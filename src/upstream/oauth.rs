@@ -342,7 +342,7 @@ impl ClassifyName for serde_json::Error {
 /// The HTTP client for token endpoints: rustls with ring and the system roots (the same
 /// TLS stack as everything else), no redirects (a token request is never replayed
 /// elsewhere), no proxy from the environment, bounded.
-pub(crate) fn http_client() -> Result<reqwest::Client, OAuthError> {
+pub fn http_client() -> Result<reqwest::Client, OAuthError> {
     let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))

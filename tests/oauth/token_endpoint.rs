@@ -32,6 +32,8 @@ pub struct State {
     /// A refresh returns a rotated refresh token.
     pub rotate: bool,
     pub client_id: String,
+    /// Device flow: the polling interval announced (seconds).
+    pub interval: u64,
 }
 
 #[derive(Clone)]
@@ -57,6 +59,7 @@ impl TokenEndpoint {
             refresh_tokens: [refresh.to_string()].into(),
             lifetime,
             client_id: client_id.into(),
+            interval: 5,
             ..State::default()
         }));
         let st = state.clone();
@@ -201,7 +204,10 @@ fn answer(st: &Mutex<State>, path: &str, body: &str) -> (&'static str, String) {
     if path == "/device" {
         return (
             "200 OK",
-            r#"{"device_code":"DEVICE-CODE-1","user_code":"ABCD-EFGH","verification_uri":"https://login.example/device","expires_in":900,"interval":5,"message":"To sign in, open https://login.example/device and enter ABCD-EFGH."}"#.into(),
+            format!(
+                r#"{{"device_code":"DEVICE-CODE-1","user_code":"ABCD-EFGH","verification_uri":"https://login.example/device","expires_in":900,"interval":{},"message":"To sign in, open https://login.example/device and enter ABCD-EFGH."}}"#,
+                s.interval
+            ),
         );
     }
     match f.get("grant_type").map(String::as_str) {
