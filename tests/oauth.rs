@@ -228,6 +228,58 @@ async fn a_provider_without_the_mechanism_is_a_clear_error() {
     assert_eq!(ep.issued(), 0, "no token fetched for nothing");
 }
 
+/// Tokens are refreshed before they expire (on the source's clock, driven by hand
+/// here), not after the provider refused one.
+#[tokio::test]
+async fn access_tokens_are_refreshed_before_they_expire() {
+    let ep = TokenEndpoint::start("app-1", REFRESH, 3600).await;
+    let now = Arc::new(Mutex::new(Duration::ZERO));
+    let n2 = now.clone();
+    let t = TokenSource::with_clock(
+        oauth_config(&ep, Mechanism::Xoauth2).resolve(None).unwrap(),
+        Arc::new(Given(Secret::new(REFRESH))),
+        Arc::new(move || *n2.lock().unwrap()),
+    )
+    .unwrap();
+    let a = t.access_token().await.unwrap();
+    *now.lock().unwrap() = Duration::from_secs(3600 - 301);
+    let b = t.access_token().await.unwrap();
+    assert_eq!(ep.issued(), 1, "still 5 minutes and more to live: kept");
+    assert!(format!("{a:?}") == format!("{b:?}"));
+    *now.lock().unwrap() = Duration::from_secs(3600 - 299);
+    t.access_token().await.unwrap();
+    assert_eq!(ep.issued(), 2, "refreshed 5 minutes before expiry");
+    assert!(t.status().last_refreshed.is_some());
+    assert_eq!(t.status().last_error, None);
+
+    // A token that lives 60 s is refreshed halfway, not on every use.
+    let ep = TokenEndpoint::start("app-1", REFRESH, 60).await;
+    *now.lock().unwrap() = Duration::ZERO;
+    let n3 = now.clone();
+    let t = TokenSource::with_clock(
+        oauth_config(&ep, Mechanism::Xoauth2).resolve(None).unwrap(),
+        Arc::new(Given(Secret::new(REFRESH))),
+        Arc::new(move || *n3.lock().unwrap()),
+    )
+    .unwrap();
+    t.access_token().await.unwrap();
+    *now.lock().unwrap() = Duration::from_secs(29);
+    t.access_token().await.unwrap();
+    assert_eq!(ep.issued(), 1);
+    *now.lock().unwrap() = Duration::from_secs(31);
+    t.access_token().await.unwrap();
+    assert_eq!(ep.issued(), 2);
+
+    // The endpoint refuses the refresh token: a clear, permanent error without it.
+    ep.revoke();
+    *now.lock().unwrap() = Duration::from_secs(1000);
+    let e = t.access_token().await.unwrap_err();
+    assert!(e.is_permanent(), "{e}");
+    assert!(e.to_string().contains("invalid_grant"), "{e}");
+    assert!(!e.to_string().contains(REFRESH));
+    assert!(t.status().last_error.unwrap().contains("invalid_grant"));
+}
+
 // ---- the running relay ----
 
 struct Mv {

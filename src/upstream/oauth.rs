@@ -96,6 +96,8 @@ struct Cached {
     token: Secret,
     /// On the source's clock.
     expires: Duration,
+    /// How long it was issued for.
+    lifetime: Duration,
     generation: u64,
 }
 
@@ -203,7 +205,8 @@ impl TokenSource {
         let mut cached = self.cached.lock().await;
         let now = (self.now)();
         if let Some(c) = cached.as_ref() {
-            if now + REFRESH_MARGIN.min(c.expires / 2) < c.expires {
+            // Refreshed REFRESH_MARGIN early, or halfway for tokens that live shorter.
+            if now + REFRESH_MARGIN.min(c.lifetime / 2) < c.expires {
                 return Ok(AccessToken {
                     secret: c.token.clone(),
                     generation: c.generation,
@@ -226,6 +229,7 @@ impl TokenSource {
                 *cached = Some(Cached {
                     token: token.clone(),
                     expires: (self.now)() + lifetime,
+                    lifetime,
                     generation,
                 });
                 Ok(AccessToken {
