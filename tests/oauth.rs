@@ -551,23 +551,32 @@ async fn oauth_login_stores_the_token_and_check_reports_it_without_secrets() {
         ),
     )
     .unwrap();
-    let secret_env = vec![(
-        "MAILVALVE__UPSTREAM__OAUTH2__CLIENT_SECRET".to_string(),
-        "client-secret-xyz".to_string(),
-    )];
-    let before = mailvalve::cli::check::check(Some(&file), secret_env.clone());
-    assert!(before.ok, "{}", before.stderr);
-    assert!(
-        before.stdout.contains("refresh token: MISSING"),
-        "{}",
-        before.stdout
-    );
+    let check = || {
+        let out = std::process::Command::new(support::harness::mailvalve())
+            .args(["check", "-c"])
+            .arg(&file)
+            .env(
+                "MAILVALVE__UPSTREAM__OAUTH2__CLIENT_SECRET",
+                "client-secret-xyz",
+            )
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{text}");
+        text
+    };
+    let before = check();
+    assert!(before.contains("refresh token: MISSING"), "{before}");
 
     let loaded = mailvalve::config::load_from(Some(&file), Vec::new()).unwrap();
     let mut out = Vec::new();
     timeout(
         WAIT,
-        mailvalve::cli::oauth::login(&loaded.config, None, None, &mut out),
+        mailvalve::relay::oauth::login(&loaded.config, None, None, &mut out),
     )
     .await
     .unwrap()
@@ -593,9 +602,7 @@ async fn oauth_login_stores_the_token_and_check_reports_it_without_secrets() {
         assert_eq!(mode & 0o777, 0o600, "token file is private");
     }
 
-    let after = mailvalve::cli::check::check(Some(&file), secret_env);
-    assert!(after.ok, "{}", after.stderr);
-    let all = format!("{}{}", after.stdout, after.stderr);
+    let all = check();
     assert!(all.contains("refresh token: stored in"), "{all}");
     assert!(
         all.contains("upstream.host = smtp.office365.com  (profile office365)"),
@@ -619,7 +626,7 @@ fn login_for_google_says_why_there_is_no_device_flow() {
         .build()
         .unwrap();
     let e = rt
-        .block_on(mailvalve::cli::oauth::login(
+        .block_on(mailvalve::relay::oauth::login(
             &c,
             Some("gmail"),
             None,

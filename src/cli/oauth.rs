@@ -1,21 +1,13 @@
 //! `mailvalve oauth login`: the provider's device-code sign-in (RFC 8628) — prints the
 //! address to open and the code to type, waits (bounded) until the person signed in,
-//! and stores the refresh token in the token file (0600 on Unix). Also what `check`
-//! prints about OAuth2 and about where each effective upstream value came from
-//! ([`check_report`]).
+//! and stores the refresh token in the token file (0600 on Unix). Argument parsing
+//! only: the work is `relay::oauth::login`.
 //!
-//! It must never print, log or put into an error the refresh token, an access token,
-//! the device code or the client secret: only the user code and the address, which the
-//! person needs, are shown.
+//! It must never print a refresh token, an access token, the device code or the client
+//! secret: only the user code and the address, which the person needs, are shown.
 
-use crate::config::oauth::{OAuth2Config, RefreshSource, ResolvedOAuth2};
-use crate::config::profile;
-use crate::config::{Config, Loaded};
-use crate::store::token_file::{self, TokenFile};
-use crate::upstream::oauth::{device, http_client};
+use crate::config::Loaded;
 use anyhow::Context;
-use std::fmt::Write as _;
-use std::path::Path;
 
 /// `mailvalve oauth ...`
 #[derive(Debug, clap::Subcommand)]
@@ -40,7 +32,7 @@ pub fn run(cmd: OauthCmd, loaded: &Loaded) -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("cannot start the runtime")?;
-            rt.block_on(login(
+            rt.block_on(crate::relay::oauth::login(
                 &loaded.config,
                 profile.as_deref(),
                 client_id,
@@ -50,202 +42,7 @@ pub fn run(cmd: OauthCmd, loaded: &Loaded) -> anyhow::Result<()> {
     }
 }
 
-/// The sign-in: resolves endpoints, runs the device flow, writes the token file.
-/// Progress goes to `out`.
-pub async fn login(
-    config: &Config,
-    profile_name: Option<&str>,
-    client_id: Option<String>,
-    out: &mut dyn std::io::Write,
-) -> anyhow::Result<()> {
-    let name = profile_name.unwrap_or(&config.upstream.profile);
-    let prof = match profile::builtin(name) {
-        Some(p) => p?,
-        None => anyhow::bail!(
-            "--profile {name:?}: no such provider profile (known: {})",
-            profile::names().collect::<Vec<_>>().join(", ")
-        ),
-    };
-    let mut o: OAuth2Config = config.upstream.oauth2.clone().unwrap_or_default();
-    if client_id.is_some() {
-        o.client_id = client_id;
-    }
-    o.refresh_token = None;
-    let resolved: ResolvedOAuth2 = o
-        .resolve(prof.oauth2.as_ref())
-        .map_err(|(key, msg)| anyhow::anyhow!("{key}: {msg}"))?;
-    if resolved.device_endpoint.is_none() {
-        let note = prof
-            .oauth2
-            .as_ref()
-            .and_then(|p| p.note.clone())
-            .unwrap_or_else(|| "set upstream.oauth2.device_endpoint".into());
-        anyhow::bail!("profile {name} has no device-code sign-in: {note}");
-    }
-    let path = match &resolved.refresh {
-        RefreshSource::File(p) => p.clone(),
-        RefreshSource::Given(_) => resolved.token_file.clone(),
-    };
-    let http = http_client()?;
-    let started = device::start(&http, &resolved).await?;
-    writeln!(
-        out,
-        "To sign in to {}, open {} and enter the code {}",
-        prof.description, started.verification_uri, started.user_code
-    )?;
-    if let Some(m) = &started.message {
-        writeln!(out, "({m})")?;
-    }
-    writeln!(
-        out,
-        "Waiting up to {} minutes for the sign-in ...",
-        started.expires_in.min(device::MAX_WAIT).as_secs() / 60
-    )?;
-    out.flush()?;
-    let refresh = device::wait_for_grant(
-        &http,
-        &resolved,
-        &started,
-        device::MAX_WAIT,
-        tokio::time::sleep,
-    )
-    .await?;
-    let file = TokenFile {
-        refresh_token: refresh.expose().to_string(),
-        obtained_at: crate::policy::clock::wall_ms() / 1000,
-        last_refreshed: None,
-        scopes: resolved.scopes.clone(),
-        profile: Some(name.to_string()),
-    };
-    token_file::write(&path, &file).map_err(|e| anyhow::anyhow!(e))?;
-    writeln!(
-        out,
-        "Signed in. The refresh token is stored in {} (readable by you only); \
-         mailvalve refreshes its access tokens from it.",
-        path.display()
-    )?;
-    Ok(())
-}
-
-/// What `check` adds: where each effective upstream value came from (profile, file,
-/// environment, default), the profile figures as applied, and the OAuth2 token status.
-/// Never a secret: values printed here are host names, numbers and dates.
+/// What `check` adds about OAuth2 and where the upstream values came from.
 pub fn check_report(loaded: &Loaded) -> String {
-    let c = &loaded.config;
-    let s = &loaded.sources;
-    let mut out = String::from("# where the effective upstream values come from:\n");
-    let _ = writeln!(
-        out,
-        "#   upstream.host = {}  ({})",
-        c.upstream.host,
-        s.origin("upstream.host")
-    );
-    let _ = writeln!(
-        out,
-        "#   upstream.port = {}  ({})",
-        c.upstream.port,
-        s.origin("upstream.port")
-    );
-    let _ = writeln!(
-        out,
-        "#   upstream.tls = {:?}  ({})",
-        c.upstream.tls,
-        s.origin("upstream.tls")
-    );
-    let prof = profile::builtin(&c.upstream.profile).and_then(Result::ok);
-    if let Some(p) = &prof {
-        let l = p.limits.overridden_by(&c.upstream.limits);
-        let own_mpc = c.upstream.max_messages_per_connection;
-        let mpc = l
-            .messages_per_connection
-            .map_or(own_mpc, |m| m.min(own_mpc))
-            .max(1);
-        let mpc_from = if l.messages_per_connection.is_some_and(|m| m < own_mpc) {
-            limit_origin(s, "messages_per_connection", &p.name)
-        } else {
-            format!(
-                "upstream.max_messages_per_connection, {}",
-                s.origin("upstream.max_messages_per_connection")
-            )
-        };
-        let _ = writeln!(out, "#   messages per connection = {mpc}  ({mpc_from})");
-        let own = c.server.max_message_size;
-        let size = l.max_message_size.map_or(own, |m| m.min(own));
-        let size_from = if l.max_message_size.is_some_and(|m| m < own) {
-            limit_origin(s, "max_message_size", &p.name)
-        } else {
-            format!(
-                "server.max_message_size, {}",
-                s.origin("server.max_message_size")
-            )
-        };
-        let _ = writeln!(
-            out,
-            "#   max message size = {size} bytes  ({size_from}; lowered further to the SIZE the provider's EHLO announces)"
-        );
-    }
-    if let Some(o) = &c.upstream.oauth2 {
-        match o.resolve(prof.as_ref().and_then(|p| p.oauth2.as_ref())) {
-            Ok(r) => {
-                let _ = writeln!(
-                    out,
-                    "# OAuth2 sign-in: AUTH {}, token endpoint {}",
-                    r.mechanism.name(),
-                    r.token_endpoint
-                );
-                let _ = writeln!(out, "#   {}", token_status(&r));
-            }
-            Err((key, msg)) => {
-                let _ = writeln!(out, "# OAuth2 sign-in: not usable: {key}: {msg}");
-            }
-        }
-    }
-    out
-}
-
-fn limit_origin(s: &crate::config::provenance::Sources, key: &str, profile: &str) -> String {
-    let full = format!("upstream.limits.{key}");
-    match s.origin(&full) {
-        crate::config::provenance::Origin::Default => format!("profile {profile}"),
-        o => format!("{full}, {o}"),
-    }
-}
-
-/// Whether a usable refresh token is there, and when it was obtained and last used.
-pub fn token_status(r: &ResolvedOAuth2) -> String {
-    match &r.refresh {
-        RefreshSource::Given(_) => {
-            "refresh token: given in the configuration or environment (***)".to_string()
-        }
-        RefreshSource::File(path) => match token_file::read(path) {
-            Ok(Some(f)) if !f.refresh_token.is_empty() => format!(
-                "refresh token: stored in {} (obtained {}, last refreshed {})",
-                path.display(),
-                when(Some(f.obtained_at)),
-                when(f.last_refreshed)
-            ),
-            Ok(_) => format!(
-                "refresh token: MISSING ({} has none): run `mailvalve oauth login`",
-                path.display()
-            ),
-            Err(e) => format!("refresh token: UNUSABLE: {e}"),
-        },
-    }
-}
-
-fn when(secs: Option<u64>) -> String {
-    match secs {
-        Some(s) => humantime::format_rfc3339_seconds(
-            std::time::UNIX_EPOCH + std::time::Duration::from_secs(s),
-        )
-        .to_string(),
-        None => "never".into(),
-    }
-}
-
-/// For tests: `check_report` of a config file's text.
-#[doc(hidden)]
-pub fn report_for(path: &Path, env: Vec<(String, String)>) -> anyhow::Result<String> {
-    let loaded = crate::config::load_from(Some(path), env)?;
-    Ok(check_report(&loaded))
+    crate::relay::oauth::check_report(loaded)
 }
