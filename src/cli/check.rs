@@ -257,6 +257,69 @@ mod tests {
         assert!(!all(&out).contains(PASSWORD));
     }
 
+    /// Every problem in one pass, each naming its key and what to do, counted.
+    #[test]
+    fn three_problems_in_one_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocker = dir.path().join("not-a-dir");
+        std::fs::write(&blocker, b"x").unwrap();
+        let (_d, path) = file(&format!(
+            "[server]\nmax_sessions = 0\n[upstream]\nport = 0\n[suppression]\npath = \"{}\"\n",
+            blocker.join("s.redb").display()
+        ));
+        let out = check(Some(&path), env(&[]));
+        assert!(!out.ok);
+        for key in ["server.max_sessions", "upstream.port", "suppression.path"] {
+            assert!(
+                out.stderr.contains(&format!("key {key}")),
+                "{key}: {}",
+                out.stderr
+            );
+        }
+        assert!(out.stderr.contains("(3 problems)"), "{}", out.stderr);
+        assert!(
+            out.stderr.contains("is a file, not a directory"),
+            "{}",
+            out.stderr
+        );
+    }
+
+    /// A suppression database in a directory that does not exist yet passes `check`:
+    /// `run` creates the directory (it used to refuse with "No such file or directory").
+    #[test]
+    fn a_missing_suppression_directory_is_created_not_refused() {
+        let (d, path) = file("[suppression]\npath = \"lists/s.redb\"\n");
+        let out = check(Some(&path), env(&[]));
+        assert!(out.ok, "{}", out.stderr);
+        let cfg = config::load_validated(Some(&path), env(&[]))
+            .unwrap()
+            .config;
+        assert_eq!(cfg.suppression.path, d.path().join("lists/s.redb"));
+        let list = crate::relay::policy::open_suppressions(&cfg);
+        assert!(list.is_ok(), "{:?}", list.err());
+        assert!(d.path().join("lists/s.redb").is_file());
+    }
+
+    #[test]
+    fn suspicious_settings_are_warnings() {
+        let (_d, path) = file(
+            "[upstream]\nhost = \"smtp.example.org\"\nport = 465\ntls = \"starttls\"\nprofile = \"office365\"\n",
+        );
+        let out = check(Some(&path), env(&[]));
+        assert!(out.ok, "{}", out.stderr);
+        assert!(
+            out.stderr.contains("warning: key upstream.tls"),
+            "{}",
+            out.stderr
+        );
+        assert!(
+            out.stderr.contains("warning: key upstream.host"),
+            "{}",
+            out.stderr
+        );
+        assert!(out.stderr.contains("smtp.office365.com"), "{}", out.stderr);
+    }
+
     #[test]
     fn warnings_go_to_stderr_and_still_pass() {
         let out = check(None, env(&[("MAILVALVE__UPSTREAM__TLS_VERIFY", "false")]));

@@ -8,9 +8,11 @@
 //!
 //! Exit codes: 0 success, 1 configuration error (or the relay failed), 2 usage error.
 //!
-//! The configuration file is given with `-c FILE` (or `MAILVALVE_CONFIG`). Without one,
-//! `run` and `check` use the built-in defaults plus the `MAILVALVE__*` environment, so a
-//! container can be configured by environment alone; `check` says which source it used.
+//! The configuration file is given with `-c FILE` (or `MAILVALVE_CONFIG`), before or after
+//! any subcommand (`mailvalve -c F queue status` = `mailvalve queue status -c F`): it is
+//! one global option. Without one, every command uses the built-in defaults plus the
+//! `MAILVALVE__*` environment, so a container can be configured by environment alone;
+//! `check` says which source it used.
 
 pub mod check;
 pub mod demo;
@@ -19,6 +21,7 @@ pub mod logging;
 pub mod oauth;
 pub mod profiles;
 pub mod queue;
+mod rules_de;
 pub mod run;
 pub mod suppress;
 
@@ -36,6 +39,8 @@ pub const EXIT_USAGE: u8 = 2;
 #[derive(Debug, Parser)]
 #[command(name = "mailvalve", version, about, long_about = None)]
 pub struct Cli {
+    #[command(flatten)]
+    pub config: ConfigArgs,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -43,9 +48,9 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the relay (listens on 127.0.0.1:2525 unless configured otherwise).
-    Run(ConfigArgs),
+    Run,
     /// Validate the configuration and print the effective settings (passwords as ***).
-    Check(ConfigArgs),
+    Check,
     /// List the built-in provider profiles and their limits.
     Profiles,
     /// Watch mailvalve tame a simulated provider, on loopback, in under a minute.
@@ -68,23 +73,17 @@ pub enum Command {
     /// Look at and steer the queue (queue mode): list, show, retry, delete, pause,
     /// resume, status. Works against the running instance or, if none, its spool.
     Queue {
-        #[command(flatten)]
-        config: ConfigArgs,
         #[command(subcommand)]
         cmd: queue::QueueCmd,
     },
     /// Manage the suppression list (addresses the provider rejected for good).
     Suppress {
-        #[command(flatten)]
-        config: ConfigArgs,
         #[command(subcommand)]
         cmd: suppress::SuppressCmd,
     },
     /// OAuth2 sign-in at the provider: `oauth login --profile office365` runs the
     /// device-code flow and stores the refresh token in the token file.
     Oauth {
-        #[command(flatten)]
-        config: ConfigArgs,
         #[command(subcommand)]
         cmd: oauth::OauthCmd,
     },
@@ -92,14 +91,17 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct ConfigArgs {
-    /// Configuration file (TOML; see config/mailvalve.toml). Without it the built-in
-    /// defaults are used. Either way MAILVALVE__SECTION__KEY environment variables
-    /// override single keys, e.g. MAILVALVE__UPSTREAM__PASSWORD.
+    /// Configuration file (TOML; see config/mailvalve.toml), before or after the
+    /// subcommand. Relative paths inside it are relative to the file's directory.
+    /// Without it the built-in defaults are used. Either way MAILVALVE__SECTION__KEY
+    /// environment variables override single keys, e.g. MAILVALVE__UPSTREAM__PASSWORD
+    /// (a relative path given that way is relative to the current directory).
     #[arg(
         short = 'c',
         long = "config",
         value_name = "FILE",
-        env = "MAILVALVE_CONFIG"
+        env = "MAILVALVE_CONFIG",
+        global = true
     )]
     pub config: Option<PathBuf>,
 }
@@ -118,9 +120,10 @@ pub fn main() -> ExitCode {
 
 /// Runs a parsed command line.
 pub fn dispatch(cli: Cli) -> ExitCode {
+    let config = cli.config.config.as_deref();
     match cli.command {
-        Command::Check(args) => check::main(args.config.as_deref()),
-        Command::Run(args) => run_command(args.config.as_deref()),
+        Command::Check => check::main(config),
+        Command::Run => run_command(config),
         Command::Profiles => report(profiles::run()),
         Command::Demo(args) => report(demo::main(&args)),
         Command::Explain {
@@ -129,17 +132,17 @@ pub fn dispatch(cli: Cli) -> ExitCode {
             profile,
             lang,
         } => explain_command(&reply, phase.as_deref(), profile.as_deref(), &lang),
-        Command::Queue { config, cmd } => match load(config.config.as_deref()) {
+        Command::Queue { cmd } => match load(config) {
             Ok(cfg) => report(queue::run(cmd, &cfg)),
             Err(code) => code,
         },
-        Command::Suppress { config, cmd } => match load(config.config.as_deref()) {
+        Command::Suppress { cmd } => match load(config) {
             Ok(cfg) => report(suppress::run(cmd, &cfg)),
             Err(code) => code,
         },
         // Not validated: before the first sign-in the configuration may be incomplete.
-        Command::Oauth { config, cmd } => match crate::config::process_env()
-            .and_then(|env| crate::config::load_from(config.config.as_deref(), env))
+        Command::Oauth { cmd } => match crate::config::process_env()
+            .and_then(|env| crate::config::load_from(config, env))
         {
             Ok(loaded) => report(oauth::run(cmd, &loaded)),
             Err(e) => {
@@ -220,15 +223,48 @@ mod tests {
     #[test]
     fn parses_run_and_check() {
         let cli = Cli::try_parse_from(["mailvalve", "check", "-c", "x.toml"]).unwrap();
-        assert!(matches!(
-            cli.command,
-            Command::Check(ConfigArgs { config: Some(ref p) }) if p == Path::new("x.toml")
-        ));
+        assert!(matches!(cli.command, Command::Check));
+        assert_eq!(cli.config.config.as_deref(), Some(Path::new("x.toml")));
         let cli = Cli::try_parse_from(["mailvalve", "run", "--config", "y.toml"]).unwrap();
-        assert!(matches!(
-            cli.command,
-            Command::Run(ConfigArgs { config: Some(_) })
-        ));
+        assert!(matches!(cli.command, Command::Run));
+        assert_eq!(cli.config.config.as_deref(), Some(Path::new("y.toml")));
+    }
+
+    /// `-c` is one global option: before the subcommand, after it, and after a nested
+    /// subcommand (`queue status -c F` used to be a usage error).
+    #[test]
+    fn config_option_works_anywhere() {
+        let placements: &[&[&str]] = &[
+            &["mailvalve", "-c", "f.toml", "queue", "status"],
+            &["mailvalve", "queue", "-c", "f.toml", "status"],
+            &["mailvalve", "queue", "status", "-c", "f.toml"],
+            &["mailvalve", "queue", "status", "--config", "f.toml"],
+            &["mailvalve", "--config=f.toml", "run"],
+            &["mailvalve", "run", "-c", "f.toml"],
+            &["mailvalve", "check", "--config", "f.toml"],
+            &["mailvalve", "suppress", "list", "-c", "f.toml"],
+            &["mailvalve", "-c", "f.toml", "suppress", "list"],
+            &["mailvalve", "queue", "retry", "--all", "-c", "f.toml"],
+            &["mailvalve", "oauth", "login", "-c", "f.toml"],
+            &["mailvalve", "oauth", "-c", "f.toml", "login"],
+            &[
+                "mailvalve",
+                "-c",
+                "f.toml",
+                "oauth",
+                "login",
+                "--profile",
+                "gmail",
+            ],
+        ];
+        for args in placements {
+            let cli = Cli::try_parse_from(*args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            assert_eq!(
+                cli.config.config.as_deref(),
+                Some(Path::new("f.toml")),
+                "{args:?}"
+            );
+        }
     }
 
     #[test]

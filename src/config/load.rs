@@ -19,8 +19,12 @@
 //!    `MAILVALVE__UPSTREAM__PASSWORD=007` stays `"007"` (with `try_parsing(true)` it
 //!    would become the integer 7 and then the string `"7"`).
 //!
-//! Relative paths in the file (`server.tls.cert`, `server.tls.key`, `upstream.ca_file`)
-//! are resolved against the directory of the file.
+//! Relative paths (`queue.dir`, `queue.delivery_log`, `suppression.path`,
+//! `server.tls.cert`, `server.tls.key`, `upstream.ca_file`, `upstream.oauth2.token_file`) — written in the file or left
+//! at their defaults — are resolved against the directory of the file, so every command
+//! given the same file finds the same spool from any working directory. A path set by a
+//! `MAILVALVE__*` variable is the user's own typing and stays relative to the current
+//! directory. Without a file, nothing is resolved: the current directory is the base.
 //!
 //! Beside this file: `env` (the `MAILVALVE__*` variables and whom an error is blamed on),
 //! `secrets` (finding secret values and scrubbing them out of messages), `messages`
@@ -169,7 +173,17 @@ where
     }
 
     if let Some(dir) = path.and_then(Path::parent) {
-        resolve_relative_paths(&mut config, dir);
+        // `m.toml` has the parent "": the current directory, made absolute so that
+        // messages name the full path.
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+        resolve_relative_paths(&mut config, &dir, |key| {
+            vars.vars.iter().any(|v| v.key == key)
+        });
     }
 
     Ok(Loaded {
@@ -304,18 +318,20 @@ fn strict_file_pass(ctx: &Ctx<'_>, text: &str) -> Result<(), ConfigError> {
     })
 }
 
-fn resolve_relative_paths(config: &mut Config, dir: &Path) {
-    let fix = |p: &mut PathBuf| {
-        if p.is_relative() {
+/// Joins every relative path onto `dir`, except those `from_env` says a variable set
+/// (and an empty `queue.delivery_log`, which means "no log").
+fn resolve_relative_paths(config: &mut Config, dir: &Path, from_env: impl Fn(&str) -> bool) {
+    let fix = |key: &str, p: &mut PathBuf| {
+        if p.is_relative() && !p.as_os_str().is_empty() && !from_env(key) {
             *p = dir.join(&*p);
         }
     };
     if let Some(tls) = config.server.tls.as_mut() {
-        fix(&mut tls.cert);
-        fix(&mut tls.key);
+        fix("server.tls.cert", &mut tls.cert);
+        fix("server.tls.key", &mut tls.key);
     }
     if let Some(ca) = config.upstream.ca_file.as_mut() {
-        fix(ca);
+        fix("upstream.ca_file", ca);
     }
     if let Some(t) = config
         .upstream
@@ -323,6 +339,11 @@ fn resolve_relative_paths(config: &mut Config, dir: &Path) {
         .as_mut()
         .and_then(|o| o.token_file.as_mut())
     {
-        fix(t);
+        fix("upstream.oauth2.token_file", t);
     }
+    fix("queue.dir", &mut config.queue.dir);
+    if let Some(log) = config.queue.delivery_log.as_mut() {
+        fix("queue.delivery_log", log);
+    }
+    fix("suppression.path", &mut config.suppression.path);
 }

@@ -61,6 +61,10 @@ mod shipped_file_tests {
         let mut expected = Config::default();
         expected.upstream.port = 2526;
         expected.upstream.tls = TlsMode::None;
+        // Relative paths are resolved against the file's directory.
+        let dir = shipped_path().parent().unwrap().to_path_buf();
+        expected.queue.dir = dir.join(&expected.queue.dir);
+        expected.suppression.path = dir.join(&expected.suppression.path);
         assert_eq!(
             toml::to_string(&c).unwrap(),
             toml::to_string(&expected).unwrap()

@@ -54,6 +54,10 @@ pub struct Profile {
     pub description: String,
     /// Suggested submission host, port and TLS mode (the user's `[upstream]` wins).
     pub host: Option<String>,
+    /// Further host names the provider publishes for the same service (Workspace's
+    /// `smtp-relay.gmail.com`); `check` warns about an `upstream.host` that is neither.
+    #[serde(default)]
+    pub hosts: Vec<String>,
     pub port: Option<u16>,
     pub tls: Option<TlsMode>,
     #[serde(default)]

@@ -10,7 +10,7 @@ use std::time::Duration;
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueueConfig {
-    /// The spool directory (relative paths are relative to the working directory).
+    /// The spool directory (relative to the config file's directory; see `load`).
     pub dir: PathBuf,
     /// A recipient still undelivered after this long fails with a bounce report.
     #[serde(with = "humantime_serde")]
@@ -20,7 +20,7 @@ pub struct QueueConfig {
     pub bounces: bool,
     /// Envelope sender of bounce reports; empty = the null sender `<>` (RFC 3464).
     pub bounce_from: String,
-    /// The JSON-lines delivery log; relative to the working directory. Absent =
+    /// The JSON-lines delivery log (relative to the config file's directory). Absent =
     /// `<dir>/delivery.log`; `""` = no log.
     pub delivery_log: Option<PathBuf>,
     /// An HTTP POST per failed recipient, in the shape listmonk's bounce webhook takes.

@@ -159,6 +159,10 @@ pub enum TlsMode {
     None,
 }
 
+/// The longest `upstream.reachability_interval` (and its default): an unreachable
+/// provider is checked at least this often, however long it has been away.
+pub const MAX_REACHABILITY_INTERVAL: Duration = Duration::from_secs(30);
+
 /// The outbound side: the provider's submission server.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -189,6 +193,11 @@ pub struct UpstreamConfig {
     /// `451 4.7.0`.
     #[serde(with = "humantime_serde")]
     pub admission_wait: Duration,
+    /// While the provider cannot be reached (connection refused, timeout, TLS failure),
+    /// it is checked again at least this often (connect, greeting, QUIT), so delivery
+    /// resumes within this time after it is back. At most 30 s.
+    #[serde(with = "humantime_serde")]
+    pub reachability_interval: Duration,
     pub rate: RateConfig,
     pub timeouts: UpstreamTimeouts,
     /// Overrides of the provider profile's limits, key by key.
@@ -213,6 +222,7 @@ impl Default for UpstreamConfig {
             max_messages_per_connection: 100,
             idle_timeout: Duration::from_secs(60),
             admission_wait: Duration::from_secs(30),
+            reachability_interval: MAX_REACHABILITY_INTERVAL,
             rate: RateConfig::default(),
             timeouts: UpstreamTimeouts::default(),
             limits: super::limits::Limits::default(),
@@ -272,7 +282,8 @@ impl Default for UpstreamTimeouts {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SuppressionConfig {
-    /// The redb database file (created if missing; its directory must exist).
+    /// The redb database file (created if missing, with its directory). Relative to the
+    /// config file's directory (see `load`).
     pub path: PathBuf,
     /// Mailbox-full replies suppress an address after this many occurrences ...
     pub soft_threshold: u32,

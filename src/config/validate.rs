@@ -53,6 +53,7 @@ pub fn validate(config: &Config) -> Result<(), Vec<ValidationError>> {
     server(config, &mut p);
     upstream(config, &mut p);
     queue(config, &mut p);
+    data_paths(config, &mut p);
     rules(config, &mut p);
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&config.log.level) {
         p.push(
@@ -156,10 +157,101 @@ fn rule_fields(r: &RuleSpec) -> String {
     out.join(", ")
 }
 
+/// What opening the spool directory and the suppression database would refuse, found
+/// without creating anything: a missing directory is fine (`run` creates it, owner
+/// only), a file where a directory must be, or a directory where the database file must
+/// be, is not.
+fn data_paths(c: &Config, p: &mut Problems) {
+    if !c.queue.dir.as_os_str().is_empty() {
+        if let Some(why) = blocked_dir(&c.queue.dir) {
+            p.push(
+                "queue.dir",
+                format!("cannot be created or used: {why}; choose another directory"),
+            );
+        }
+    }
+    let db = &c.suppression.path;
+    if db.as_os_str().is_empty() {
+        p.push(
+            "suppression.path",
+            "must name the database file (e.g. \"mailvalve-suppression.redb\")",
+        );
+    } else if db.is_dir() {
+        p.push(
+            "suppression.path",
+            format!(
+                "{} is a directory; name a file in it, e.g. \"{}\"",
+                db.display(),
+                db.join("suppression.redb").display()
+            ),
+        );
+    } else if let Some(why) = db.parent().and_then(blocked_dir) {
+        p.push(
+            "suppression.path",
+            format!("its directory cannot be created or used: {why}; choose another path"),
+        );
+    }
+}
+
+/// Why `dir` cannot become a directory: the nearest part of it that exists is not a
+/// directory. `None` when it is one or can be created below one.
+fn blocked_dir(dir: &Path) -> Option<String> {
+    let mut at = Some(dir);
+    while let Some(d) = at {
+        if d.as_os_str().is_empty() {
+            return None;
+        }
+        match std::fs::metadata(d) {
+            Ok(m) if m.is_dir() => return None,
+            Ok(_) => return Some(format!("{} is a file, not a directory", d.display())),
+            Err(_) => at = d.parent(),
+        }
+    }
+    None
+}
+
 /// Settings that are allowed but risky; `check` prints them, `run` logs them.
 pub fn warnings(config: &Config) -> Vec<ValidationError> {
     let mut p = Problems::default();
     let up = &config.upstream;
+    match (up.port, up.tls) {
+        (465, TlsMode::Starttls) => p.push(
+            "upstream.tls",
+            "is \"starttls\" but upstream.port is 465, the port for implicit TLS: the \
+             provider waits for a TLS handshake and the connection hangs; set tls = \
+             \"implicit\" (or port = 587)",
+        ),
+        (587, TlsMode::Implicit) => p.push(
+            "upstream.tls",
+            "is \"implicit\" but upstream.port is 587, the port for STARTTLS: the TLS \
+             handshake fails against the provider's plain greeting; set tls = \"starttls\" \
+             (or port = 465)",
+        ),
+        _ => {}
+    }
+    if let Some(Ok(prof)) = profile::builtin(&config.upstream.profile) {
+        let known: Vec<&str> = prof
+            .host
+            .iter()
+            .chain(prof.hosts.iter())
+            .map(String::as_str)
+            .collect();
+        let host = up.host.trim().trim_end_matches('.');
+        if !known.is_empty() && !known.iter().any(|k| k.eq_ignore_ascii_case(host)) {
+            p.push(
+                "upstream.host",
+                format!(
+                    "is {host}, which is none of the hosts of profile {} ({}): set \
+                     upstream.host = \"{}\", or choose the profile of the provider you \
+                     send through (see `mailvalve profiles`); ignore this for a test \
+                     server or a tunnel",
+                    prof.name,
+                    known.join(", "),
+                    known[0]
+                ),
+            );
+        }
+    }
     if !up.tls_verify && up.tls != TlsMode::None {
         p.push(
             "upstream.tls_verify",
@@ -343,6 +435,17 @@ fn upstream(config: &Config, p: &mut Problems) {
     }
 
     non_zero(p, "upstream.idle_timeout", u.idle_timeout);
+    non_zero(p, "upstream.reachability_interval", u.reachability_interval);
+    if u.reachability_interval > super::schema::MAX_REACHABILITY_INTERVAL {
+        p.push(
+            "upstream.reachability_interval",
+            format!(
+                "is {}, more than the 30s allowed: an unreachable provider is checked at \
+                 least every 30s so that delivery resumes soon after it is back",
+                humantime::format_duration(u.reachability_interval)
+            ),
+        );
+    }
     let t = &u.timeouts;
     for (name, d) in [
         ("connect", t.connect),

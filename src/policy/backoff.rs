@@ -72,6 +72,8 @@ pub struct ConnectBackoff {
     backoff: Backoff,
     failures: u32,
     blocked_until: Duration,
+    /// When the first failure of the current run happened (clock time).
+    since: Option<Duration>,
 }
 
 impl ConnectBackoff {
@@ -80,6 +82,7 @@ impl ConnectBackoff {
             backoff,
             failures: 0,
             blocked_until: Duration::ZERO,
+            since: None,
         }
     }
 
@@ -89,6 +92,7 @@ impl ConnectBackoff {
         let d = self.backoff.delay(self.failures, None, rng);
         self.failures = self.failures.saturating_add(1);
         self.blocked_until = now.saturating_add(d);
+        self.since.get_or_insert(now);
         d
     }
 
@@ -96,6 +100,18 @@ impl ConnectBackoff {
     pub fn on_success(&mut self) {
         self.failures = 0;
         self.blocked_until = Duration::ZERO;
+        self.since = None;
+    }
+
+    /// The operator asked to try now (`queue retry --all`): the wait ends, the run of
+    /// failures (and when it began) is kept until a connection succeeds.
+    pub fn try_now(&mut self) {
+        self.blocked_until = Duration::ZERO;
+    }
+
+    /// When the current run of failures began; `None` while reachable.
+    pub fn since(&self) -> Option<Duration> {
+        self.since
     }
 
     /// Consecutive failures so far.

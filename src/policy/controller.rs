@@ -170,6 +170,19 @@ struct State {
     latency_step_downs: u64,
 }
 
+/// Whether the provider can be reached, as the connect outcomes say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reachability {
+    Reachable,
+    /// Connections have failed since `since_ms` (Unix ms), `failures` times in a row; the
+    /// next check is due in `next_check`.
+    Unreachable {
+        since_ms: u64,
+        next_check: Duration,
+        failures: u32,
+    },
+}
+
 /// The per-upstream controller. `&self` everywhere; share it with `Arc`.
 #[derive(Debug)]
 pub struct Controller<C: Clock = SystemClock> {
@@ -350,6 +363,30 @@ impl<C: Clock> Controller<C> {
     /// How long until a new connection may be attempted; `None` = now.
     pub fn connect_wait(&self) -> Option<Duration> {
         self.lock().connect.wait(self.clock.now())
+    }
+
+    /// Ends the wait of the connect backoff (the operator's `queue retry --all`): the
+    /// next connection is tried at once.
+    pub fn try_connect_now(&self) {
+        self.lock().connect.try_now();
+    }
+
+    /// Whether the provider is reachable; if not, since when (Unix ms) and in how long
+    /// the next check is due.
+    pub fn reachability(&self) -> Reachability {
+        let now = self.clock.now();
+        let st = self.lock();
+        match st.connect.since() {
+            None => Reachability::Reachable,
+            Some(since) => {
+                let ago = u64::try_from(now.saturating_sub(since).as_millis()).unwrap_or(u64::MAX);
+                Reachability::Unreachable {
+                    since_ms: self.clock.unix_ms().saturating_sub(ago),
+                    next_check: st.connect.wait(now).unwrap_or(Duration::ZERO),
+                    failures: st.connect.failures(),
+                }
+            }
+        }
     }
 
     /// A latency sample. Returns true if it stepped concurrency down.

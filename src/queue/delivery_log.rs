@@ -27,10 +27,28 @@ pub enum Action {
     Failed,
     /// Still undelivered after the queue's `max_age`; a bounce report goes to the sender.
     Expired,
-    /// Not tried because the account is paused; no attempt was used up.
+    /// Not tried because the account is paused (or the provider cannot be reached); no
+    /// attempt was used up. Written once, when the hold starts.
     Held,
+    /// Tried again after a hold: written once, when the hold ends, before the outcome.
+    Resumed,
     /// Not tried because the address is on the suppression list.
     Suppressed,
+}
+
+/// Unix ms as an RFC 3339 time in UTC with milliseconds (`2026-12-03T12:41:32.000Z`),
+/// what a person reads next to `ts_ms`.
+pub fn rfc3339(ms: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// A line as written: the RFC 3339 time first, then the entry's fields.
+#[derive(Serialize)]
+struct Line<'a> {
+    time: String,
+    #[serde(flatten)]
+    entry: &'a LogEntry<'a>,
 }
 
 /// One line of the log.
@@ -115,7 +133,11 @@ impl DeliveryLog {
             // A failed write may have left half a line: end it so this one parses.
             inner.line.push(b'\n');
         }
-        if let Err(e) = serde_json::to_writer(&mut inner.line, o) {
+        let line = Line {
+            time: rfc3339(o.ts_ms),
+            entry: o,
+        };
+        if let Err(e) = serde_json::to_writer(&mut inner.line, &line) {
             tracing::warn!(error = %e, "delivery log: cannot serialize an outcome");
             return;
         }
@@ -208,6 +230,9 @@ mod tests {
         let id = QueueId::from_u64(42 << 20).to_string();
         assert_eq!(lines[0]["queue_id"], id.as_str());
         assert_eq!(lines[0]["ts_ms"], 1_776_153_909_000u64);
+        // A time a person can read, next to the machine's.
+        assert_eq!(lines[0]["time"], "2026-04-14T08:05:09.000Z");
+        assert!(text.starts_with("{\"time\":"), "{text}");
         assert_eq!(lines[0]["from"], "news@example.org");
         assert_eq!(lines[0]["rcpt"], "a@example.net");
         assert_eq!(lines[0]["action"], "delivered");
@@ -236,6 +261,7 @@ mod tests {
             (Action::Failed, "failed"),
             (Action::Expired, "expired"),
             (Action::Held, "held"),
+            (Action::Resumed, "resumed"),
             (Action::Suppressed, "suppressed"),
         ];
         for (a, n) in names {

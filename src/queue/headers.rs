@@ -1,7 +1,8 @@
 //! The header section of a queued message, read for the few fields queue mode acts on:
 //! `Content-Type` and `Auto-Submitted` (is it a bounce or an automatic reply? see
-//! `dsn::is_bounce`) and `X-Listmonk-Campaign` (the campaign a bounce is reported for,
-//! see `webhook::campaign_uuid`). The one place where both the bounce report and the
+//! `dsn::is_bounce`), `X-Listmonk-Campaign` (the campaign a bounce is reported for,
+//! see `webhook::campaign_uuid`) and `Subject` (stored when a message is accepted, for
+//! `queue list`). The one place where both the bounce report and the
 //! webhook read a message's headers.
 //!
 //! The fields are parsed by mail-parser (unfolding, comments, quoted parameters).
@@ -47,7 +48,9 @@ impl<'a> Fields<'a> {
             // RFC 3834's `auto-submitted` is a keyword with optional `;` parameters and
             // comments: the shape of a MIME type without a subtype.
             .header_content_type(HeaderName::AutoSubmitted)
-            .header_raw(HeaderName::Other(LISTMONK_CAMPAIGN.into()));
+            .header_raw(HeaderName::Other(LISTMONK_CAMPAIGN.into()))
+            // Decoded (RFC 2047 encoded words), for `queue list`.
+            .header_text(HeaderName::Subject);
         Self(parser.parse_headers(header_block(message)))
     }
 
@@ -82,6 +85,21 @@ impl<'a> Fields<'a> {
             .any(|v| v.ctype().to_ascii_lowercase().starts_with("auto-replied"))
     }
 
+    /// The `Subject`, decoded (RFC 2047 encoded words), trimmed, at most 200 characters
+    /// and on one line: what `mailvalve queue list` shows beside the recipient.
+    pub fn subject(&self) -> Option<String> {
+        let s = self.0.as_ref()?.subject()?;
+        let one_line: String = s
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(200)
+            .collect();
+        (!one_line.is_empty()).then_some(one_line)
+    }
+
     /// The first `X-Listmonk-Campaign` field, trimmed, as it stands.
     pub fn listmonk_campaign(&self) -> Option<&str> {
         self.values(HeaderName::Other(LISTMONK_CAMPAIGN.into()))
@@ -94,6 +112,19 @@ impl<'a> Fields<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subject_is_decoded_and_on_one_line() {
+        let f = Fields::of(b"From: a@b\r\nSubject: =?UTF-8?Q?Vereins-Newsletter_M=C3=A4rz?=\r\n\tTeil 2\r\n\r\nSubject: body\r\n");
+        assert_eq!(
+            f.subject().as_deref(),
+            Some("Vereins-Newsletter März Teil 2")
+        );
+        assert_eq!(
+            Fields::of(b"From: a@b\r\n\r\nSubject: in the body\r\n").subject(),
+            None
+        );
+    }
 
     #[test]
     fn header_block_edges() {

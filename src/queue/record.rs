@@ -103,6 +103,10 @@ pub(crate) struct Record {
     pub paused_at_arrival: u64,
     pub body_len: u64,
     pub rcpts: Vec<Rcpt>,
+    /// The message's `Subject` (decoded, one line), read when it was accepted: headers
+    /// may be shown by `queue list`, bodies never. Absent in older spools.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
 }
 
 impl Record {
@@ -128,6 +132,7 @@ impl Record {
                     state: RcptState::new_pending(),
                 })
                 .collect(),
+            subject: None,
         }
     }
 
@@ -144,6 +149,7 @@ impl Record {
             paused_at_arrival: self.paused_at_arrival,
             body_len: self.body_len,
             rcpts: self.rcpts,
+            subject: self.subject,
         }
     }
 }
@@ -159,6 +165,8 @@ pub struct Message {
     pub paused_at_arrival: u64,
     pub body_len: u64,
     pub rcpts: Vec<Rcpt>,
+    /// The `Subject` header, when it had one (see `Record::subject`).
+    pub subject: Option<String>,
 }
 
 impl Message {

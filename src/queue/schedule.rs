@@ -48,6 +48,30 @@ pub enum Decision {
     },
     /// The account is paused: keep the recipient exactly as it was.
     Hold,
+    /// The provider takes no more recipients in this transaction (`452 4.5.3`): due
+    /// again at once, in the next transaction, uncounted — RFC 5321 §4.5.3.1.10 asks the
+    /// client to send the rest in another transaction, not to back off.
+    NextTransaction,
+}
+
+/// Whether `reply` in `phase` says "no more recipients in this transaction": a 4xx or 5xx
+/// to RCPT with the enhanced code x.5.3, or 452 saying "too many recipients" (RFC 5321
+/// gives 452 this meaning). The rule table still decides the verdict (defer); this only
+/// says when its retry is due.
+pub fn next_transaction_at_once(phase: Phase, reply: &Reply) -> bool {
+    if phase != Phase::Rcpt || reply.class() < 4 {
+        return false;
+    }
+    match reply.enhanced {
+        Some(e) => e.subject == 5 && e.detail == 3,
+        None => {
+            reply.code == 452
+                && reply
+                    .text()
+                    .to_ascii_lowercase()
+                    .contains("too many recipients")
+        }
+    }
 }
 
 /// A permanent 5.7.x policy block of one message is retried this many times (it may be
@@ -135,6 +159,9 @@ fn decide_reply(
                 hint: reply_hint(reply),
             }
         }
+        Verdict::Defer { .. } if next_transaction_at_once(phase, reply) => {
+            Decision::NextTransaction
+        }
         Verdict::Defer { hint } => Decision::Retry {
             counts: true,
             hint: *hint,
@@ -190,6 +217,28 @@ mod tests {
 
     fn decision(phase: Phase, text: &str, attempts: u32) -> Decision {
         decide(&answered(phase, text), attempts, 1, false).0
+    }
+
+    /// `452 4.5.3` at RCPT: the rest goes in the next transaction at once, not after a
+    /// backoff (issue 15); elsewhere, or a plain 452 "mailbox busy", is a normal defer.
+    #[test]
+    fn too_many_recipients_is_the_next_transaction_at_once() {
+        assert_eq!(
+            decision(Phase::Rcpt, "452 4.5.3 Too many recipients", 0),
+            Decision::NextTransaction
+        );
+        assert_eq!(
+            decision(Phase::Rcpt, "452 Too many recipients", 2),
+            Decision::NextTransaction
+        );
+        assert!(matches!(
+            decision(Phase::Rcpt, "452 4.2.2 Mailbox full", 0),
+            Decision::Retry { .. }
+        ));
+        assert!(matches!(
+            decision(Phase::Rcpt, "451 4.3.0 Try later", 0),
+            Decision::Retry { counts: true, .. }
+        ));
     }
 
     #[test]

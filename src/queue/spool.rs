@@ -254,6 +254,7 @@ impl Spool {
                 file: Some(file),
                 path: Some(path),
                 len: 0,
+                head: Vec::new(),
             }),
             Err(e) => Err(SpoolError::io(&format!("creating body {id}"), &e)),
         }
@@ -280,7 +281,8 @@ impl Spool {
             .ok_or_else(|| SpoolError::Io(format!("body {id} already failed")))?;
         file.flush().await.map_err(|e| SpoolError::io(&ctx(), &e))?;
         let file = file.into_std().await;
-        let record = Record::new(env, rcpts, now_ms(), body.len, self.shared.paused_ms());
+        let mut record = Record::new(env, rcpts, now_ms(), body.len, self.shared.paused_ms());
+        record.subject = super::headers::Fields::of(&std::mem::take(&mut body.head)).subject();
         // From here on the blocking part owns the file: it runs to its end even if this
         // future is dropped, and hands the record to the writer itself, so a body is
         // never left without its commit attempt.

@@ -67,4 +67,13 @@ pub trait Transport: Send + Sync + 'static {
         rcpts: &[String],
         message: &[u8],
     ) -> impl Future<Output = Vec<RcptOutcome>> + Send;
+
+    /// The reachability check, while the provider is unreachable: open a connection
+    /// (greeting, and whatever the session needs before a message) without sending any
+    /// message, and report the outcome to the controller as any connect does. `Some(true)`
+    /// when the provider answered, `Some(false)` when not; `None` when this transport
+    /// cannot check on its own (then a message's delivery is the check).
+    fn check_reachable(&self) -> impl Future<Output = Option<bool>> + Send {
+        async { None }
+    }
 }

@@ -125,6 +125,7 @@ impl RelayHandle {
         let engine = self.engine()?;
         control::set_pause_flag(&self.inner.dir, true)?;
         engine.hold_flag().store(true, Ordering::Release);
+        tracing::info!("operator: delivery paused (queue pause); mail is still accepted");
         Ok(())
     }
 
@@ -135,6 +136,7 @@ impl RelayHandle {
         engine.hold_flag().store(false, Ordering::Release);
         self.resume_account();
         engine.waker().notify_one();
+        tracing::info!("operator: delivery resumed (queue resume)");
         Ok(())
     }
 
@@ -146,17 +148,30 @@ impl RelayHandle {
         }
     }
 
-    /// Makes one message (or all) due now and wakes delivery; returns how many.
+    /// Makes one message (or all) due now and wakes delivery; returns how many. Also
+    /// ends the wait after connection failures: the provider is tried at once (an
+    /// operator who says "retry" after the provider came back must not wait out a
+    /// backoff).
     pub async fn retry(&self, which: Which) -> Result<usize, String> {
         let engine = self.engine()?;
         let n = control::retry(engine.spool(), which).await?;
+        self.inner.policy.controller.try_connect_now();
         engine.waker().notify_one();
+        match which {
+            Which::All => tracing::info!(
+                messages = n,
+                "operator: retry of every message now (queue retry --all)"
+            ),
+            Which::One(id) => tracing::info!(%id, "operator: retry now (queue retry)"),
+        }
         Ok(n)
     }
 
     /// Removes a message without delivering it (no bounce report).
     pub async fn delete(&self, id: QueueId) -> Result<(), String> {
-        control::delete(self.engine()?.spool(), id).await
+        control::delete(self.engine()?.spool(), id).await?;
+        tracing::info!(%id, "operator: message deleted without delivery (queue delete)");
+        Ok(())
     }
 }
 
@@ -199,6 +214,7 @@ impl Hooks for RelayHandle {
                 PauseState::Running => None,
                 PauseState::Paused { scope, .. } => Some(scope),
             },
+            reachability: self.inner.policy.controller.reachability(),
         })
     }
 }

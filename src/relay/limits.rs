@@ -45,6 +45,10 @@ pub fn controller_params(cfg: &Config, profile: &Profile) -> ControllerParams {
         max_connections: max,
         rate_per_second: per_sec,
         rate_floor: defaults.rate_floor.min(per_sec.unwrap_or(f64::MAX)),
+        // An unreachable provider is tried again at least every reachability_interval.
+        connect_backoff_max: defaults
+            .connect_backoff_max
+            .min(cfg.upstream.reachability_interval),
         ..defaults
     }
 }
@@ -123,6 +127,73 @@ mod tests {
         let p = controller_params(&cfg, &office());
         assert_eq!((p.initial_connections, p.max_connections), (1, 1));
         assert!((p.rate_per_second.unwrap() - 0.2).abs() < 1e-9);
+    }
+
+    /// In simulated time (the controller's injected clock): a provider away for ten
+    /// minutes is checked at least every reachability_interval, so the first check after
+    /// it is back comes within that interval — not after a backoff grown to minutes.
+    #[test]
+    fn an_unreachable_provider_is_checked_within_the_interval() {
+        use crate::policy::clock::{Clock, ManualClock};
+        use crate::policy::controller::{Controller, Reachability};
+        use std::time::Duration;
+        for interval in [30, 5] {
+            let mut cfg = Config::default();
+            cfg.upstream.reachability_interval = Duration::from_secs(interval);
+            let mut params = controller_params(&cfg, &office());
+            params.seed = Some(7);
+            let clock = ManualClock::new();
+            let c = Controller::new(params, clock.clone());
+            let back_at = Duration::from_secs(600);
+            let mut checks = 0;
+            let resumed = loop {
+                checks += 1;
+                assert!(checks < 10_000, "no end");
+                if let Some(w) = c.connect_wait() {
+                    assert!(w <= Duration::from_secs(interval), "{w:?}");
+                    clock.advance(w);
+                    continue;
+                }
+                if clock.now() >= back_at {
+                    c.on_connect_success();
+                    break clock.now();
+                }
+                c.on_connect_failure();
+                let Reachability::Unreachable {
+                    since_ms,
+                    next_check,
+                    ..
+                } = c.reachability()
+                else {
+                    panic!("reachable after a failure");
+                };
+                assert!(since_ms <= clock.unix_ms() && next_check <= Duration::from_secs(interval));
+            };
+            assert!(
+                resumed - back_at <= Duration::from_secs(interval),
+                "resumed {:?} after the provider was back",
+                resumed - back_at
+            );
+            assert_eq!(c.reachability(), Reachability::Reachable);
+        }
+    }
+
+    /// `queue retry --all` ends the wait at once.
+    #[test]
+    fn try_now_ends_the_connect_wait() {
+        use crate::policy::clock::ManualClock;
+        use crate::policy::controller::{Controller, Reachability};
+        let c = Controller::new(
+            controller_params(&Config::default(), &office()),
+            ManualClock::new(),
+        );
+        for _ in 0..8 {
+            c.on_connect_failure();
+        }
+        assert!(c.connect_wait().is_some());
+        c.try_connect_now();
+        assert_eq!(c.connect_wait(), None);
+        assert!(matches!(c.reachability(), Reachability::Unreachable { .. }));
     }
 
     #[test]

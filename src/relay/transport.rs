@@ -170,4 +170,17 @@ impl Transport for AdmissionTransport {
         }
         out
     }
+
+    /// Opens one connection as delivery would (the observer tells the controller how it
+    /// went) and keeps it in the pool for the next message; no message is sent.
+    async fn check_reachable(&self) -> Option<bool> {
+        let pool = self.admission.pool();
+        match crate::upstream::Connection::connect(pool.settings()).await {
+            Ok(conn) => {
+                pool.put(conn).await;
+                Some(true)
+            }
+            Err(_) => Some(false),
+        }
+    }
 }

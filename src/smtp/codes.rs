@@ -267,13 +267,35 @@ pub fn meaning(code: u16, lang: Lang) -> Option<&'static str> {
     Some(pick(lang, en, de))
 }
 
+/// A note on a provider's own marker in the reply text (Yahoo's `[TSS04]`), or `None`.
+/// Markers that the enhanced code cannot carry: Yahoo answers `421 4.7.0` for many
+/// reasons and names the real one in brackets.
+pub fn text_meaning(text: &str, lang: Lang) -> Option<&'static str> {
+    let upper = text.to_ascii_uppercase();
+    let (en, de) = if upper.contains("[TSS04]") {
+        (
+            "Yahoo [TSS04]: messages from this sender are deferred for now because of unusual volume or complaints of recipients; send slower and retry later.",
+            "Yahoo [TSS04]: Nachrichten dieses Absenders werden vorerst zurückgestellt, wegen ungewöhnlicher Menge oder Beschwerden von Empfängern; langsamer senden und später erneut versuchen.",
+        )
+    } else if upper.contains("[TS01]") || upper.contains("[TS02]") || upper.contains("[TS03]") {
+        (
+            "Yahoo [TS0x]: messages from this sender are deferred or refused because of unusual volume or complaints; check the sending reputation.",
+            "Yahoo [TS0x]: Nachrichten dieses Absenders werden wegen ungewöhnlicher Menge oder Beschwerden zurückgestellt oder abgelehnt; den Ruf des Absenders prüfen.",
+        )
+    } else {
+        return None;
+    };
+    Some(pick(lang, en, de))
+}
+
 /// What an enhanced status code means, or `None` when unknown.
 ///
 /// Class-independent meanings (RFC 3463 `X.s.d`) come first; a few provider-specific
 /// codes whose meaning depends on the class are handled before them: Google's 5.4.5
-/// (daily sending quota), Microsoft's 4.3.2 (concurrent connections), 5.1.90 (daily
-/// recipient limit), 4/5.2.121–122 (recipient's receive rate) and 5.2.251–255 (sender
-/// throttled).
+/// (daily sending quota), 4.7.28 and 5.7.26; Microsoft's 4.3.2 (concurrent connections),
+/// 5.1.90 (daily recipient limit), 4/5.2.121–122 (recipient's receive rate),
+/// 5.2.251–255 (sender throttled), 5.7.30 (basic authentication off), 4.7.650–652 (IP
+/// throttled) and 5.7.708 (IP refused).
 pub fn enhanced_meaning(e: EnhancedCode, lang: Lang) -> Option<&'static str> {
     let specific = match (e.class, e.subject, e.detail) {
         (5, 4, 5) => Some((
@@ -303,6 +325,26 @@ pub fn enhanced_meaning(e: EnhancedCode, lang: Lang) -> Option<&'static str> {
         (4, 7, 28) => Some((
             "Google: rate-limited because of an unusual volume of unsolicited mail.",
             "Google: gedrosselt wegen ungewöhnlich vieler unerwünschter Nachrichten.",
+        )),
+        (5, 7, 26) => Some((
+            "Gmail: the message is not authenticated (SPF, DKIM or DMARC of the sender's domain failed); set them up for the domain in the From address.",
+            "Gmail: die Nachricht ist nicht authentifiziert (SPF, DKIM oder DMARC der Absenderdomain fehlgeschlagen); diese für die Domain der From-Adresse einrichten.",
+        )),
+        (5, 7, 30) => Some((
+            "Microsoft: basic authentication (user name and password) is switched off for this account; it needs OAuth2: run `mailvalve oauth login --profile office365`.",
+            "Microsoft: die einfache Anmeldung (Benutzername und Passwort) ist für dieses Konto abgeschaltet; nötig ist OAuth2: `mailvalve oauth login --profile office365` ausführen.",
+        )),
+        (4, 7, 650) | (4, 7, 651) => Some((
+            "Microsoft: the sending IP is rate-limited because of its reputation; slow down and retry later.",
+            "Microsoft: die sendende IP wird wegen ihres Rufs gedrosselt; langsamer senden und später erneut versuchen.",
+        )),
+        (4, 7, 652) => Some((
+            "Microsoft: the sending IP exceeded its connection limit; use fewer connections.",
+            "Microsoft: die sendende IP hat ihr Verbindungslimit überschritten; weniger Verbindungen verwenden.",
+        )),
+        (5, 7, 708) => Some((
+            "Microsoft: traffic from this IP is not accepted (low reputation, often a new tenant); ask Microsoft support to review it.",
+            "Microsoft: Verkehr von dieser IP wird nicht angenommen (schlechter Ruf, oft ein neuer Mandant); den Microsoft-Support um Prüfung bitten.",
         )),
         _ => None,
     };
@@ -621,6 +663,29 @@ mod tests {
         }
         let cc = enhanced_meaning(EnhancedCode::new(4, 3, 2), Lang::En).unwrap_or("");
         assert!(cc.contains("concurrent"));
+        // The codes the big providers send (issue 15): each has its own text in both
+        // languages, not just the RFC's generic one.
+        for (c, s, d, word) in [
+            (5, 7, 30, "OAuth2"),
+            (4, 7, 650, "Microsoft"),
+            (4, 7, 651, "Microsoft"),
+            (4, 7, 652, "Microsoft"),
+            (5, 7, 708, "Microsoft"),
+            (5, 2, 251, "Microsoft"),
+            (5, 2, 255, "Microsoft"),
+            (4, 7, 28, "Google"),
+            (5, 7, 26, "Gmail"),
+            (5, 4, 5, "Google"),
+        ] {
+            let e = EnhancedCode::new(c, s, d);
+            let en = enhanced_meaning(e, Lang::En).unwrap_or_else(|| panic!("{e}"));
+            let de = enhanced_meaning(e, Lang::De).unwrap_or_else(|| panic!("{e}"));
+            assert!(en.contains(word) && de.contains(word), "{e}: {en} / {de}");
+            assert_ne!(en, de, "{e}");
+        }
+        let y = text_meaning("Messages from 1.2.3.4 temporarily deferred due to unexpected volume or user complaints - 4.16.55.1; see https://postmaster.yahooinc.com/error-codes [TSS04]", Lang::En).unwrap_or("");
+        assert!(y.contains("Yahoo"), "{y}");
+        assert!(text_meaning("plain text", Lang::De).is_none());
     }
 
     #[test]

@@ -33,8 +33,8 @@ fn err(e: impl std::fmt::Display) -> StoreError {
 }
 
 impl RedbFile {
-    /// Opens (or creates) the database at `path`; the parent directory must exist. A new
-    /// file is created with mode 0600 (it holds addresses), and the directory entry is
+    /// Opens (or creates) the database at `path`, and its directory if missing (owner
+    /// only, like the spool's). A new file is created with mode 0600 (it holds addresses), and the directory entry is
     /// made durable. An existing file readable by others is used as it is, with a
     /// warning. Another process holding the database (a running mailvalve) is an error
     /// that says so.
@@ -64,6 +64,13 @@ impl RedbFile {
 /// wider permissions); `true` when it was created now. Portable path: elsewhere the
 /// file gets the platform's default permissions.
 fn open_file(path: &Path) -> std::io::Result<(std::fs::File, bool)> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.is_dir() {
+            let mut b = std::fs::DirBuilder::new();
+            b.recursive(true);
+            crate::platform::private_dir(&mut b).create(dir)?;
+        }
+    }
     let mut o = std::fs::OpenOptions::new();
     o.read(true).write(true);
     crate::platform::owner_only(&mut o);
@@ -139,6 +146,22 @@ mod tests {
     use super::*;
     use crate::policy::suppression::{SoftPolicy, Suppressions};
     use crate::smtp::{EnhancedCode, Reply};
+
+    /// `run` used to refuse a suppression path in a missing directory with a bare "No
+    /// such file or directory"; the directory is now created, like the spool's.
+    #[test]
+    fn missing_directories_are_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data/lists/s.redb");
+        let store = RedbStore::open(&path).unwrap();
+        drop(store);
+        assert!(path.is_file());
+        // A directory that cannot be made (a file in the way) is an error naming the path.
+        std::fs::write(dir.path().join("file"), b"x").unwrap();
+        let bad = dir.path().join("file/s.redb");
+        let e = RedbStore::open(&bad).err().unwrap();
+        assert!(e.0.contains(&bad.display().to_string()), "{}", e.0);
+    }
 
     #[cfg(unix)]
     #[test]

@@ -89,3 +89,62 @@ async fn operator_commands_offline_and_against_the_running_instance() {
     eventually("delivered after resume", || p.messages().len() == 1).await;
     mv.stop().await;
 }
+
+/// What the operator sees while the provider is down (issue 15, point 5): `status` says
+/// the provider is unreachable and since when, `list` shows the recipient and the
+/// subject and, as "next", that it waits for the provider — not "now"; paused, it says
+/// so; and `retry --all` says the provider is tried at once.
+#[tokio::test]
+async fn status_and_list_tell_the_state_during_an_outage() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Provider::builder().start().await;
+    let mut down = p.upstream_config();
+    down.port = closed_port();
+    let cfg = config(dir.path(), down);
+    let file = dir.path().join("mailvalve.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[queue]\ndir = {:?}\n[suppression]\npath = {:?}\n",
+            cfg.queue.dir, cfg.suppression.path
+        ),
+    )
+    .unwrap();
+    let mv = start(cfg).await;
+    mv.campaign(&["reader@example.org", "second@example.org"], 3)
+        .await;
+    let mut status = String::new();
+    for _ in 0..150 {
+        status = queue_cli_off_thread(&file, &["status"]).await.1;
+        if status.contains("provider: UNREACHABLE since ") {
+            break;
+        }
+        sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        status.contains("provider: UNREACHABLE since 20"),
+        "{status}"
+    );
+    assert!(status.contains("2 recipient(s) pending"), "{status}");
+    assert!(status.contains("pace: "), "{status}");
+    assert!(status.contains("today: 0 delivered"), "{status}");
+    assert!(
+        !status.contains("Quota") && !status.contains("Some("),
+        "{status}"
+    );
+
+    let (ok, list) = queue_cli_off_thread(&file, &["list"]).await;
+    assert!(ok, "{list}");
+    assert!(list.contains("reader@example.org (+1)"), "{list}");
+    assert!(list.contains("Spring news 3"), "{list}");
+    assert!(list.contains("waiting for the provider"), "{list}");
+
+    let (ok, out) = queue_cli_off_thread(&file, &["retry", "--all"]).await;
+    assert!(ok && out.contains("tried at once"), "{out}");
+
+    let (ok, _) = queue_cli_off_thread(&file, &["pause"]).await;
+    assert!(ok);
+    let (_, list) = queue_cli_off_thread(&file, &["list"]).await;
+    assert!(list.contains("paused (queue resume)"), "{list}");
+    mv.stop().await;
+}

@@ -403,6 +403,76 @@ fn relative_paths_resolve_against_the_file() {
     assert_eq!(c.upstream.ca_file.unwrap(), dir.path().join("ca.pem"));
 }
 
+/// The spool, the delivery log and the suppression database follow the file too,
+/// written or defaulted; a variable's relative path stays relative to the current
+/// directory; an empty delivery log stays "no log".
+#[test]
+fn data_paths_resolve_against_the_file_and_env_paths_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        &dir,
+        "[queue]\ndir = \"spool\"\ndelivery_log = \"logs/d.log\"\n",
+    );
+    let c = load_with_env(&path, env(&[])).unwrap();
+    assert_eq!(c.queue.dir, dir.path().join("spool"));
+    assert_eq!(
+        c.queue.delivery_log.as_deref(),
+        Some(dir.path().join("logs/d.log").as_path())
+    );
+    assert_eq!(
+        c.suppression.path,
+        dir.path().join("mailvalve-suppression.redb")
+    );
+
+    let path = write(&dir, "[queue]\ndelivery_log = \"\"\n");
+    let c = load_with_env(
+        &path,
+        env(&[
+            ("MAILVALVE__QUEUE__DIR", "here/spool"),
+            ("MAILVALVE__SUPPRESSION__PATH", "s.redb"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(c.queue.dir, PathBuf::from("here/spool"));
+    assert_eq!(c.suppression.path, PathBuf::from("s.redb"));
+    assert_eq!(c.queue.delivery_log_path(), None);
+
+    // No file: nothing is resolved, the current directory is the base.
+    let c = load_from(None, env(&[])).unwrap().config;
+    assert_eq!(c.queue.dir, PathBuf::from("mailvalve-spool"));
+}
+
+/// The OAuth2 token file is a data path like the spool: written or defaulted, it lives
+/// next to the config file; a variable's relative path stays relative to the current
+/// directory.
+#[test]
+fn token_file_resolves_against_the_file_like_the_data_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(&dir, "[upstream.oauth2]\nclient_id = \"c\"\n");
+    let c = load_with_env(&path, env(&[])).unwrap();
+    let o = c.upstream.oauth2.unwrap();
+    assert_eq!(
+        o.token_file.unwrap(),
+        dir.path().join("mailvalve-oauth2-token.json")
+    );
+
+    let path = write(
+        &dir,
+        "[upstream.oauth2]\nclient_id = \"c\"\ntoken_file = \"secret/t.json\"\n",
+    );
+    let c = load_with_env(&path, env(&[])).unwrap();
+    let o = c.upstream.oauth2.unwrap();
+    assert_eq!(o.token_file.unwrap(), dir.path().join("secret/t.json"));
+
+    let c = load_with_env(
+        &path,
+        env(&[("MAILVALVE__UPSTREAM__OAUTH2__TOKEN_FILE", "here/t.json")]),
+    )
+    .unwrap();
+    let o = c.upstream.oauth2.unwrap();
+    assert_eq!(o.token_file.unwrap(), PathBuf::from("here/t.json"));
+}
+
 #[test]
 fn validated_load_attributes_problems() {
     let dir = tempfile::tempdir().unwrap();

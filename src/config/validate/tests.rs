@@ -43,6 +43,64 @@ fn defaults_are_valid() {
     assert_eq!(validate(&Config::default()), Ok(()));
 }
 
+fn warning_keys(c: &Config) -> Vec<String> {
+    warnings(c).into_iter().map(|w| w.key).collect()
+}
+
+/// Suspicious but legal: each is a warning (not an error) naming the key.
+#[test]
+fn port_and_tls_mismatches_warn() {
+    let mut c = Config::default();
+    assert!(warnings(&c).is_empty(), "{:?}", warnings(&c));
+    c.upstream.port = 465;
+    assert_eq!(warning_keys(&c), ["upstream.tls"]);
+    assert!(warnings(&c)[0].message.contains("implicit"));
+    c.upstream.tls = TlsMode::Implicit;
+    assert!(warnings(&c).is_empty());
+    c.upstream.port = 587;
+    assert_eq!(warning_keys(&c), ["upstream.tls"]);
+    assert!(warnings(&c)[0].message.contains("starttls"));
+    assert_eq!(validate(&c), Ok(()));
+}
+
+#[test]
+fn a_host_outside_the_profile_warns() {
+    let mut c = Config::default();
+    c.upstream.profile = "gmail".into();
+    c.upstream.host = "smtp.example.org".into();
+    assert_eq!(warning_keys(&c), ["upstream.host"]);
+    assert!(warnings(&c)[0].message.contains("smtp.gmail.com"));
+    c.upstream.host = "SMTP.gmail.com".into();
+    assert!(warnings(&c).is_empty());
+    // A profile may list several hosts: Workspace's SMTP relay is one of its own.
+    c.upstream.profile = "google-workspace".into();
+    c.upstream.host = "smtp-relay.gmail.com".into();
+    assert!(warnings(&c).is_empty(), "{:?}", warnings(&c));
+    // A profile without a host (SES: one per region) says nothing.
+    c.upstream.profile = "amazon-ses".into();
+    c.upstream.host = "email-smtp.eu-west-1.amazonaws.com".into();
+    assert!(warnings(&c).is_empty());
+}
+
+/// What `run` would refuse when opening its files: a file where a directory must
+/// be. A missing directory is fine (created at start).
+#[test]
+fn data_paths_that_cannot_be_opened_are_problems() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("afile");
+    std::fs::write(&file, b"x").unwrap();
+    let mut c = Config::default();
+    c.queue.dir = dir.path().join("new/spool");
+    c.suppression.path = dir.path().join("new/lists/s.redb");
+    assert_eq!(validate(&c), Ok(()));
+    c.queue.dir = file.join("spool");
+    c.suppression.path = file.join("s.redb");
+    assert_eq!(keys(&c), ["queue.dir", "suppression.path"]);
+    c.suppression.path = dir.path().to_path_buf();
+    let e = validate(&c).unwrap_err();
+    assert!(e[1].message.contains("is a directory"), "{e:?}");
+}
+
 #[test]
 fn queue_keys_are_checked() {
     let mut c = Config::default();

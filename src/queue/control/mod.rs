@@ -36,6 +36,7 @@ use super::deliver::StatsSnapshot;
 use super::record::{Message, RcptState, StoredReply};
 use super::spool::now_ms;
 use super::{QueueId, Spool, Which};
+use crate::policy::controller::Reachability;
 use crate::policy::verdict::PauseScope;
 
 mod socket;
@@ -145,6 +146,8 @@ pub struct LiveStatus {
     pub rate: Option<f64>,
     /// Why the account is paused, if it is.
     pub account_pause: Option<PauseScope>,
+    /// Whether the provider can be reached (since when not, next check).
+    pub reachability: Reachability,
 }
 
 impl LiveStatus {
@@ -155,8 +158,24 @@ impl LiveStatus {
         } else {
             ""
         };
+        let provider = match self.reachability {
+            Reachability::Reachable => "provider: reachable\n".to_owned(),
+            Reachability::Unreachable {
+                since_ms,
+                next_check,
+                failures,
+            } => format!(
+                "provider: UNREACHABLE since {} ({failures} failed connection attempt(s) in a row); next check in {}s (`mailvalve queue retry --all` checks at once)\n",
+                super::delivery_log::rfc3339(since_ms),
+                next_check.as_secs()
+            ),
+        };
+        let t = &d.today;
         format!(
-            "instance: running\n{halted}since start: {} delivered, {} deferred, {} failed, {} bounce report(s), {} transaction(s)\nconnections: limit {} (ceiling {})\nrate: {}\naccount pause: {}\n",
+            "instance: running\n{provider}{halted}today: {} delivered, {} deferred, {} failed\nsince start: {} delivered, {} deferred, {} failed, {} bounce report(s), {} transaction(s)\nconnections: limit {} (ceiling {})\npace: {}\naccount pause: {}\n",
+            t.delivered,
+            t.deferred,
+            t.failed,
             d.delivered,
             d.deferred,
             d.failed,
@@ -165,10 +184,16 @@ impl LiveStatus {
             self.concurrency_limit,
             self.concurrency_ceiling
                 .map_or("none".into(), |n| n.to_string()),
-            self.rate
-                .map_or("unlimited".into(), |r| format!("{:.2} msg/s", r)),
-            self.account_pause
-                .map_or("off".into(), |scope| format!("{scope:?}"))
+            self.rate.map_or("unlimited".into(), |r| format!(
+                "{:.2} msg/s ({:.0} per minute, {:.0} per hour)",
+                r,
+                r * 60.0,
+                r * 3600.0
+            )),
+            self.account_pause.map_or("off".into(), |scope| format!(
+                "on: {} (`mailvalve queue resume` ends it)",
+                pause_words(scope)
+            ))
         )
     }
 }
@@ -251,21 +276,54 @@ pub async fn execute(hooks: &dyn Hooks, cmd: Command) -> Result<String, String> 
             let mut out = String::new();
             let _ = writeln!(
                 out,
-                "{:<13}  {:>8}  {:>9}  {:<10}  {:<32}  last reply",
-                "id", "age", "pending", "next", "from"
+                "{:<13}  {:>6}  {:>7}  {:<24}  {:<32}  {:<32}  last reply",
+                "id", "age", "pending", "next", "recipient", "subject"
             );
+            let held = why_held(hooks, dir);
+            let rate = hooks.live().and_then(|l| l.rate);
             let mut pending_total = 0usize;
-            for m in &msgs {
-                let pending = m.rcpts.iter().filter(|r| !r.state.is_final()).count();
-                pending_total += pending;
+            // Due messages go out one after another at the current pace: the k-th due
+            // one is about k / rate seconds away, not "now".
+            let mut due_before = 0usize;
+            let mut rows: Vec<&Message> = msgs.iter().collect();
+            rows.sort_by_key(|m| (first_due(m).unwrap_or(u64::MAX), m.id));
+            for m in rows {
+                let pending: Vec<&str> = m
+                    .rcpts
+                    .iter()
+                    .filter(|r| !r.state.is_final())
+                    .map(|r| r.address.as_str())
+                    .collect();
+                pending_total += pending.len();
+                let next = match (&held, first_due(m)) {
+                    (_, None) => "-".to_owned(),
+                    (Some(why), _) => why.clone(),
+                    (None, Some(t)) if t > now => format!("in {}", human(t - now)),
+                    (None, Some(_)) => {
+                        let wait = rate.filter(|r| *r > 0.0).map(|r| due_before as f64 / r);
+                        due_before += 1;
+                        match wait {
+                            Some(s) if s >= 1.0 => {
+                                format!("in ~{} (paced)", human((s * 1000.0) as u64))
+                            }
+                            _ => "now".to_owned(),
+                        }
+                    }
+                };
+                let recipient = match pending.as_slice() {
+                    [] => "-".to_owned(),
+                    [one] => (*one).to_owned(),
+                    [one, rest @ ..] => format!("{one} (+{})", rest.len()),
+                };
                 let _ = writeln!(
                     out,
-                    "{:<13}  {:>8}  {:>9}  {:<10}  {:<32}  {}",
+                    "{:<13}  {:>6}  {:>7}  {:<24}  {:<32}  {:<32}  {}",
                     m.id,
                     age(now, m.received),
-                    format!("{pending}/{}", m.rcpts.len()),
-                    next_attempt(now, m),
-                    sender(&m.envelope.from),
+                    format!("{}/{}", pending.len(), m.rcpts.len()),
+                    next,
+                    clip(&recipient, 32),
+                    clip(m.subject.as_deref().unwrap_or("-"), 32),
                     last_reply(m).map(ToString::to_string).unwrap_or_default()
                 );
             }
@@ -291,7 +349,21 @@ pub async fn execute(hooks: &dyn Hooks, cmd: Command) -> Result<String, String> 
         }
         Command::Retry(which) => {
             let n = hooks.retry(which).await?;
-            Ok(format!("{n} message(s) due now\n"))
+            let total = off_runtime(|| spool.list())
+                .map(|m| {
+                    m.iter()
+                        .filter(|m| m.rcpts.iter().any(|r| !r.state.is_final()))
+                        .count()
+                })
+                .unwrap_or(n);
+            let live = if hooks.live().is_some() {
+                "; the provider is tried at once, any wait after connection failures ends"
+            } else {
+                "; delivered when mailvalve runs"
+            };
+            Ok(format!(
+                "{n} message(s) moved forward, {total} message(s) due now{live}\n"
+            ))
         }
         Command::Delete(id) => {
             hooks.delete(id).await?;
@@ -307,16 +379,22 @@ pub async fn execute(hooks: &dyn Hooks, cmd: Command) -> Result<String, String> 
         }
         Command::Status => {
             let msgs = off_runtime(|| spool.list()).map_err(|e| e.to_string())?;
-            let pending: usize = msgs
-                .iter()
-                .map(|m| m.rcpts.iter().filter(|r| !r.state.is_final()).count())
-                .sum();
+            let (mut due, mut waiting) = (0usize, 0usize);
+            for r in msgs.iter().flat_map(|m| &m.rcpts) {
+                if let RcptState::Pending { next_attempt, .. } = r.state {
+                    if next_attempt > now {
+                        waiting += 1;
+                    } else {
+                        due += 1;
+                    }
+                }
+            }
             let mut out = format!(
-                "queue: {} message(s), {} recipient(s) pending\noperator pause: {}\n",
+                "queue: {} message(s), {} recipient(s) pending: {due} due now, {waiting} deferred (waiting for a retry)\noperator pause: {}\n",
                 msgs.len(),
-                pending,
+                due + waiting,
                 if pause_flag(dir).exists() {
-                    "on"
+                    "on (`mailvalve queue resume` ends it)"
                 } else {
                     "off"
                 }
@@ -398,20 +476,49 @@ fn last_reply(m: &Message) -> Option<&StoredReply> {
     })
 }
 
-fn next_attempt(now: u64, m: &Message) -> String {
-    let next = m
-        .rcpts
+/// When the first pending recipient of `m` is due (Unix ms).
+fn first_due(m: &Message) -> Option<u64> {
+    m.rcpts
         .iter()
         .filter_map(|r| match r.state {
             RcptState::Pending { next_attempt, .. } => Some(next_attempt),
             _ => None,
         })
-        .min();
-    match next {
-        Some(t) if t > now => format!("in {}", human(t - now)),
-        Some(_) => "now".into(),
-        None => "-".into(),
+        .min()
+}
+
+/// Why nothing is sent now, for `list`'s "next" column: the operator's pause, the
+/// account's pause, or a provider that cannot be reached. `None`: delivery runs.
+fn why_held(hooks: &dyn Hooks, dir: &Path) -> Option<String> {
+    if pause_flag(dir).exists() {
+        return Some("paused (queue resume)".into());
     }
+    let live = hooks.live()?;
+    if let Some(scope) = live.account_pause {
+        return Some(format!("paused: {}", pause_words(scope)));
+    }
+    match live.reachability {
+        Reachability::Unreachable { .. } => Some("waiting for the provider".into()),
+        Reachability::Reachable => None,
+    }
+}
+
+fn pause_words(scope: PauseScope) -> &'static str {
+    match scope {
+        PauseScope::Auth => "login refused",
+        PauseScope::Quota => "quota used up",
+        PauseScope::Policy => "policy refusals",
+    }
+}
+
+/// At most `n` characters, with "…" when cut.
+fn clip(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        return s.to_owned();
+    }
+    let mut out: String = s.chars().take(n.saturating_sub(1)).collect();
+    out.push('…');
+    out
 }
 
 fn age(now: u64, then: u64) -> String {

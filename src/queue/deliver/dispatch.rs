@@ -15,9 +15,13 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::{Delivery, Pacing, Round, BUSY_NAP_MS, HALT_RETRY_MAX, HALT_RETRY_MIN, PAUSE_SAVE_MS};
+use crate::policy::controller::Reachability;
 use crate::queue::schedule;
 use crate::queue::transport::Transport;
 use crate::queue::{QueueId, SpoolError};
+
+/// How often the progress line is written while delivering.
+const PROGRESS_EVERY_MS: u64 = 60_000;
 
 impl<T: Transport, P: Pacing> Delivery<T, P> {
     /// Runs until `shutdown`, then lets the transactions in flight finish (at most
@@ -29,10 +33,16 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
         let mut halt_retry = HALT_RETRY_MIN;
         // Paused time not yet written to the spool.
         let mut unsaved_pause = 0u64;
+        // Since when (Unix ms) the provider is unreachable, as last logged.
+        let mut away_since: Option<u64> = None;
+        // The counters at the last progress line, and when it was written.
+        let mut progress = (self.stats(), self.pacing.now_ms());
         loop {
             if shutdown.is_cancelled() {
                 break;
             }
+            away_since = self.log_reachability(away_since);
+            progress = self.log_progress(progress);
             // Outcomes that could not be written come first; nothing is sent until they
             // are on disk.
             if self.is_halted() {
@@ -90,6 +100,23 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
                 self.sleep(nap, &shutdown).await;
                 continue;
             }
+            // The provider was unreachable and the wait is over: check it before any
+            // message is taken, so a provider still away costs no message a round and
+            // writes nothing to the delivery log. Every failed check lengthens the wait
+            // (up to `upstream.reachability_interval`).
+            if matches!(self.pacing.reachability(), Reachability::Unreachable { .. }) {
+                let checked = tokio::select! {
+                    c = self.transport.check_reachable() => c,
+                    _ = shutdown.cancelled() => break,
+                };
+                if checked == Some(false) {
+                    if self.pacing.connect_wait().is_none() {
+                        // A failure the controller did not count: never a tight loop.
+                        self.sleep(Duration::from_secs(1), &shutdown).await;
+                    }
+                    continue;
+                }
+            }
             let permit = tokio::select! {
                 p = slots.clone().acquire_owned() => match p {
                     Ok(p) => p,
@@ -139,6 +166,49 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
         }
         if unsaved_pause > 0 {
             self.save_pause().await;
+        }
+    }
+
+    /// One info line a minute while there is something to tell: what happened in that
+    /// minute and what is left. Returns the state to remember.
+    fn log_progress(&self, (last, at): (super::StatsSnapshot, u64)) -> (super::StatsSnapshot, u64) {
+        let now = self.pacing.now_ms();
+        if now.saturating_sub(at) < PROGRESS_EVERY_MS {
+            return (last, at);
+        }
+        let s = self.stats();
+        if s != last {
+            tracing::info!(
+                delivered = s.delivered - last.delivered,
+                deferred = s.deferred - last.deferred,
+                failed = s.failed - last.failed,
+                queued = self.spool.len(),
+                "queue: progress in the last minute"
+            );
+        }
+        (s, now)
+    }
+
+    /// Logs when the provider becomes unreachable and when it is back (once each, not at
+    /// every check); returns the state to remember.
+    fn log_reachability(&self, logged: Option<u64>) -> Option<u64> {
+        match (self.pacing.reachability(), logged) {
+            (Reachability::Unreachable { since_ms, .. }, None) => {
+                tracing::warn!(
+                    since = %crate::queue::delivery_log::rfc3339(since_ms),
+                    "provider unreachable: delivery waits and checks it again at least every upstream.reachability_interval"
+                );
+                Some(since_ms)
+            }
+            (Reachability::Reachable, Some(since)) => {
+                let away = Duration::from_millis(self.pacing.now_ms().saturating_sub(since));
+                tracing::info!(
+                    after = %humantime::format_duration(Duration::from_secs(away.as_secs())),
+                    "provider reachable again: delivery resumes"
+                );
+                None
+            }
+            (_, state) => state,
         }
     }
 

@@ -51,7 +51,7 @@ use super::transport::Transport;
 use super::webhook::Webhook;
 use super::{QueueId, Spool};
 use crate::policy::clock::Clock;
-use crate::policy::controller::Controller;
+use crate::policy::controller::{Controller, Reachability};
 use crate::policy::pause::PauseState;
 use crate::smtp::Reply;
 
@@ -66,6 +66,10 @@ pub trait Pacing: Send + Sync + 'static {
     /// While the upstream backs off after connection failures: how much longer.
     fn connect_wait(&self) -> Option<Duration> {
         None
+    }
+    /// Whether the provider can be reached, as the connect outcomes say.
+    fn reachability(&self) -> Reachability {
+        Reachability::Reachable
     }
 }
 
@@ -87,6 +91,9 @@ impl<C: Clock + 'static> Pacing for Controller<C> {
     }
     fn connect_wait(&self) -> Option<Duration> {
         Controller::connect_wait(self)
+    }
+    fn reachability(&self) -> Reachability {
+        Controller::reachability(self)
     }
 }
 
@@ -134,6 +141,42 @@ pub struct DeliveryStats {
     pub failed: AtomicU64,
     pub bounces: AtomicU64,
     pub transactions: AtomicU64,
+    /// The same outcomes for the current local calendar day (since start, if started
+    /// today).
+    today: Mutex<Today>,
+}
+
+/// Outcomes of one local calendar day.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Today {
+    /// Days since 1 January of year 1 (local time); 0 before the first outcome.
+    pub day: i32,
+    pub delivered: u64,
+    pub deferred: u64,
+    pub failed: u64,
+}
+
+/// Which counter an outcome goes to.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Counted {
+    Delivered,
+    Deferred,
+    Failed,
+}
+
+/// The local calendar day of `unix_ms` (days since 1 January of year 1), in the system's
+/// time zone: what "today" means to the person reading `queue status`.
+pub fn local_day(unix_ms: u64) -> i32 {
+    use chrono::Datelike;
+    i64::try_from(unix_ms)
+        .ok()
+        .and_then(chrono::DateTime::from_timestamp_millis)
+        .map(|t| {
+            t.with_timezone(&chrono::Local)
+                .date_naive()
+                .num_days_from_ce()
+        })
+        .unwrap_or(0)
 }
 
 /// A snapshot of [`DeliveryStats`].
@@ -144,17 +187,54 @@ pub struct StatsSnapshot {
     pub failed: u64,
     pub bounces: u64,
     pub transactions: u64,
+    /// Today's outcomes (zero when nothing happened yet today).
+    pub today: Today,
 }
 
 impl DeliveryStats {
-    pub fn snapshot(&self) -> StatsSnapshot {
+    /// The counters, with "today" as of `day` (see [`local_day`]).
+    pub fn snapshot_on(&self, day: i32) -> StatsSnapshot {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let today = *self.today.lock().unwrap_or_else(|p| p.into_inner());
         StatsSnapshot {
             delivered: g(&self.delivered),
             deferred: g(&self.deferred),
             failed: g(&self.failed),
             bounces: g(&self.bounces),
             transactions: g(&self.transactions),
+            today: if today.day == day {
+                today
+            } else {
+                Today {
+                    day,
+                    ..Today::default()
+                }
+            },
+        }
+    }
+
+    /// Counts one outcome, since start and on `day`.
+    pub(crate) fn count(&self, what: Counted, day: i32) {
+        let mut t = self.today.lock().unwrap_or_else(|p| p.into_inner());
+        if t.day != day {
+            *t = Today {
+                day,
+                ..Today::default()
+            };
+        }
+        match what {
+            Counted::Delivered => {
+                self.delivered.fetch_add(1, Ordering::Relaxed);
+                t.delivered += 1;
+            }
+            Counted::Deferred => {
+                self.deferred.fetch_add(1, Ordering::Relaxed);
+                t.deferred += 1;
+            }
+            Counted::Failed => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                t.failed += 1;
+            }
         }
     }
 }
@@ -170,6 +250,9 @@ pub struct Delivery<T: Transport, P: Pacing> {
     wake: Arc<Notify>,
     held: Arc<AtomicBool>,
     in_flight: Mutex<HashSet<QueueId>>,
+    /// Recipients (message, index) whose hold was logged: a hold is logged once when it
+    /// starts and once when it ends, not at every check.
+    holds: Mutex<HashSet<(QueueId, usize)>>,
     /// Messages whose last round could not read them (record or body): not before
     /// (unix ms), and how many times in a row. Keeps a broken message from being re-sent
     /// in a loop; the count stays until a round succeeds, so the wait keeps growing.
@@ -254,6 +337,7 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
             wake: Arc::new(Notify::new()),
             held: Arc::new(AtomicBool::new(false)),
             in_flight: Mutex::new(HashSet::new()),
+            holds: Mutex::new(HashSet::new()),
             delayed: Mutex::new(HashMap::new()),
             // Nothing is sent before a first commit shows the spool takes writes.
             gate: Mutex::new(Gate {
@@ -295,7 +379,12 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
     }
 
     pub fn stats(&self) -> StatsSnapshot {
-        self.stats.snapshot()
+        self.stats.snapshot_on(local_day(self.pacing.now_ms()))
+    }
+
+    /// Counts one outcome (since start and today).
+    pub(crate) fn count(&self, what: Counted) {
+        self.stats.count(what, local_day(self.pacing.now_ms()));
     }
 
     pub fn spool(&self) -> &Arc<Spool> {

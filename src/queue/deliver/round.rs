@@ -48,7 +48,7 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
                         } = &r.state
                         {
                             let reply = expired_reply(last_reply.as_ref());
-                            self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                            self.count(super::Counted::Failed);
                             self.log_outcome(
                                 &msg,
                                 &r.address,
@@ -161,9 +161,20 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
                 };
                 let (decision, verdict) = schedule::decide(out, attempts, chunk.len(), backing_off);
                 let reply = StoredReply::from(out.reply());
+                if decision != Decision::Hold && self.hold_ended(msg.id, i) {
+                    self.log_outcome(
+                        &msg,
+                        &rcpt.address,
+                        Action::Resumed,
+                        &reply,
+                        verdict,
+                        attempts,
+                        None,
+                    );
+                }
                 match decision {
                     Decision::Delivered => {
-                        self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+                        self.count(super::Counted::Delivered);
                         self.log_outcome(
                             &msg,
                             &rcpt.address,
@@ -206,7 +217,7 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
                             .retry_delay(if counts { attempts } else { 0 }, hint);
                         let next = schedule::next_attempt(now, delay);
                         let attempts = attempts + u32::from(counts);
-                        self.stats.deferred.fetch_add(1, Ordering::Relaxed);
+                        self.count(super::Counted::Deferred);
                         self.log_outcome(
                             &msg,
                             &rcpt.address,
@@ -225,6 +236,28 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
                             },
                         ));
                     }
+                    Decision::NextTransaction => {
+                        // Due now: the dispatcher takes the message again as soon as
+                        // this round ends, for a transaction of its own.
+                        self.count(super::Counted::Deferred);
+                        self.log_outcome(
+                            &msg,
+                            &rcpt.address,
+                            Action::Deferred,
+                            &reply,
+                            verdict,
+                            attempts,
+                            Some(now),
+                        );
+                        updates.push((
+                            i,
+                            RcptState::Pending {
+                                attempts,
+                                next_attempt: now,
+                                last_reply: Some(reply),
+                            },
+                        ));
+                    }
                     Decision::Hold => {
                         held = true;
                         let is_busy = matches!(
@@ -235,7 +268,7 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
                             }
                         );
                         busy |= is_busy;
-                        if !is_busy {
+                        if !is_busy && self.hold_started(msg.id, i) {
                             self.log_outcome(
                                 &msg,
                                 &rcpt.address,
@@ -290,7 +323,7 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
         failures: &mut Vec<Failure>,
     ) {
         let address = msg.rcpts[i].address.clone();
-        self.stats.failed.fetch_add(1, Ordering::Relaxed);
+        self.count(super::Counted::Failed);
         let action = if kind == FailKind::Expired {
             Action::Expired
         } else {
@@ -491,6 +524,22 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
         }
         job.bounced = true;
         Ok(())
+    }
+
+    /// Records that recipient `i` of `id` is held; true the first time (log it then).
+    fn hold_started(&self, id: QueueId, i: usize) -> bool {
+        self.holds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((id, i))
+    }
+
+    /// Records that recipient `i` of `id` is tried again; true if it was held.
+    fn hold_ended(&self, id: QueueId, i: usize) -> bool {
+        self.holds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(id, i))
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -21,7 +21,13 @@ pub struct BodyWriter {
     /// The file to delete on drop; `None` once `commit` owns it.
     pub(super) path: Option<PathBuf>,
     pub(super) len: u64,
+    /// The first bytes of the message (at most [`HEAD_KEPT`]), for its `Subject`.
+    pub(super) head: Vec<u8>,
 }
+
+/// How much of a message's start is kept in memory while it is written, to read its
+/// `Subject` for `queue list`: header sections are short, and a body is never kept.
+const HEAD_KEPT: usize = 16 * 1024;
 
 impl BodyWriter {
     /// Appends `chunk`. After an error the writer is spent: drop it.
@@ -37,6 +43,10 @@ impl BodyWriter {
             return Err(SpoolError::io(&format!("writing body {id}"), &e));
         }
         self.len += chunk.len() as u64;
+        if self.head.len() < HEAD_KEPT {
+            let take = chunk.len().min(HEAD_KEPT - self.head.len());
+            self.head.extend_from_slice(&chunk[..take]);
+        }
         Ok(())
     }
 

@@ -266,3 +266,22 @@ async fn until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// "Today" in `queue status` counts the current local day only: a new day starts at 0.
+#[test]
+fn today_counts_start_again_on_a_new_day() {
+    let s = DeliveryStats::default();
+    s.count(Counted::Delivered, 10);
+    s.count(Counted::Delivered, 10);
+    s.count(Counted::Failed, 10);
+    let t = s.snapshot_on(10).today;
+    assert_eq!((t.delivered, t.deferred, t.failed), (2, 0, 1));
+    assert_eq!(s.snapshot_on(11).today.delivered, 0);
+    s.count(Counted::Deferred, 11);
+    let snap = s.snapshot_on(11);
+    assert_eq!((snap.today.deferred, snap.today.delivered), (1, 0));
+    assert_eq!((snap.delivered, snap.failed, snap.deferred), (2, 1, 1));
+    // Local days: one day apart for timestamps 24 h apart.
+    let d = local_day(1_776_153_909_000);
+    assert_eq!(local_day(1_776_153_909_000 + 86_400_000), d + 1);
+}

@@ -154,3 +154,50 @@ async fn nothing_expires_while_the_account_is_paused() {
     r.stop.cancel();
     r.task.await.unwrap();
 }
+
+/// A hold is written to the delivery log once when it starts and once when it ends —
+/// not once per check (issue 15: 8 "held" lines in three minutes of outage).
+#[tokio::test]
+async fn a_hold_is_logged_once_when_it_starts_and_once_when_it_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("delivery.log");
+    let (spool, _) = Spool::open(&dir.path().join("spool")).unwrap();
+    let pause = Arc::new(Mutex::new(None));
+    let engine = Delivery::new(
+        Arc::new(spool),
+        Arc::new(Scripted {
+            calls: AtomicU32::new(0),
+            pause_first: 3,
+            always_busy: false,
+            all_reply: None,
+            block_from: None,
+            release: Arc::new(Semaphore::new(0)),
+            log: Mutex::new(Vec::new()),
+            pause: pause.clone(),
+            classifier: Classifier::builtin().unwrap(),
+        }),
+        Arc::new(FakePacing { until: pause }),
+        DeliveryParams::default(),
+    )
+    .with_log(DeliveryLog::open(&log_path).unwrap());
+    let r = started(Arc::new(engine), dir);
+    put(&r, &["a@example.org"]).await;
+    until(
+        "delivered after three holds",
+        Duration::from_secs(20),
+        || r.engine.spool().is_empty(),
+    )
+    .await;
+    assert!(r.calls() >= 4, "{}", r.calls());
+    let dir = r.stop().await;
+    let text = std::fs::read_to_string(dir.path().join("delivery.log")).unwrap();
+    let actions: Vec<String> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["action"].to_string())
+        .collect();
+    assert_eq!(
+        actions,
+        ["\"held\"", "\"resumed\"", "\"delivered\""],
+        "{text}"
+    );
+}
