@@ -614,11 +614,14 @@ async fn oauth_login_stores_the_token_and_check_reports_it_without_secrets() {
     }
 }
 
+/// A provider with neither a device nor a browser sign-in: `oauth login` says which
+/// keys to set instead of waiting for nothing.
 #[test]
-fn login_for_google_says_why_there_is_no_device_flow() {
+fn login_without_a_sign_in_endpoint_names_the_keys() {
     let mut c = Config::default();
     c.upstream.oauth2 = Some(OAuth2Config {
         client_id: Some("app-1".into()),
+        token_endpoint: Some("https://login.example/token".into()),
         ..Default::default()
     });
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -628,12 +631,200 @@ fn login_for_google_says_why_there_is_no_device_flow() {
     let e = rt
         .block_on(mailvalve::relay::oauth::login(
             &c,
-            Some("gmail"),
+            Some("generic"),
             None,
             &mut Vec::new(),
         ))
         .unwrap_err()
         .to_string();
-    assert!(e.contains("no device-code sign-in"), "{e}");
-    assert!(e.contains("https://mail.google.com/"), "{e}");
+    assert!(e.contains("no sign-in for `mailvalve oauth login`"), "{e}");
+    assert!(e.contains("upstream.oauth2.authorization_endpoint"), "{e}");
+}
+
+// ---- browser sign-in (Google): authorization code + PKCE, redirect to 127.0.0.1 ----
+
+/// The query of an address, as a map.
+fn query(url: &str) -> HashMap<String, String> {
+    reqwest::Url::parse(url)
+        .unwrap()
+        .query_pairs()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+/// Plays the browser: waits (bounded) until `login` printed the address, checks what
+/// it asks for, hands the endpoint the PKCE challenge (as the authorization server
+/// would remember it), and follows the redirect back to mailvalve with a code.
+async fn play_browser(printed: Arc<Mutex<Vec<u8>>>, ep: &TokenEndpoint) -> (u16, String) {
+    let deadline = Instant::now() + WAIT;
+    let url = loop {
+        let text = String::from_utf8_lossy(&printed.lock().unwrap()).into_owned();
+        if let Some(u) = text
+            .split_whitespace()
+            .find(|w| w.starts_with("http://127.0.0.1:1/auth?"))
+        {
+            break u.to_string();
+        }
+        assert!(Instant::now() < deadline, "no address printed: {text}");
+        sleep(Duration::from_millis(20)).await;
+    };
+    let q = query(&url);
+    assert_eq!(q["response_type"], "code");
+    assert_eq!(q["client_id"], "app-1");
+    assert_eq!(q["scope"], "https://mail.google.com/");
+    assert_eq!(q["code_challenge_method"], "S256");
+    assert_eq!(q["access_type"], "offline");
+    assert_eq!(q["prompt"], "consent");
+    assert_eq!(q["login_hint"], USER);
+    assert!(q["redirect_uri"].starts_with("http://127.0.0.1:"), "{url}");
+    assert!(q["state"].len() >= 16, "{url}");
+    ep.lock().pkce_challenge = Some(q["code_challenge"].clone());
+    let back = format!(
+        "{}/?state={}&code=AUTH-CODE-1&scope=https://mail.google.com/",
+        q["redirect_uri"], q["state"]
+    );
+    let resp = reqwest::get(&back).await.unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+/// `mailvalve oauth login --profile gmail`: no device code at Google, so the browser
+/// sign-in runs; the code and its PKCE verifier are exchanged at the token endpoint, the
+/// refresh token lands in the token file (0600), and nothing secret is printed.
+#[tokio::test]
+async fn browser_sign_in_exchanges_the_code_with_pkce_and_stores_the_refresh_token() {
+    let ep = TokenEndpoint::start("app-1", REFRESH, 3600).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token.json");
+    let mut config = Config::default();
+    config.upstream.profile = "gmail".into();
+    config.upstream.username = Some(USER.into());
+    config.upstream.oauth2 = Some(OAuth2Config {
+        token_endpoint: Some(ep.token_url()),
+        authorization_endpoint: Some("http://127.0.0.1:1/auth".into()),
+        client_id: Some("app-1".into()),
+        client_secret: Some(Secret::new("GOCSPX-client-secret")),
+        token_file: Some(token_file.clone()),
+        ..Default::default()
+    });
+    let printed = Arc::new(Mutex::new(Vec::new()));
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Shared {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut out = Shared(printed.clone());
+    let (res, (status, page)) = timeout(WAIT, async {
+        tokio::join!(
+            mailvalve::relay::oauth::login(&config, Some("gmail"), None, &mut out),
+            play_browser(printed.clone(), &ep)
+        )
+    })
+    .await
+    .unwrap();
+    res.unwrap();
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("Signed in"), "{page}");
+    let stored = std::fs::read_to_string(&token_file).unwrap();
+    assert!(stored.contains("RT-from-browser"), "{stored}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&token_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let grant = ep.lock().requests.last().cloned().unwrap();
+    assert_eq!(grant["grant_type"], "authorization_code");
+    assert_eq!(grant["client_secret"], "GOCSPX-client-secret");
+    let text = String::from_utf8_lossy(&printed.lock().unwrap()).into_owned();
+    for secret in [
+        "AUTH-CODE-1",
+        "RT-from-browser",
+        "GOCSPX-client-secret",
+        grant["code_verifier"].as_str(),
+    ] {
+        assert!(!text.contains(secret), "{secret} printed:\n{text}");
+    }
+    assert!(text.contains("Signed in."), "{text}");
+}
+
+/// A redirect with another `state` (not from this sign-in: CSRF, a stale tab) is
+/// refused with 400 and its code never reaches the token endpoint; the real one still
+/// works. Nobody coming back ends the wait with a clear error.
+#[tokio::test]
+async fn browser_sign_in_refuses_a_wrong_state_and_waits_bounded() {
+    use mailvalve::upstream::oauth::loopback;
+    let ep = TokenEndpoint::start("app-1", REFRESH, 3600).await;
+    let mut c = oauth_config(&ep, Mechanism::Xoauth2);
+    c.refresh_token = None;
+    c.device_endpoint = None;
+    c.authorization_endpoint = Some("http://127.0.0.1:1/auth".into());
+    c.scopes = Some(vec!["https://mail.google.com/".into()]);
+    let cfg = c.resolve(None).unwrap();
+    let http = reqwest::Client::new();
+
+    let started = loopback::start(&cfg, None).await.unwrap();
+    let q = query(&started.authorization_url);
+    ep.lock().pkce_challenge = Some(q["code_challenge"].clone());
+    let redirect = started.redirect_uri.clone();
+    let state = q["state"].clone();
+    let browser = async {
+        let wrong = reqwest::get(format!("{redirect}/?state=forged&code=AUTH-CODE-1"))
+            .await
+            .unwrap();
+        let wrong_status = wrong.status().as_u16();
+        let endpoint_calls = ep.lock().requests.len();
+        let right = reqwest::get(format!("{redirect}/?state={state}&code=AUTH-CODE-1"))
+            .await
+            .unwrap();
+        (wrong_status, endpoint_calls, right.status().as_u16())
+    };
+    let (token, (wrong, calls, right)) = timeout(WAIT, async {
+        tokio::join!(
+            loopback::wait_and_exchange(&http, &cfg, started, WAIT),
+            browser
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(wrong, 400);
+    assert_eq!(
+        calls, 0,
+        "the forged redirect's code went to the token endpoint"
+    );
+    assert_eq!(right, 200);
+    assert_eq!(token.unwrap().expose(), "RT-from-browser");
+    assert_eq!(ep.lock().requests.len(), 1);
+
+    // The browser is declined: the provider's error comes back with the right state.
+    let started = loopback::start(&cfg, None).await.unwrap();
+    let q = query(&started.authorization_url);
+    let back = format!(
+        "{}/?state={}&error=access_denied",
+        started.redirect_uri, q["state"]
+    );
+    let (res, _) = timeout(WAIT, async {
+        tokio::join!(
+            loopback::wait_and_exchange(&http, &cfg, started, WAIT),
+            reqwest::get(back)
+        )
+    })
+    .await
+    .unwrap();
+    assert!(res.unwrap_err().to_string().contains("access_denied"));
+
+    // Nobody comes back: the wait ends by itself.
+    let started = loopback::start(&cfg, None).await.unwrap();
+    let e = timeout(
+        WAIT,
+        loopback::wait_and_exchange(&http, &cfg, started, Duration::from_millis(100)),
+    )
+    .await
+    .unwrap()
+    .unwrap_err();
+    assert!(e.to_string().contains("nobody signed in"), "{e}");
 }

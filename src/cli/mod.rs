@@ -82,7 +82,8 @@ pub enum Command {
         cmd: suppress::SuppressCmd,
     },
     /// OAuth2 sign-in at the provider: `oauth login --profile office365` runs the
-    /// device-code flow and stores the refresh token in the token file.
+    /// device-code flow, `--profile gmail` the browser sign-in (back to 127.0.0.1);
+    /// either stores the refresh token in the token file.
     Oauth {
         #[command(subcommand)]
         cmd: oauth::OauthCmd,

@@ -1,7 +1,8 @@
-//! `mailvalve oauth login`: the provider's device-code sign-in (RFC 8628) — prints the
-//! address to open and the code to type, waits (bounded) until the person signed in,
-//! and stores the refresh token in the token file (0600 on Unix). Argument parsing
-//! only: the work is `relay::oauth::login`.
+//! `mailvalve oauth login`: the provider's device-code sign-in (RFC 8628; Microsoft) —
+//! prints the address to open and the code to type — or, for Google, the browser
+//! sign-in with a redirect to 127.0.0.1 (RFC 8252, PKCE) — prints the address to open;
+//! waits (bounded) until the person signed in, and stores the refresh token in the
+//! token file (0600 on Unix). Argument parsing only: the work is `relay::oauth::login`.
 //!
 //! It must never print a refresh token, an access token, the device code or the client
 //! secret: only the user code and the address, which the person needs, are shown.
@@ -12,7 +13,8 @@ use anyhow::Context;
 /// `mailvalve oauth ...`
 #[derive(Debug, clap::Subcommand)]
 pub enum OauthCmd {
-    /// Sign in with the provider's device-code flow and store the refresh token.
+    /// Sign in at the provider (Microsoft: device code; Google: browser, back to
+    /// 127.0.0.1) and store the refresh token in the token file.
     Login {
         /// The provider profile whose endpoints and scopes to use (default: the
         /// configuration's upstream.profile).

@@ -89,6 +89,7 @@ mod shipped_file_tests {
             mechanism: Some(oauth::Mechanism::Xoauth2),
             token_endpoint: Some("https://t".into()),
             device_endpoint: Some("https://d".into()),
+            authorization_endpoint: Some("https://a".into()),
             client_id: Some("c".into()),
             client_secret: Some(Secret::new("s")),
             refresh_token: Some(Secret::new("r")),

@@ -41,6 +41,9 @@ pub struct OAuth2Config {
     pub token_endpoint: Option<String>,
     /// Where `mailvalve oauth login` starts the device-code sign-in.
     pub device_endpoint: Option<String>,
+    /// Where `mailvalve oauth login` sends the browser for the loopback sign-in
+    /// (RFC 8252; Google), used when there is no device endpoint.
+    pub authorization_endpoint: Option<String>,
     /// The application (client) id registered with the provider.
     pub client_id: Option<String>,
     /// The client secret, if the registration has one (public clients have none).
@@ -62,6 +65,9 @@ pub struct ProfileOAuth2 {
     pub mechanism: Mechanism,
     pub token_endpoint: String,
     pub device_endpoint: Option<String>,
+    /// The browser sign-in (authorization code with PKCE, redirect to 127.0.0.1).
+    #[serde(default)]
+    pub authorization_endpoint: Option<String>,
     pub scopes: Vec<String>,
     /// Said by `oauth login` when the provider needs something first (an app registration).
     #[serde(default)]
@@ -88,6 +94,7 @@ pub struct ResolvedOAuth2 {
     pub mechanism: Mechanism,
     pub token_endpoint: String,
     pub device_endpoint: Option<String>,
+    pub authorization_endpoint: Option<String>,
     pub client_id: String,
     pub client_secret: Option<Secret>,
     pub scopes: Vec<String>,
@@ -119,6 +126,13 @@ impl OAuth2Config {
             .or_else(|| profile.and_then(|p| p.device_endpoint.clone()));
         if let Some(d) = &device_endpoint {
             check_endpoint(d).map_err(|m| ("upstream.oauth2.device_endpoint", m))?;
+        }
+        let authorization_endpoint = self
+            .authorization_endpoint
+            .clone()
+            .or_else(|| profile.and_then(|p| p.authorization_endpoint.clone()));
+        if let Some(a) = &authorization_endpoint {
+            check_endpoint(a).map_err(|m| ("upstream.oauth2.authorization_endpoint", m))?;
         }
         let client_id = match self.client_id.as_deref().map(str::trim) {
             Some(id) if !id.is_empty() => id.to_string(),
@@ -165,6 +179,7 @@ impl OAuth2Config {
                 .unwrap_or_default(),
             token_endpoint,
             device_endpoint,
+            authorization_endpoint,
             client_id,
             client_secret: self.client_secret.clone(),
             scopes,
@@ -213,6 +228,7 @@ mod tests {
             mechanism: Mechanism::Xoauth2,
             token_endpoint: "https://login.example/token".into(),
             device_endpoint: Some("https://login.example/device".into()),
+            authorization_endpoint: None,
             scopes: vec!["a".into(), "offline_access".into()],
             note: None,
         }

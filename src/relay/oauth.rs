@@ -1,8 +1,9 @@
 //! OAuth2 sign-in, wired: `[upstream.oauth2]` merged with the provider profile, the
 //! refresh token from the configuration or the token file (`store::token_file`), and
-//! the upstream's [`TokenSource`] built from them; the device-code sign-in behind
-//! `mailvalve oauth login` ([`login`]), and what `check` says about OAuth2 and about
-//! where each effective upstream value came from ([`check_report`]).
+//! the upstream's [`TokenSource`] built from them; the sign-in behind `mailvalve oauth
+//! login` ([`login`]: device code, or the browser with a loopback redirect), and what
+//! `check` says about OAuth2 and about where each effective upstream value came from
+//! ([`check_report`]).
 //!
 //! It must never log or return a token: errors name keys and files only, and the texts
 //! returned here hold host names, numbers and dates, never a secret.
@@ -11,7 +12,7 @@ use crate::config::oauth::{OAuth2Config, RefreshSource, ResolvedOAuth2};
 use crate::config::profile::{self, Profile};
 use crate::config::{Config, Loaded, Secret};
 use crate::store::token_file::{self, TokenFile};
-use crate::upstream::oauth::{device, http_client, Given, RefreshStore, TokenSource};
+use crate::upstream::oauth::{device, http_client, loopback, Given, RefreshStore, TokenSource};
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -63,8 +64,9 @@ pub fn token_source(
     Ok(Some(source))
 }
 
-/// The sign-in: resolves endpoints, runs the device flow, writes the token file.
-/// Progress goes to `out`.
+/// The sign-in: resolves endpoints, runs the device flow (Microsoft) or, without a
+/// device endpoint, the browser sign-in with a loopback redirect (Google), and writes
+/// the token file. Progress goes to `out`.
 pub async fn login(
     config: &Config,
     profile_name: Option<&str>,
@@ -87,42 +89,27 @@ pub async fn login(
     let resolved: ResolvedOAuth2 = o
         .resolve(prof.oauth2.as_ref())
         .map_err(|(key, msg)| anyhow::anyhow!("{key}: {msg}"))?;
-    if resolved.device_endpoint.is_none() {
-        let note = prof
-            .oauth2
-            .as_ref()
-            .and_then(|p| p.note.clone())
-            .unwrap_or_else(|| "set upstream.oauth2.device_endpoint".into());
-        anyhow::bail!("profile {name} has no device-code sign-in: {note}");
-    }
     let path = match &resolved.refresh {
         RefreshSource::File(p) => p.clone(),
         RefreshSource::Given(_) => resolved.token_file.clone(),
     };
     let http = http_client()?;
-    let started = device::start(&http, &resolved).await?;
-    writeln!(
-        out,
-        "To sign in to {}, open {} and enter the code {}",
-        prof.description, started.verification_uri, started.user_code
-    )?;
-    if let Some(m) = &started.message {
-        writeln!(out, "({m})")?;
-    }
-    writeln!(
-        out,
-        "Waiting up to {} minutes for the sign-in ...",
-        started.expires_in.min(device::MAX_WAIT).as_secs() / 60
-    )?;
-    out.flush()?;
-    let refresh = device::wait_for_grant(
-        &http,
-        &resolved,
-        &started,
-        device::MAX_WAIT,
-        tokio::time::sleep,
-    )
-    .await?;
+    let refresh = if resolved.device_endpoint.is_some() {
+        device_sign_in(&http, &resolved, &prof, out).await?
+    } else if resolved.authorization_endpoint.is_some() {
+        let hint = config.upstream.username.as_deref();
+        browser_sign_in(&http, &resolved, &prof, hint, out).await?
+    } else {
+        let note = prof
+            .oauth2
+            .as_ref()
+            .and_then(|p| p.note.clone())
+            .unwrap_or_else(|| {
+                "set upstream.oauth2.device_endpoint or upstream.oauth2.authorization_endpoint"
+                    .into()
+            });
+        anyhow::bail!("profile {name} has no sign-in for `mailvalve oauth login`: {note}");
+    };
     let file = TokenFile {
         refresh_token: refresh.expose().to_string(),
         obtained_at: crate::policy::clock::wall_ms() / 1000,
@@ -138,6 +125,73 @@ pub async fn login(
         path.display()
     )?;
     Ok(())
+}
+
+/// RFC 8628: print the address and the code, poll until the person signed in.
+async fn device_sign_in(
+    http: &reqwest::Client,
+    resolved: &ResolvedOAuth2,
+    prof: &Profile,
+    out: &mut dyn std::io::Write,
+) -> anyhow::Result<Secret> {
+    let started = device::start(http, resolved).await?;
+    writeln!(
+        out,
+        "To sign in to {}, open {} and enter the code {}",
+        prof.description, started.verification_uri, started.user_code
+    )?;
+    if let Some(m) = &started.message {
+        writeln!(out, "({m})")?;
+    }
+    writeln!(
+        out,
+        "Waiting up to {} minutes for the sign-in ...",
+        started.expires_in.min(device::MAX_WAIT).as_secs() / 60
+    )?;
+    out.flush()?;
+    Ok(device::wait_for_grant(
+        http,
+        resolved,
+        &started,
+        device::MAX_WAIT,
+        tokio::time::sleep,
+    )
+    .await?)
+}
+
+/// RFC 8252 / RFC 7636: print the address to open in a browser on this machine, wait
+/// for the provider to send the browser back to 127.0.0.1, exchange the code.
+async fn browser_sign_in(
+    http: &reqwest::Client,
+    resolved: &ResolvedOAuth2,
+    prof: &Profile,
+    login_hint: Option<&str>,
+    out: &mut dyn std::io::Write,
+) -> anyhow::Result<Secret> {
+    let started = loopback::start(resolved, login_hint).await?;
+    writeln!(
+        out,
+        "To sign in to {}, open this address in a browser on this computer:\n\n  {}\n",
+        prof.description, started.authorization_url
+    )?;
+    writeln!(
+        out,
+        "After you allow access, the browser is sent back to {} (mailvalve is listening \
+         there) and shows \"Signed in\".",
+        started.redirect_uri
+    )?;
+    writeln!(
+        out,
+        "On a server without a browser: run this on your own computer with the same \
+         configuration, then copy the token file to the server."
+    )?;
+    writeln!(
+        out,
+        "Waiting up to {} minutes for the sign-in ...",
+        loopback::MAX_WAIT.as_secs() / 60
+    )?;
+    out.flush()?;
+    Ok(loopback::wait_and_exchange(http, resolved, started, loopback::MAX_WAIT).await?)
 }
 
 /// What `check` adds: where each effective upstream value came from (profile, file,

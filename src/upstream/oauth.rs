@@ -6,6 +6,8 @@
 //!   before it expires, and dropped when the provider refuses it
 //!   ([`TokenSource::refused`]) so the next sign-in gets a fresh one.
 //! - [`device`]: the device-authorization grant (RFC 8628) behind `mailvalve oauth login`.
+//! - [`loopback`]: the browser sign-in (authorization code + PKCE, redirect to 127.0.0.1)
+//!   for providers whose device flow does not grant the mail scope (Google).
 //! - [`RefreshStore`]: where the refresh token lives — given in the configuration
 //!   ([`Given`]), or the token file (`store::token_file`, which the relay plugs in).
 //!
@@ -20,6 +22,7 @@
 //! endpoint's error text is scrubbed of them before it is kept.
 
 pub mod device;
+pub mod loopback;
 
 use crate::config::oauth::ResolvedOAuth2;
 use crate::config::Secret;

@@ -1,7 +1,7 @@
 //! An in-process OAuth2 token endpoint for tests: a tokio TCP server on `127.0.0.1:0`
 //! speaking just enough HTTP/1.1 (one request per connection, `Connection: close`) to
 //! answer the refresh-token grant (RFC 6749 6), the device-authorization request and
-//! the device-code grant (RFC 8628). It issues access tokens `AT-1`, `AT-2`, ...,
+//! the device-code grant (RFC 8628), and the authorization-code grant with PKCE. It issues access tokens `AT-1`, `AT-2`, ...,
 //! remembers which are valid, and can expire or revoke them on command, so a scripted
 //! SMTP provider can ask it whether a token is good.
 
@@ -34,6 +34,9 @@ pub struct State {
     pub client_id: String,
     /// Device flow: the polling interval announced (seconds).
     pub interval: u64,
+    /// Browser sign-in: the PKCE challenge the authorization address carried (the test,
+    /// playing the authorization server, sets it); the code grant must bring its verifier.
+    pub pkce_challenge: Option<String>,
 }
 
 #[derive(Clone)]
@@ -261,6 +264,41 @@ fn answer(st: &Mutex<State>, path: &str, body: &str) -> (&'static str, String) {
                 ),
             )
         }
+        Some("authorization_code") => {
+            if f.get("code").map(String::as_str) != Some("AUTH-CODE-1") {
+                return err("invalid_grant");
+            }
+            let verifier = f.get("code_verifier").cloned().unwrap_or_default();
+            if s.pkce_challenge.as_deref() != Some(s256(&verifier).as_str()) {
+                return err("invalid_grant");
+            }
+            if !f
+                .get("redirect_uri")
+                .is_some_and(|r| r.starts_with("http://127.0.0.1:"))
+            {
+                return err("invalid_request");
+            }
+            s.issued += 1;
+            let token = format!("AT-{}", s.issued);
+            s.valid.insert(token.clone());
+            s.refresh_tokens.insert("RT-from-browser".into());
+            (
+                "200 OK",
+                format!(
+                    r#"{{"access_token":"{token}","token_type":"Bearer","expires_in":{},"refresh_token":"RT-from-browser"}}"#,
+                    s.lifetime
+                ),
+            )
+        }
         _ => err("unsupported_grant_type"),
     }
+}
+
+/// RFC 7636 S256, computed independently of mailvalve's code (ring directly).
+pub fn s256(verifier: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        verifier.as_bytes(),
+    ))
 }
