@@ -92,6 +92,7 @@ fn render(loaded: &Loaded) -> CheckOutput {
         c.upstream.port,
         tls_name(c)
     ));
+    stdout.push_str(&super::oauth::check_report(loaded));
     stdout.push_str("# effective settings follow; passwords are shown as \"***\"\n\n");
     stdout.push_str(&settings);
 

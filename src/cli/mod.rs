@@ -18,6 +18,7 @@ pub mod check;
 pub mod demo;
 pub mod explain;
 pub mod logging;
+pub mod oauth;
 pub mod profiles;
 pub mod queue;
 pub mod reload;
@@ -86,6 +87,13 @@ pub enum Command {
         #[command(subcommand)]
         cmd: suppress::SuppressCmd,
     },
+    /// OAuth2 sign-in at the provider: `oauth login --profile office365` runs the
+    /// device-code flow, `--profile gmail` the browser sign-in (back to 127.0.0.1);
+    /// either stores the refresh token in the token file.
+    Oauth {
+        #[command(subcommand)]
+        cmd: oauth::OauthCmd,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -142,6 +150,16 @@ pub fn dispatch(cli: Cli) -> ExitCode {
         Command::Suppress { cmd } => match load(config) {
             Ok(cfg) => report(suppress::run(cmd, &cfg)),
             Err(code) => code,
+        },
+        // Not validated: before the first sign-in the configuration may be incomplete.
+        Command::Oauth { cmd } => match crate::config::process_env()
+            .and_then(|env| crate::config::load_from(config, env))
+        {
+            Ok(loaded) => report(oauth::run(cmd, &loaded)),
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
         },
     }
 }
@@ -238,6 +256,17 @@ mod tests {
             &["mailvalve", "suppress", "list", "-c", "f.toml"],
             &["mailvalve", "-c", "f.toml", "suppress", "list"],
             &["mailvalve", "queue", "retry", "--all", "-c", "f.toml"],
+            &["mailvalve", "oauth", "login", "-c", "f.toml"],
+            &["mailvalve", "oauth", "-c", "f.toml", "login"],
+            &[
+                "mailvalve",
+                "-c",
+                "f.toml",
+                "oauth",
+                "login",
+                "--profile",
+                "gmail",
+            ],
         ];
         for args in placements {
             let cli = Cli::try_parse_from(*args).unwrap_or_else(|e| panic!("{args:?}: {e}"));

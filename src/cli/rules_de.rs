@@ -43,6 +43,15 @@ pub fn german(en: &str) -> Option<&'static str> {
         "5.7.8–5.7.13: credentials invalid, mechanism, password change or account disabled" => {
             "5.7.8–5.7.13: Zugangsdaten ungültig, Anmeldeverfahren, Passwortwechsel nötig oder Konto deaktiviert"
         }
+        "5.7.30 with the words \"basic authentication\" (Microsoft): password sign-in is switched off; the account needs OAuth2" => {
+            "5.7.30 mit den Worten „basic authentication“ (Microsoft): die Anmeldung mit Passwort ist abgeschaltet; das Konto braucht OAuth2"
+        }
+        "5.7.139: Microsoft refused the sign-in (SMTP AUTH switched off for the tenant or mailbox, or wrong credentials)" => {
+            "5.7.139: Microsoft lehnt die Anmeldung ab (SMTP AUTH für Mandant oder Postfach abgeschaltet, oder falsche Zugangsdaten)"
+        }
+        "5.7.14 \"log in via your web browser\" (Google): password sign-in refused; the account needs OAuth2 or an app password" => {
+            "5.7.14 „log in via your web browser“ (Google): Anmeldung mit Passwort abgelehnt; das Konto braucht OAuth2 oder ein App-Passwort"
+        }
         "the provider says we must authenticate" => "der Provider verlangt eine Anmeldung",
         "421: service closing the channel; with providers a connection limit" => {
             "421: der Dienst schließt die Verbindung; bei Providern ein Verbindungslimit"
@@ -151,6 +160,21 @@ pub fn german(en: &str) -> Option<&'static str> {
         }
         "Microsoft: sender throttled for exceeding its limits (5.2.251–255)" => {
             "Microsoft: Absender wegen überschrittener Limits gedrosselt (5.2.251–255)"
+        }
+        "5.7.30: basic authentication (password) is not supported; the account needs OAuth2: run `mailvalve oauth login --profile office365`" => {
+            "5.7.30: die einfache Anmeldung (Passwort) wird nicht unterstützt; das Konto braucht OAuth2: `mailvalve oauth login --profile office365` ausführen"
+        }
+        "5.7.30: basic authentication (password) is not supported; the account needs OAuth2: run `mailvalve oauth login --profile outlook-com`" => {
+            "5.7.30: die einfache Anmeldung (Passwort) wird nicht unterstützt; das Konto braucht OAuth2: `mailvalve oauth login --profile outlook-com` ausführen"
+        }
+        "5.7.139: SMTP AUTH is disabled for this mailbox or tenant; an administrator must enable Authenticated SMTP for the mailbox, then OAuth2: `mailvalve oauth login --profile office365`" => {
+            "5.7.139: SMTP AUTH ist für dieses Postfach oder den Mandanten abgeschaltet; ein Administrator muss „Authenticated SMTP“ für das Postfach einschalten, danach OAuth2: `mailvalve oauth login --profile office365`"
+        }
+        "5.7.139: Outlook.com refuses the sign-in (password sign-in is off for this account); the account needs OAuth2: `mailvalve oauth login --profile outlook-com`" => {
+            "5.7.139: Outlook.com lehnt die Anmeldung ab (Anmeldung mit Passwort ist für dieses Konto abgeschaltet); das Konto braucht OAuth2: `mailvalve oauth login --profile outlook-com`"
+        }
+        "5.7.9 / 5.7.14: Google refuses the password sign-in; the account needs OAuth2 ([upstream.oauth2]) or an app password" => {
+            "5.7.9 / 5.7.14: Google lehnt die Anmeldung mit Passwort ab; das Konto braucht OAuth2 ([upstream.oauth2]) oder ein App-Passwort"
         }
         "STRATO: transmit rate limit exceeded" => "STRATO: Senderate überschritten",
         "T-Online: send quota exceeded" => "T-Online: Versandkontingent aufgebraucht",

@@ -20,7 +20,7 @@
 //!    would become the integer 7 and then the string `"7"`).
 //!
 //! Relative paths (`queue.dir`, `queue.delivery_log`, `suppression.path`,
-//! `server.tls.cert`, `server.tls.key`, `upstream.ca_file`) — written in the file or left
+//! `server.tls.cert`, `server.tls.key`, `upstream.ca_file`, `upstream.oauth2.token_file`) — written in the file or left
 //! at their defaults — are resolved against the directory of the file, so every command
 //! given the same file finds the same spool from any working directory. A path set by a
 //! `MAILVALVE__*` variable is the user's own typing and stays relative to the current
@@ -57,6 +57,8 @@ pub struct Loaded {
     pub path: Option<PathBuf>,
     /// Names (never values) of the `MAILVALVE__*` variables that were applied.
     pub env_overrides: Vec<String>,
+    /// Where each key's value came from (file, variable, provider profile, default).
+    pub sources: super::provenance::Sources,
 }
 
 /// Load `path` with the process's `MAILVALVE__*` environment on top. Does not validate;
@@ -160,6 +162,16 @@ where
         .try_deserialize()
         .map_err(|e| ctx.map_config_crate_error(&e))?;
 
+    let mut sources = super::provenance::Sources::new(
+        file.as_ref().map(|f| f.text.as_str()),
+        vars.vars.iter().map(|v| (v.key.clone(), v.name.clone())),
+    );
+    super::provenance::apply_profile_defaults(&mut config, &mut sources);
+    if let Some(o) = config.upstream.oauth2.as_mut() {
+        o.token_file
+            .get_or_insert_with(|| PathBuf::from(super::oauth::DEFAULT_TOKEN_FILE));
+    }
+
     if let Some(dir) = path.and_then(Path::parent) {
         // `m.toml` has the parent "": the current directory, made absolute so that
         // messages name the full path.
@@ -178,6 +190,7 @@ where
         config,
         path: path.map(Path::to_path_buf),
         env_overrides: vars.vars.iter().map(|v| v.name.clone()).collect(),
+        sources,
     })
 }
 
@@ -319,6 +332,14 @@ fn resolve_relative_paths(config: &mut Config, dir: &Path, from_env: impl Fn(&st
     }
     if let Some(ca) = config.upstream.ca_file.as_mut() {
         fix("upstream.ca_file", ca);
+    }
+    if let Some(t) = config
+        .upstream
+        .oauth2
+        .as_mut()
+        .and_then(|o| o.token_file.as_mut())
+    {
+        fix("upstream.oauth2.token_file", t);
     }
     fix("queue.dir", &mut config.queue.dir);
     if let Some(log) = config.queue.delivery_log.as_mut() {

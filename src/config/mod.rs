@@ -15,9 +15,12 @@
 pub mod error;
 pub mod limits;
 pub mod load;
+pub mod oauth;
 pub mod profile;
+pub mod provenance;
 pub mod queue;
 pub mod schema;
+pub mod secret;
 pub mod validate;
 pub mod webhook;
 
@@ -82,6 +85,17 @@ mod shipped_file_tests {
         c.upstream.ca_file = Some("ca".into());
         c.upstream.username = Some("u".into());
         c.upstream.password = Some(Secret::new("p"));
+        c.upstream.oauth2 = Some(oauth::OAuth2Config {
+            mechanism: Some(oauth::Mechanism::Xoauth2),
+            token_endpoint: Some("https://t".into()),
+            device_endpoint: Some("https://d".into()),
+            authorization_endpoint: Some("https://a".into()),
+            client_id: Some("c".into()),
+            client_secret: Some(Secret::new("s")),
+            refresh_token: Some(Secret::new("r")),
+            token_file: Some("f".into()),
+            scopes: Some(vec!["s".into()]),
+        });
         c.upstream.rate = RateConfig {
             per_second: Some(1),
             per_minute: Some(1),

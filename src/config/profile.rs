@@ -66,6 +66,10 @@ pub struct Profile {
     /// schema as the user's `[[rules]]` (`hint` for defer, `until` for pause-*).
     #[serde(default)]
     pub rules: Vec<RuleSpec>,
+    /// The provider's OAuth2 endpoints and scopes (`[upstream.oauth2]` fills in from
+    /// here what it leaves out).
+    #[serde(default)]
+    pub oauth2: Option<super::oauth::ProfileOAuth2>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -6,8 +6,8 @@
 //! a secret: `Secret` redacts itself in `Debug` and `Display`.
 //! It must never hold behaviour: no I/O, no checks beyond the types.
 
+pub use super::secret::Secret;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -260,6 +260,8 @@ pub struct UpstreamConfig {
     pub timeouts: UpstreamTimeouts,
     /// Overrides of the provider profile's limits, key by key.
     pub limits: super::limits::Limits,
+    /// Sign in with OAuth2 (XOAUTH2 / OAUTHBEARER) instead of a password.
+    pub oauth2: Option<super::oauth::OAuth2Config>,
 }
 
 impl Default for UpstreamConfig {
@@ -282,6 +284,7 @@ impl Default for UpstreamConfig {
             rate: RateConfig::default(),
             timeouts: UpstreamTimeouts::default(),
             limits: super::limits::Limits::default(),
+            oauth2: None,
         }
     }
 }
@@ -369,40 +372,6 @@ impl Default for LogConfig {
         Self {
             level: "info".into(),
         }
-    }
-}
-
-/// A password. Shown as `***` by `Debug`, `Display` and `Serialize`, so printing a
-/// config (or an error holding one) can never leak it. Use `expose()` only where the
-/// value is put on the wire.
-#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Self(s.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl Serialize for Secret {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str("***")
     }
 }
 

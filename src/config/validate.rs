@@ -470,19 +470,10 @@ fn upstream(config: &Config, p: &mut Problems) {
         p.push("upstream.profile", "must not be empty (e.g. \"generic\")");
     }
 
-    match (&u.username, &u.password) {
-        (None, Some(_)) => p.push(
-            "upstream.password",
-            "is set but upstream.username is not: AUTH needs both",
-        ),
-        (Some(_), None) => p.push(
-            "upstream.username",
-            "is set but upstream.password is not: AUTH needs both",
-        ),
-        (Some(name), Some(_)) if name.is_empty() => {
-            p.push("upstream.username", "must not be empty")
-        }
-        _ => {}
+    if let Some(o) = &u.oauth2 {
+        oauth2(config, o, p);
+    } else {
+        password_auth(u, p);
     }
     if u.tls == TlsMode::None && u.password.is_some() && !is_loopback_host(&u.host) {
         p.push(
@@ -523,6 +514,64 @@ fn upstream(config: &Config, p: &mut Problems) {
         ("data_end", t.data_end),
     ] {
         non_zero(p, &format!("upstream.timeouts.{name}"), d);
+    }
+}
+
+/// Password sign-in: username and password both or neither.
+fn password_auth(u: &crate::config::UpstreamConfig, p: &mut Problems) {
+    match (&u.username, &u.password) {
+        (None, Some(_)) => p.push(
+            "upstream.password",
+            "is set but upstream.username is not: AUTH needs both",
+        ),
+        (Some(_), None) => p.push(
+            "upstream.username",
+            "is set but upstream.password is not: AUTH needs both",
+        ),
+        (Some(name), Some(_)) if name.is_empty() => {
+            p.push("upstream.username", "must not be empty")
+        }
+        _ => {}
+    }
+}
+
+/// OAuth2 sign-in: a username (the mailbox), no password beside it, the table complete
+/// once the profile's endpoints and scopes are filled in, and no token in clear text
+/// over the network.
+fn oauth2(config: &Config, o: &crate::config::oauth::OAuth2Config, p: &mut Problems) {
+    let u = &config.upstream;
+    match &u.username {
+        None => p.push(
+            "upstream.username",
+            "is required with [upstream.oauth2]: the mailbox to sign in as",
+        ),
+        Some(name) if name.trim().is_empty() => p.push("upstream.username", "must not be empty"),
+        Some(name) if name.contains(['\x01', '\r', '\n']) => {
+            p.push("upstream.username", "must not contain control characters")
+        }
+        _ => {}
+    }
+    if u.password.is_some() {
+        p.push(
+            "upstream.password",
+            "is set together with [upstream.oauth2]: choose one way to sign in (remove the \
+             password to use OAuth2)",
+        );
+    }
+    let profile = crate::config::profile::builtin(&u.profile).and_then(Result::ok);
+    if let Err((key, msg)) = o.resolve(profile.as_ref().and_then(|p| p.oauth2.as_ref())) {
+        p.push(key, msg);
+    }
+    if u.tls == TlsMode::None && !is_loopback_host(&u.host) {
+        p.push(
+            "upstream.tls",
+            format!(
+                "is \"none\" with [upstream.oauth2] and upstream.host ({}) is not loopback: \
+                 the access token would cross the network in clear text; use \"starttls\" \
+                 (port 587) or \"implicit\" (port 465)",
+                u.host
+            ),
+        );
     }
 }
 

@@ -100,6 +100,11 @@ impl<R: Relay> Relay for CountingRelay<R> {
             replies,
         ))
     }
+    /// The wrapped relay's limit: counting must not hide it (the session would
+    /// advertise and accept more than the provider takes).
+    fn max_message_size(&self) -> Option<usize> {
+        self.inner.max_message_size()
+    }
 }
 
 pub struct CountingTx<T> {

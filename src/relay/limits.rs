@@ -66,6 +66,35 @@ pub fn fixed_rates(cfg: &Config, profile: &Profile) -> RateConfig {
     }
 }
 
+/// Transactions per provider connection: the smaller of the profile's
+/// `messages_per_connection` (or `[upstream.limits]`'s) and
+/// `upstream.max_messages_per_connection`, at least 1.
+pub fn messages_per_connection(cfg: &Config, profile: &Profile) -> usize {
+    let l = limits(cfg, profile);
+    min_opt(
+        l.messages_per_connection,
+        Some(cfg.upstream.max_messages_per_connection),
+    )
+    .unwrap_or(1)
+    .max(1)
+}
+
+/// The largest message the provider takes as the profile (or `[upstream.limits]`) says;
+/// the EHLO `SIZE` it announces is learned on top at run time.
+pub fn provider_message_size(cfg: &Config, profile: &Profile) -> Option<usize> {
+    limits(cfg, profile).max_message_size
+}
+
+/// The largest message mailvalve takes before it has talked to the provider: the smaller
+/// of `server.max_message_size` and the profile's figure.
+pub fn message_size(cfg: &Config, profile: &Profile) -> usize {
+    min_opt(
+        Some(cfg.server.max_message_size),
+        provider_message_size(cfg, profile),
+    )
+    .unwrap_or(cfg.server.max_message_size)
+}
+
 /// The classifier: user rules, then the profile's, then the built-in defaults.
 pub fn classifier(cfg: &Config, profile: &Profile) -> anyhow::Result<Classifier> {
     Classifier::new(&cfg.rules, &profile.rules).map_err(|e| match e.origin {
@@ -168,6 +197,37 @@ mod tests {
     }
 
     #[test]
+    fn messages_per_connection_is_the_smaller() {
+        let mut cfg = Config::default();
+        let generic = profile::builtin("generic").unwrap().unwrap();
+        assert_eq!(
+            messages_per_connection(&cfg, &generic),
+            50,
+            "profile 50 < 100"
+        );
+        cfg.upstream.max_messages_per_connection = 20;
+        assert_eq!(messages_per_connection(&cfg, &generic), 20);
+        cfg.upstream.max_messages_per_connection = 100;
+        cfg.upstream.limits.messages_per_connection = Some(7);
+        assert_eq!(messages_per_connection(&cfg, &generic), 7);
+        assert_eq!(messages_per_connection(&Config::default(), &office()), 100);
+    }
+
+    #[test]
+    fn message_size_is_the_smaller() {
+        let mut cfg = Config::default();
+        assert_eq!(
+            message_size(&cfg, &office()),
+            25 * 1024 * 1024,
+            "own 25 MiB < 35 MB"
+        );
+        let outlook = profile::builtin("outlook-com").unwrap().unwrap();
+        assert_eq!(message_size(&cfg, &outlook), 20_971_520);
+        cfg.server.max_message_size = 1000;
+        assert_eq!(message_size(&cfg, &outlook), 1000);
+    }
+
+    #[test]
     fn quotas_are_fixed_limits() {
         let cfg = Config::default();
         let ses = profile::builtin("amazon-ses").unwrap().unwrap();
@@ -205,6 +265,39 @@ mod tests {
             for c in all {
                 let v = c.classify(phase, &r).verdict;
                 proptest::prop_assert!(v != Verdict::Accept || intermediate, "{} at {:?}: {:?}", code, phase, v);
+            }
+        }
+    }
+
+    #[test]
+    fn password_sign_in_ended_pauses_the_account() {
+        let cfg = Config::default();
+        let pause = Verdict::Pause {
+            scope: crate::policy::verdict::PauseScope::Auth,
+            until: None,
+        };
+        let basic = Reply::parse(
+            b"550 5.7.30 Basic authentication is not supported for Client Submission.\r\n",
+        )
+        .unwrap()
+        .unwrap()
+        .0;
+        let disabled = Reply::parse(b"535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant.\r\n").unwrap().unwrap().0;
+        for name in ["office365", "outlook-com"] {
+            let c = classifier(&cfg, &profile::builtin(name).unwrap().unwrap()).unwrap();
+            for phase in [Phase::Auth, Phase::Mail, Phase::Rcpt, Phase::DataEnd] {
+                assert_eq!(c.classify(phase, &basic).verdict, pause, "{name} {phase:?}");
+            }
+            assert_eq!(c.classify(Phase::Auth, &disabled).verdict, pause, "{name}");
+        }
+        let app_pw = Reply::parse(b"534-5.7.9 Application-specific password required. Learn more at\r\n534 5.7.9  https://support.google.com/mail/?p=InvalidSecondFactor\r\n").unwrap().unwrap().0;
+        let browser = Reply::parse(b"534-5.7.14 <https://accounts.google.com/signin/continue?...>\r\n534 5.7.14 Please log in via your web browser and then try again.\r\n").unwrap().unwrap().0;
+        for name in ["gmail", "google-workspace"] {
+            let c = classifier(&cfg, &profile::builtin(name).unwrap().unwrap()).unwrap();
+            for r in [&app_pw, &browser] {
+                for phase in [Phase::Auth, Phase::Mail] {
+                    assert_eq!(c.classify(phase, r).verdict, pause, "{name} {phase:?} {r}");
+                }
             }
         }
     }

@@ -1,5 +1,6 @@
 //! The application floor: the running relay. It assembles the policy and the limits
-//! from the configuration ([`limits`], [`policy`]), runs passthrough (server → leased
+//! from the configuration ([`limits`], [`policy`]; OAuth2 sign-in's token source from
+//! `[upstream.oauth2]` and the token file, [`oauth`]), runs passthrough (server → leased
 //! upstream connection, [`passthrough`]) or queue mode (server → spool,
 //! [`queue_relay`]; spool → upstream, [`transport`] and [`queue_mode`]), maps upstream
 //! outcomes to what the queue records ([`transport`]), owns the background tasks (the
@@ -23,6 +24,7 @@ pub mod counting;
 pub mod handle;
 pub mod limits;
 pub mod metrics;
+pub mod oauth;
 pub mod passthrough;
 pub mod policy;
 pub mod queue_mode;

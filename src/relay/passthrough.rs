@@ -64,6 +64,11 @@ fn envelope_identity(env: &Envelope) -> String {
 impl Relay for Passthrough {
     type Tx = PassthroughTx;
 
+    /// The provider's limit as its profile and its last EHLO `SIZE` say.
+    fn max_message_size(&self) -> Option<usize> {
+        self.admission.pool().settings().message_size.limit()
+    }
+
     async fn begin(
         &self,
         env: Envelope,

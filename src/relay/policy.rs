@@ -59,6 +59,7 @@ impl Policy {
         let limit = ConcurrencyLimit::following(controller.watch_limit());
         let mut upstream = config.upstream.clone();
         upstream.rate = limits::fixed_rates(config, profile);
+        upstream.max_messages_per_connection = limits::messages_per_connection(config, profile);
         let metrics = Arc::new(RelayMetrics::default());
         let policy_observer = Arc::new(PolicyObserver::new(
             classifier.clone(),
@@ -70,9 +71,13 @@ impl Policy {
             policy_observer.clone(),
             metrics.clone(),
         ));
-        let settings = Settings::new(upstream)
+        let mut settings = Settings::new(upstream)
             .map_err(|e| anyhow::anyhow!("upstream: {e}"))?
-            .with_observer(observer);
+            .with_observer(observer)
+            .with_message_size(limits::provider_message_size(config, profile));
+        if let Some(tokens) = super::oauth::token_source(config, profile)? {
+            settings = settings.with_tokens(tokens);
+        }
         let admission = Admission::with_policy(settings, controller.clone(), limit);
         Ok(Self {
             controller,

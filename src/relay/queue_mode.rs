@@ -131,7 +131,8 @@ impl QueueMode {
             policy.controller.clone(),
             shutdown.clone(),
         ));
-        let relay = QueueRelay::new(spool, delivery.waker());
+        let relay = QueueRelay::new(spool, delivery.waker())
+            .with_size_limit(policy.admission.pool().settings().message_size.clone());
         let task = tokio::spawn(delivery.clone().run(shutdown, config.server.shutdown_grace));
         Ok(Self {
             relay,

@@ -21,11 +21,24 @@ pub struct QueueRelay {
     spool: Arc<Spool>,
     /// Wakes the delivery engine when a message was queued.
     wake: Arc<Notify>,
+    /// The provider's message size limit (profile, EHLO `SIZE`): a message over it is
+    /// refused at MAIL or DATA instead of queued and bounced later.
+    size: Option<Arc<crate::upstream::settings::MessageSize>>,
 }
 
 impl QueueRelay {
     pub fn new(spool: Arc<Spool>, wake: Arc<Notify>) -> Self {
-        Self { spool, wake }
+        Self {
+            spool,
+            wake,
+            size: None,
+        }
+    }
+
+    /// Takes only messages within the provider's limit `size`.
+    pub fn with_size_limit(mut self, size: Arc<crate::upstream::settings::MessageSize>) -> Self {
+        self.size = Some(size);
+        self
     }
 }
 
@@ -56,6 +69,10 @@ fn rcpt_ok() -> Reply {
 
 impl Relay for QueueRelay {
     type Tx = QueueTx;
+
+    fn max_message_size(&self) -> Option<usize> {
+        self.size.as_ref().and_then(|s| s.limit())
+    }
 
     async fn begin(
         &self,

@@ -72,6 +72,9 @@ fn outcome(e: &UpstreamError) -> RcptOutcome {
             );
             let kind = match other {
                 UpstreamError::Paused { .. } => LocalKind::Paused,
+                // The token endpoint refused the refresh token (or there is none): the
+                // observer has paused the account; hold, count nothing.
+                UpstreamError::OAuth(o) if o.is_permanent() => LocalKind::Paused,
                 UpstreamError::Busy(_) => LocalKind::Busy,
                 UpstreamError::BadAddress(_) => LocalKind::BadAddress,
                 // Connection setup failed, or the upstream backs off after failures: the
@@ -80,7 +83,9 @@ fn outcome(e: &UpstreamError) -> RcptOutcome {
                 | UpstreamError::Tls(_)
                 | UpstreamError::Backoff(_)
                 | UpstreamError::StartTls(None)
-                | UpstreamError::NoAuthMechanism => LocalKind::Unreachable,
+                | UpstreamError::NoAuthMechanism
+                | UpstreamError::NoOAuthMechanism(_)
+                | UpstreamError::OAuth(_) => LocalKind::Unreachable,
                 // A connection that broke before MAIL (no greeting in time, a reply the
                 // protocol does not allow during setup) is set-up trouble too.
                 UpstreamError::Timeout { .. }

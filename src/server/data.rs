@@ -46,7 +46,7 @@ impl<R: Relay> Session<R> {
         };
         self.reply(replies::start_data());
 
-        let mut decoder = DataDecoder::new(self.shared.cfg.max_message_size);
+        let mut decoder = DataDecoder::new(self.shared.max_message_size());
         // One decoded block at a time; it goes to the sink before the next is read.
         let mut chunk = Vec::new();
         let mut refused: Option<crate::smtp::Reply> = None;

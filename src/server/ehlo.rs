@@ -18,7 +18,7 @@ impl<R: Relay> Session<R> {
         let mut lines = vec![
             cfg.hostname.clone(),
             "PIPELINING".to_string(),
-            format!("SIZE {}", cfg.max_message_size),
+            format!("SIZE {}", self.shared.max_message_size()),
             "8BITMIME".to_string(),
             "SMTPUTF8".to_string(),
             "ENHANCEDSTATUSCODES".to_string(),

@@ -59,7 +59,7 @@ impl<R: Relay> Session<R> {
             self.reply(replies::unsupported_parameter());
             return Ok(());
         }
-        if from.size > self.shared.cfg.max_message_size {
+        if from.size > self.shared.max_message_size() {
             self.reply(replies::message_too_big());
             return Ok(());
         }

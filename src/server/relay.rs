@@ -41,6 +41,15 @@ pub trait Relay: Send + Sync + 'static {
         env: Envelope,
         rcpts: Vec<String>,
     ) -> impl Future<Output = Result<(Self::Tx, Reply, Vec<Reply>), Reply>> + Send;
+
+    /// The largest message this relay can carry on now (the provider's own limit, as far
+    /// as it is known), or `None` for no limit of its own. The session advertises
+    /// (EHLO `SIZE`) and enforces (MAIL `SIZE=`, DATA) the smaller of this and
+    /// `server.max_message_size`, so a message the provider would refuse is refused
+    /// with `552 5.3.4` before it is taken.
+    fn max_message_size(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// Where the session puts the message body while DATA arrives.

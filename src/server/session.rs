@@ -385,6 +385,15 @@ pub(crate) async fn reject(mut tcp: TcpStream, reply: Reply) {
     .await;
 }
 
+impl<R: Relay> Shared<R> {
+    /// The largest message taken now: `server.max_message_size`, or the relay's
+    /// (the provider's) limit when that is smaller.
+    pub(crate) fn max_message_size(&self) -> usize {
+        let own = self.cfg.max_message_size;
+        self.relay.max_message_size().map_or(own, |r| r.min(own))
+    }
+}
+
 impl<R> Shared<R> {
     /// Runs relay work of an open transaction, cut short when the shutdown grace ends.
     /// (On `Shared`, not the session, so the session future needs no `Sync`.)

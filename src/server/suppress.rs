@@ -98,6 +98,9 @@ impl<R: Relay + Clone, S: SuppressionStore> Relay for SuppressingRelay<R, S> {
         tx.inner = Some(inner);
         Ok((tx, mail, merge(marks, replies)))
     }
+    fn max_message_size(&self) -> Option<usize> {
+        self.inner.max_message_size()
+    }
 }
 
 pub struct SuppressingTx<R: Relay, S: SuppressionStore> {

@@ -294,8 +294,9 @@ pub fn text_meaning(text: &str, lang: Lang) -> Option<&'static str> {
 /// codes whose meaning depends on the class are handled before them: Google's 5.4.5
 /// (daily sending quota), 4.7.28 and 5.7.26; Microsoft's 4.3.2 (concurrent connections),
 /// 5.1.90 (daily recipient limit), 4/5.2.121–122 (recipient's receive rate),
-/// 5.2.251–255 (sender throttled), 5.7.30 (basic authentication off), 4.7.650–652 (IP
-/// throttled) and 5.7.708 (IP refused).
+/// 5.2.251–255 (sender throttled), 5.7.30 (RFC 8689 REQUIRETLS; Microsoft: basic
+/// authentication off), 5.7.139 (Microsoft: SMTP AUTH off), 4.7.650–652 (IP throttled) and
+/// 5.7.708 (IP refused); Google's reading of 5.7.9 and 5.7.14 (password sign-in refused).
 pub fn enhanced_meaning(e: EnhancedCode, lang: Lang) -> Option<&'static str> {
     let specific = match (e.class, e.subject, e.detail) {
         (5, 4, 5) => Some((
@@ -331,8 +332,20 @@ pub fn enhanced_meaning(e: EnhancedCode, lang: Lang) -> Option<&'static str> {
             "Gmail: die Nachricht ist nicht authentifiziert (SPF, DKIM oder DMARC der Absenderdomain fehlgeschlagen); diese für die Domain der From-Adresse einrichten.",
         )),
         (5, 7, 30) => Some((
-            "Microsoft: basic authentication (user name and password) is switched off for this account; it needs OAuth2: run `mailvalve oauth login --profile office365`.",
-            "Microsoft: die einfache Anmeldung (Benutzername und Passwort) ist für dieses Konto abgeschaltet; nötig ist OAuth2: `mailvalve oauth login --profile office365` ausführen.",
+            "REQUIRETLS support required (RFC 8689). Microsoft uses 5.7.30 for \"Basic authentication is not supported\": sign-in with user name and password is switched off for this account; it needs OAuth2: run `mailvalve oauth login --profile office365` (outlook-com for an Outlook.com address).",
+            "REQUIRETLS wird verlangt (RFC 8689). Microsoft verwendet 5.7.30 für „Basic authentication is not supported“: die Anmeldung mit Benutzername und Passwort ist für dieses Konto abgeschaltet; nötig ist OAuth2: `mailvalve oauth login --profile office365` ausführen (outlook-com für eine Outlook.com-Adresse).",
+        )),
+        (5, 7, 139) => Some((
+            "Microsoft: sign-in refused because SMTP AUTH is switched off for the tenant or the mailbox (SmtpClientAuthentication), or the credentials are wrong. An administrator must enable Authenticated SMTP for the mailbox (Microsoft 365 admin center: the user, Mail, Manage email apps) and must not turn SMTP AUTH off for the whole organisation; then set up OAuth2: run `mailvalve oauth login --profile office365`.",
+            "Microsoft: Anmeldung abgelehnt, weil SMTP AUTH für den Mandanten oder das Postfach abgeschaltet ist (SmtpClientAuthentication), oder die Zugangsdaten falsch sind. Ein Administrator muss „Authenticated SMTP“ für das Postfach einschalten (Microsoft 365 Admin Center: der Benutzer, E-Mail, E-Mail-Apps verwalten) und darf SMTP AUTH nicht für die ganze Organisation abschalten; danach OAuth2 einrichten: `mailvalve oauth login --profile office365` ausführen.",
+        )),
+        (5, 7, 9) => Some((
+            "The authentication mechanism is too weak. Google (534 5.7.9 \"Application-specific password required\"): the account has 2-step verification and refuses the normal password; it needs OAuth2 ([upstream.oauth2]) or an app password.",
+            "Das Anmeldeverfahren ist zu schwach. Google (534 5.7.9 „Application-specific password required“): das Konto hat die Bestätigung in zwei Schritten und lehnt das normale Passwort ab; nötig ist OAuth2 ([upstream.oauth2]) oder ein App-Passwort.",
+        )),
+        (5, 7, 14) => Some((
+            "A trust relationship is required. Google (534 5.7.14 \"Please log in via your web browser\"): Google blocks sign-in with the password; it needs OAuth2 ([upstream.oauth2]) or an app password.",
+            "Eine Vertrauensbeziehung ist erforderlich. Google (534 5.7.14 „Please log in via your web browser“): Google sperrt die Anmeldung mit dem Passwort; nötig ist OAuth2 ([upstream.oauth2]) oder ein App-Passwort.",
         )),
         (4, 7, 650) | (4, 7, 651) => Some((
             "Microsoft: the sending IP is rate-limited because of its reputation; slow down and retry later.",
@@ -667,6 +680,14 @@ mod tests {
         // languages, not just the RFC's generic one.
         for (c, s, d, word) in [
             (5, 7, 30, "OAuth2"),
+            (5, 7, 30, "REQUIRETLS"),
+            (5, 7, 30, "mailvalve oauth login --profile office365"),
+            (5, 7, 139, "Authenticated SMTP"),
+            (5, 7, 139, "mailvalve oauth login --profile office365"),
+            (5, 7, 9, "OAuth2"),
+            (5, 7, 9, "Google"),
+            (5, 7, 14, "OAuth2"),
+            (5, 7, 14, "Google"),
             (4, 7, 650, "Microsoft"),
             (4, 7, 651, "Microsoft"),
             (4, 7, 652, "Microsoft"),

@@ -12,6 +12,10 @@ pub struct Capabilities {
     pub starttls: bool,
     pub auth_plain: bool,
     pub auth_login: bool,
+    /// `AUTH XOAUTH2` (Google, Microsoft): OAuth2 bearer token.
+    pub auth_xoauth2: bool,
+    /// `AUTH OAUTHBEARER` (RFC 7628).
+    pub auth_oauthbearer: bool,
     pub size: Option<usize>,
     pub eight_bit_mime: bool,
     pub smtputf8: bool,
@@ -42,6 +46,8 @@ impl Capabilities {
                         match m.to_ascii_uppercase().as_str() {
                             "PLAIN" => caps.auth_plain = true,
                             "LOGIN" => caps.auth_login = true,
+                            "XOAUTH2" => caps.auth_xoauth2 = true,
+                            "OAUTHBEARER" => caps.auth_oauthbearer = true,
                             _ => {}
                         }
                     }
@@ -65,5 +71,6 @@ mod tests {
         assert!(c.pipelining && c.starttls && c.auth_plain && c.auth_login);
         assert_eq!(c.size, Some(35882577));
         assert!(!c.smtputf8);
+        assert!(c.auth_xoauth2 && !c.auth_oauthbearer);
     }
 }

@@ -3,8 +3,9 @@
 //! durable (every write transaction is committed with redb's default immediate
 //! durability: fsynced before the commit returns — for writes from the feedback path,
 //! on the store's own writer thread, see `write_behind`) and must never decide anything
-//! itself.
+//! itself. Also the OAuth2 token file (`token_file`: the refresh token, 0600 on Unix).
 
 pub mod suppression;
 pub mod suppression_csv;
+pub mod token_file;
 pub mod write_behind;

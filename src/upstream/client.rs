@@ -86,6 +86,9 @@ pub struct Connection {
     next_identity: Option<Arc<str>>,
     /// The last message as written (re-dot-stuffed), reused for the next one.
     wire: Vec<u8>,
+    /// Replies are read without reporting them to the observer (the first OAuth2
+    /// sign-in attempt: a refused token is refreshed, not a reason to pause).
+    hold_replies: bool,
 }
 
 impl std::fmt::Debug for Connection {

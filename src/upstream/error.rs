@@ -35,6 +35,14 @@ pub enum UpstreamError {
     /// Credentials are configured, but the provider offers neither AUTH PLAIN nor LOGIN.
     #[error("provider offers no AUTH mechanism mailvalve supports (PLAIN, LOGIN)")]
     NoAuthMechanism,
+    /// `[upstream.oauth2]` names a mechanism (XOAUTH2 / OAUTHBEARER) the provider does
+    /// not offer.
+    #[error("provider does not offer AUTH {0}, which upstream.oauth2.mechanism names")]
+    NoOAuthMechanism(&'static str),
+    /// No OAuth2 access token could be had (the token endpoint refused the refresh token,
+    /// none is stored, or the endpoint is unreachable). Never holds a token.
+    #[error("{0}")]
+    OAuth(super::oauth::OAuthError),
     /// The provider rejected the credentials. Holds the provider's reply, never the secret.
     #[error("provider rejected the credentials: {0}")]
     Auth(Answer),
@@ -124,6 +132,21 @@ impl UpstreamError {
                 "Provider offers no AUTH mechanism mailvalve supports",
             ),
             Self::Auth(_) => Reply::new(454, e(7, 0), "Provider rejected mailvalve's credentials"),
+            Self::NoOAuthMechanism(m) => Reply::new(
+                454,
+                e(7, 0),
+                format!("Provider does not offer AUTH {m}, which the configuration requires"),
+            ),
+            Self::OAuth(o) if o.is_permanent() => Reply::new(
+                454,
+                e(7, 0),
+                "Provider sign-in (OAuth2) is not possible: the refresh token was refused or is missing; run `mailvalve oauth login`",
+            ),
+            Self::OAuth(_) => Reply::new(
+                451,
+                e(4, 1),
+                "Provider sign-in (OAuth2) failed: the token endpoint is unreachable, try again later",
+            ),
             Self::Protocol(_) => Reply::new(
                 451,
                 e(5, 0),
@@ -211,7 +234,9 @@ impl UpstreamError {
             Self::Greeting(_) => Some(Phase::Greeting),
             Self::Ehlo(_) => Some(Phase::Ehlo),
             Self::StartTls(_) | Self::Tls(_) => Some(Phase::StartTls),
-            Self::NoAuthMechanism | Self::Auth(_) => Some(Phase::Auth),
+            Self::NoAuthMechanism | Self::Auth(_) | Self::NoOAuthMechanism(_) | Self::OAuth(_) => {
+                Some(Phase::Auth)
+            }
             Self::Unexpected { phase, .. } | Self::Unsolicited { phase, .. } => Some(*phase),
             _ => None,
         }

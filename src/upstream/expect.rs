@@ -28,6 +28,9 @@ impl Expect {
     pub(crate) const AUTH_CONTINUE: Expect = Expect::Codes(&[334]);
     /// The last AUTH step: authenticated.
     pub(crate) const AUTH_DONE: Expect = Expect::Codes(&[235]);
+    /// XOAUTH2 / OAUTHBEARER with the token sent at once: done, or the provider's error
+    /// challenge (a `334` carrying a JSON error) that the client must acknowledge.
+    pub(crate) const OAUTH_FIRST: Expect = Expect::Codes(&[235, 334]);
     pub(crate) const MAIL: Expect = Expect::Codes(&[250, 251, 252]);
     pub(crate) const RCPT: Expect = Expect::Codes(&[250, 251, 252]);
     pub(crate) const DATA: Expect = Expect::Codes(&[354]);

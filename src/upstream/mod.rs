@@ -26,6 +26,7 @@ pub mod concurrency;
 pub mod error;
 mod expect;
 pub mod lease;
+pub mod oauth;
 pub mod observer;
 pub mod policy_gate;
 pub mod pool;

@@ -166,6 +166,21 @@ impl Observer for PolicyObserver {
         match error {
             // The connection could not be set up: the upstream as a whole backs off.
             UpstreamError::Connect(_) | UpstreamError::Tls(_) => self.connect_failed(error),
+            // The token endpoint refused the refresh token (revoked, expired, wrong
+            // client) or there is none: like refused credentials, the account pauses until
+            // someone signs in again. An unreachable endpoint backs off like a provider.
+            UpstreamError::OAuth(e) if e.is_permanent() => {
+                tracing::warn!(error = %e, "OAuth2 sign-in impossible; pausing the account");
+                self.controller.on_reply(
+                    Phase::Auth,
+                    &Verdict::Pause {
+                        scope: crate::policy::verdict::PauseScope::Auth,
+                        until: None,
+                    },
+                    self.ctx(true),
+                );
+            }
+            UpstreamError::OAuth(_) => self.connect_failed(error),
             UpstreamError::Timeout { .. }
             | UpstreamError::Unexpected { .. }
             | UpstreamError::Unsolicited { .. }

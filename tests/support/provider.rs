@@ -76,6 +76,10 @@ pub struct ProviderBuilder {
     inject_after_starttls: Option<Vec<u8>>,
     auth: Option<(String, String)>,
     auth_mechs: Vec<String>,
+    /// XOAUTH2 / OAUTHBEARER: decides on (mechanism, decoded initial response).
+    oauth: Option<OAuthCheck>,
+    /// The SIZE the EHLO reply announces (0: no SIZE line).
+    size: usize,
     mail_reply: String,
     rcpt_replies: HashMap<String, String>,
     rcpt_default: String,
@@ -107,6 +111,8 @@ impl Default for ProviderBuilder {
             inject_after_starttls: None,
             auth: None,
             auth_mechs: vec!["PLAIN".into(), "LOGIN".into()],
+            oauth: None,
+            size: 10_485_760,
             mail_reply: "250 2.1.0 Sender OK".into(),
             rcpt_replies: HashMap::new(),
             rcpt_default: "250 2.1.5 Recipient OK".into(),
@@ -123,7 +129,24 @@ impl Default for ProviderBuilder {
     }
 }
 
+/// Decides an OAuth2 sign-in: `(mechanism, decoded initial client response)` → accepted.
+pub type OAuthCheck = Arc<dyn Fn(&str, &[u8]) -> bool + Send + Sync>;
+
 impl ProviderBuilder {
+    /// Require AUTH with `mechs` (e.g. `["XOAUTH2"]`), answered by `check`. A refused
+    /// token gets the providers' error challenge (`334` + base64 JSON); the client must
+    /// answer it with an empty line (XOAUTH2) or `AQ==` (OAUTHBEARER, RFC 7628 3.2.3),
+    /// then gets `535 5.7.8`; any other answer gets `501 5.5.2` (so a test sees it).
+    pub fn oauth(mut self, mechs: &[&str], check: OAuthCheck) -> Self {
+        self.auth_mechs = mechs.iter().map(|s| s.to_string()).collect();
+        self.oauth = Some(check);
+        self
+    }
+    /// The SIZE announced in the EHLO reply (default 10 MiB; 0 = no SIZE line).
+    pub fn size(mut self, n: usize) -> Self {
+        self.size = n;
+        self
+    }
     /// Greeting line, e.g. `"421 4.7.0 Too busy"`.
     pub fn greeting(mut self, line: &str) -> Self {
         self.greeting = line.into();

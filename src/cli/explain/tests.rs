@@ -151,6 +151,63 @@ fn provider_codes_and_markers_have_texts() {
     }
 }
 
+/// The provider's words for "password sign-in is off" pause the account even without
+/// `--profile`, and the explanation names what to do (issue 11), in both languages.
+/// 5.7.30 with its RFC 8689 meaning (REQUIRETLS) does not pause the account.
+#[test]
+fn password_sign_in_off_pauses_without_a_profile_and_names_the_way_out() {
+    let cases: [(&str, &[&str], &[&str]); 4] = [
+        (
+            "550 5.7.30 Basic authentication is not supported for Client Submission",
+            &["[pause-auth]", "mailvalve oauth login --profile office365", "OAuth2"],
+            &["[pause-auth]", "mailvalve oauth login --profile office365", "OAuth2"],
+        ),
+        (
+            "535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant.",
+            &["[pause-auth]", "Authenticated SMTP", "administrator", "mailvalve oauth login --profile office365"],
+            &["[pause-auth]", "Authenticated SMTP", "Administrator", "mailvalve oauth login --profile office365"],
+        ),
+        (
+            "534 5.7.9 Application-specific password required.",
+            &["[pause-auth]", "Google", "OAuth2", "app password"],
+            &["[pause-auth]", "Google", "OAuth2", "App-Passwort"],
+        ),
+        (
+            "534 5.7.14 Please log in via your web browser and then try again.",
+            &["[pause-auth]", "Google", "OAuth2", "app password"],
+            &["[pause-auth]", "Google", "OAuth2", "App-Passwort"],
+        ),
+    ];
+    for (reply, en, de) in cases {
+        for (lang, words) in [(Lang::En, en), (Lang::De, de)] {
+            for phase in [
+                None,
+                Some(Phase::Auth),
+                Some(Phase::Mail),
+                Some(Phase::Rcpt),
+            ] {
+                let out = explain(reply, phase, None, lang).unwrap();
+                for w in words {
+                    assert!(
+                        out.contains(w),
+                        "{reply} {phase:?} {lang:?}: no {w:?} in\n{out}"
+                    );
+                }
+                assert_plain(&out);
+            }
+        }
+    }
+    let out = explain(
+        "550 5.7.30 REQUIRETLS support required",
+        Some(Phase::Mail),
+        None,
+        Lang::En,
+    )
+    .unwrap();
+    assert!(!out.contains("[pause-auth]"), "{out}");
+    assert!(out.contains("REQUIRETLS"), "{out}");
+}
+
 #[test]
 fn durations_in_words() {
     let d = |s| Duration::from_secs(s);

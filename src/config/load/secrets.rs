@@ -6,11 +6,15 @@
 //! [`Secrets::scrub`] first.
 
 /// Keys whose values are secrets: `upstream.password`, `server.users[3].password`,
-/// `http.token`, ...
+/// `http.token`, `upstream.oauth2.client_secret`, `upstream.oauth2.refresh_token`, ...
+/// (`token_file` and `token_endpoint` are a path and a URL, not secrets.)
 pub(super) fn is_secret_key(key: &str) -> bool {
     let last = key.rsplit(['.', ']']).next().unwrap_or(key);
     let last = last.to_ascii_lowercase();
-    last.contains("password") || last.contains("secret") || last.contains("token")
+    last.contains("password")
+        || last.contains("secret")
+        || last == "token"
+        || last.ends_with("_token")
 }
 
 /// Password values written in the file, found without trusting it to parse: every

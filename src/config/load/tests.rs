@@ -442,6 +442,37 @@ fn data_paths_resolve_against_the_file_and_env_paths_do_not() {
     assert_eq!(c.queue.dir, PathBuf::from("mailvalve-spool"));
 }
 
+/// The OAuth2 token file is a data path like the spool: written or defaulted, it lives
+/// next to the config file; a variable's relative path stays relative to the current
+/// directory.
+#[test]
+fn token_file_resolves_against_the_file_like_the_data_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(&dir, "[upstream.oauth2]\nclient_id = \"c\"\n");
+    let c = load_with_env(&path, env(&[])).unwrap();
+    let o = c.upstream.oauth2.unwrap();
+    assert_eq!(
+        o.token_file.unwrap(),
+        dir.path().join("mailvalve-oauth2-token.json")
+    );
+
+    let path = write(
+        &dir,
+        "[upstream.oauth2]\nclient_id = \"c\"\ntoken_file = \"secret/t.json\"\n",
+    );
+    let c = load_with_env(&path, env(&[])).unwrap();
+    let o = c.upstream.oauth2.unwrap();
+    assert_eq!(o.token_file.unwrap(), dir.path().join("secret/t.json"));
+
+    let c = load_with_env(
+        &path,
+        env(&[("MAILVALVE__UPSTREAM__OAUTH2__TOKEN_FILE", "here/t.json")]),
+    )
+    .unwrap();
+    let o = c.upstream.oauth2.unwrap();
+    assert_eq!(o.token_file.unwrap(), PathBuf::from("here/t.json"));
+}
+
 #[test]
 fn validated_load_attributes_problems() {
     let dir = tempfile::tempdir().unwrap();

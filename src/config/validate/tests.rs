@@ -436,3 +436,54 @@ fn tls_verify_off_is_a_warning() {
     assert_eq!(warnings(&c)[0].key, "upstream.tls_verify");
     assert!(warnings(&Config::default()).is_empty());
 }
+
+#[test]
+fn oauth2_needs_a_mailbox_one_sign_in_and_a_complete_table() {
+    use crate::config::oauth::OAuth2Config;
+    let mut c = Config::default();
+    c.upstream.profile = "office365".into();
+    c.upstream.host = "smtp.office365.com".into();
+    c.upstream.oauth2 = Some(OAuth2Config {
+        client_id: Some("app".into()),
+        ..Default::default()
+    });
+    assert_eq!(keys(&c), ["upstream.username"]);
+    c.upstream.username = Some("news@example.org".into());
+    assert!(
+        keys(&c).is_empty(),
+        "the profile supplies endpoints and scopes"
+    );
+    c.upstream.password = Some(Secret::new("pw-hunter2"));
+    assert_eq!(keys(&c), ["upstream.password"], "password and OAuth2 both");
+    c.upstream.password = None;
+
+    c.upstream.profile = "generic".into();
+    assert_eq!(
+        keys(&c),
+        ["upstream.oauth2.token_endpoint"],
+        "generic has none"
+    );
+    c.upstream.oauth2.as_mut().unwrap().token_endpoint = Some("http://login.example/t".into());
+    assert_eq!(
+        keys(&c),
+        ["upstream.oauth2.token_endpoint"],
+        "plain http off loopback"
+    );
+    c.upstream.oauth2.as_mut().unwrap().token_endpoint = Some("https://login.example/t".into());
+    assert!(keys(&c).is_empty());
+
+    c.upstream.tls = TlsMode::None;
+    assert_eq!(
+        keys(&c),
+        ["upstream.tls"],
+        "a token in clear text off loopback"
+    );
+    c.upstream.host = "127.0.0.1".into();
+    assert!(keys(&c).is_empty());
+
+    c.upstream.oauth2.as_mut().unwrap().client_id = None;
+    c.upstream.oauth2.as_mut().unwrap().refresh_token = Some(Secret::new("rt-hunter2"));
+    let msgs = format!("{:?}", validate(&c).unwrap_err());
+    assert!(msgs.contains("upstream.oauth2.client_id"), "{msgs}");
+    assert!(!msgs.contains("hunter2"), "{msgs}");
+}

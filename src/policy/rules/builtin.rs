@@ -66,6 +66,10 @@ const QUOTA_DAILY: &str = r"daily (user )?(sending|message|recipient|submission)
 const QUOTA_OTHER: &str =
     r"(send|sending|outbound|submission|versand|sende)[ -]?(quota|kontingent)";
 const AUTH_TEXT: &str = r"authentication (is )?required|requires? authentication|must (first )?authenticate|authenticate first|needs? to authenticate|not authenticated|(anmeldung|authentifizierung) (ist )?erforderlich";
+/// Microsoft's "Basic authentication is not supported for Client Submission" (5.7.30).
+const BASIC_AUTH_OFF: &str = r"basic auth";
+/// Google's "Please log in via your web browser and then try again" (5.7.14).
+const WEB_LOGIN: &str = r"log ?in (via|with|using|through) (your |a )?(web )?browser";
 const CONN_TEXT: &str = r"too many (concurrent |simultaneous |parallel |open |smtp |active )*(connections|sessions)|concurrent connections|connection limit|too many (login|authentication|auth) (attempts|failures)|zu viele (gleichzeitige |parallele )?verbindungen";
 /// The recipient's own receive limit (Microsoft ReceivingRatePerm, Gmail "receiving
 /// mail at a rate"): retry this recipient later, the account is fine.
@@ -95,6 +99,15 @@ pub(crate) const BUILTIN: &[Builtin] = &[
     b(ANY, Some("4xx,5xx"), None, Some(QUOTA_DAILY), "pause-quota", Some("24h"), "daily sending quota of the account (SES, Microsoft SubmissionQuotaExceeded, Google)"),
     b(ANY, Some("4xx,5xx"), None, Some(QUOTA_OTHER), "pause-quota", Some("1h"), "sending quota of the account (e.g. T-Online \"Send quota exceeded\"), window unknown: re-probe hourly"),
     // --- the account cannot send: authentication
+    // Password sign-in switched off by the provider, in whatever phase it is answered (a
+    // 550 at MAIL or RCPT would otherwise read as a policy refusal of one message).
+    // X.7.30 is "REQUIRETLS support required" (RFC 8689), so 5.7.30 pauses only with
+    // Microsoft's wording; 5.7.139 is Microsoft's own (no IANA meaning) and always a
+    // refused sign-in; 5.7.14 ("trust relationship", RFC 4468 BURL, which mailvalve
+    // does not use) only with Google's "log in via your web browser".
+    b(ANY, Some("5xx"), Some("5.7.30"), Some(BASIC_AUTH_OFF), "pause-auth", None, "5.7.30 with the words \"basic authentication\" (Microsoft): password sign-in is switched off; the account needs OAuth2"),
+    b(ANY, Some("5xx"), Some("5.7.139"), None, "pause-auth", None, "5.7.139: Microsoft refused the sign-in (SMTP AUTH switched off for the tenant or mailbox, or wrong credentials)"),
+    b(ANY, Some("5xx"), Some("5.7.14"), Some(WEB_LOGIN), "pause-auth", None, "5.7.14 \"log in via your web browser\" (Google): password sign-in refused; the account needs OAuth2 or an app password"),
     b(&["auth"], Some("5xx"), None, None, "pause-auth", None, "5xx to AUTH: credentials refused; retrying would lock the account"),
     b(ANY, Some("530,534,535,538"), None, None, "pause-auth", None, "530/534/535/538: authentication required, refused or not possible as configured"),
     b(ANY, Some("5xx"), Some("5.7.8,5.7.9,5.7.11,5.7.12,5.7.13"), None, "pause-auth", None, "5.7.8–5.7.13: credentials invalid, mechanism, password change or account disabled"),

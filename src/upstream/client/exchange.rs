@@ -124,7 +124,7 @@ impl Connection {
         };
         let rcpt = self.reply_for.take();
         let mut verdict = None;
-        if let Some(obs) = &self.observer {
+        if let Some(obs) = self.observer.as_ref().filter(|_| !self.hold_replies) {
             match &res {
                 Ok(r) => {
                     let about = match phase {
@@ -235,5 +235,25 @@ impl auth::Commands for Connection {
         let r = self.read_reply(phase, expect, wait).await?;
         tracing::trace!(phase = phase.name(), "< {}", r.code);
         Ok(r)
+    }
+
+    fn hold_replies(&mut self, hold: bool) {
+        self.hold_replies = hold;
+    }
+
+    fn report(&mut self, phase: Phase, answer: Answer) -> Answer {
+        match &self.observer {
+            Some(obs) => {
+                let verdict = obs.reply(phase, &answer.reply, None, None);
+                Answer::provider(answer.reply, verdict)
+            }
+            None => answer,
+        }
+    }
+
+    fn report_failure(&mut self, phase: Phase, error: &UpstreamError) {
+        if let Some(obs) = &self.observer {
+            obs.failure(Some(phase), error);
+        }
     }
 }

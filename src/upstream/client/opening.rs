@@ -89,6 +89,7 @@ impl Connection {
             identity: None,
             next_identity: None,
             wire: Vec::new(),
+            hold_replies: false,
         };
         if cfg.tls == TlsMode::Implicit {
             conn.upgrade(settings).await?;
@@ -134,9 +135,33 @@ impl Connection {
             conn.hello(&cfg.helo_name).await?;
         }
 
-        if let (Some(user), Some(pass)) = (&cfg.username, &cfg.password) {
-            let (caps, wait) = (conn.caps.clone(), conn.command_timeout());
-            auth::authenticate(&mut conn, &caps, wait, user, pass).await?;
+        // The EHLO that counts is the last one (after STARTTLS): its SIZE is the
+        // provider's limit for the messages this connection will carry.
+        if let Some(n) = conn.caps.size {
+            settings.message_size.announce(n);
+        }
+
+        let wait = conn.command_timeout();
+        match (&cfg.username, &cfg.password, &settings.tokens) {
+            (Some(user), _, Some(tokens)) => {
+                let caps = conn.caps.clone();
+                let login = auth::OAuthLogin {
+                    mechanism: tokens.config().mechanism,
+                    user,
+                    host: &cfg.host,
+                    port: cfg.port,
+                };
+                let res = auth::authenticate_oauth(&mut conn, &caps, wait, &login, tokens).await;
+                if let (Err(e @ UpstreamError::OAuth(_)), Some(obs)) = (&res, &settings.observer) {
+                    obs.failure(Some(Phase::Auth), e);
+                }
+                res?;
+            }
+            (Some(user), Some(pass), None) => {
+                let caps = conn.caps.clone();
+                auth::authenticate(&mut conn, &caps, wait, user, pass).await?;
+            }
+            _ => {}
         }
         Ok(conn)
     }

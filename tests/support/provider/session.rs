@@ -191,13 +191,17 @@ impl Session {
                     if script.pipelining {
                         caps.push("PIPELINING".into());
                     }
-                    caps.push("SIZE 10485760".into());
+                    if script.size > 0 {
+                        caps.push(format!("SIZE {}", script.size));
+                    }
                     caps.push("8BITMIME".into());
                     caps.push("ENHANCEDSTATUSCODES".into());
                     if script.tls.is_some() && !self.tls {
                         caps.push("STARTTLS".into());
                     }
-                    if script.auth.is_some() && !script.auth_mechs.is_empty() {
+                    if (script.auth.is_some() || script.oauth.is_some())
+                        && !script.auth_mechs.is_empty()
+                    {
                         caps.push(format!("AUTH {}", script.auth_mechs.join(" ")));
                     }
                     caps.extend(script.extra_caps.iter().cloned());
@@ -226,7 +230,7 @@ impl Session {
                     Some(r) => r,
                     None => return Outcome::Closed,
                 },
-                "MAIL" if script.auth.is_some() && !self.authed => {
+                "MAIL" if (script.auth.is_some() || script.oauth.is_some()) && !self.authed => {
                     "530 5.7.0 Authentication required".into()
                 }
                 "MAIL" => script.mail_reply.clone(),
@@ -329,11 +333,35 @@ impl Session {
         s: &mut S,
         line: &str,
     ) -> Option<String> {
+        let mut words = line.split(' ').skip(1);
+        let mech = words.next().unwrap_or("").to_ascii_uppercase();
+        if let Some(check) = self.script.oauth.clone() {
+            if !self.script.auth_mechs.contains(&mech) {
+                return Some("504 5.5.4 Unrecognized authentication type".into());
+            }
+            let decoded = B64
+                .decode(words.next().unwrap_or("").trim())
+                .unwrap_or_default();
+            if check(&mech, &decoded) {
+                self.authed = true;
+                return Some("235 2.7.0 Authentication successful".into());
+            }
+            // Google's error challenge: {"status":"401","schemes":"Bearer","scope":"..."}
+            let challenge = B64.encode(
+                br#"{"status":"401","schemes":"Bearer","scope":"https://mail.google.com/"}"#,
+            );
+            write_line(s, &format!("334 {challenge}")).await.ok()?;
+            let ack = self.read_line(s).await?;
+            self.record(&ack);
+            let want = if mech == "OAUTHBEARER" { "AQ==" } else { "" };
+            if ack != want {
+                return Some("501 5.5.2 Bad answer to the error challenge".into());
+            }
+            return Some("535 5.7.8 Username and Password not accepted".into());
+        }
         let Some((user, pass)) = self.script.auth.clone() else {
             return Some("502 5.5.1 AUTH not available".into());
         };
-        let mut words = line.split(' ').skip(1);
-        let mech = words.next().unwrap_or("").to_ascii_uppercase();
         let ok = match mech.as_str() {
             "PLAIN" => {
                 let blob = match words.next() {

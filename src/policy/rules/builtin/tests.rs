@@ -159,6 +159,17 @@ const TABLE: &[(Phase, u16, &str, &str, Verdict)] = &[
     (Rcpt, 450, "", "Mail send limit exceeded", TR),
     (Mail, 450, "4.7.0", "Transmit rate limit exceeded", TR),
     (Rcpt, 550, "", "Send quota exceeded", pq(H)),
+    // Password sign-in switched off (issue 11): pause-auth without a profile, in any
+    // phase. RFC 8689 gives X.7.30 to "REQUIRETLS support required", so only Microsoft's
+    // wording pauses the account; the RFC meaning stays a refusal of the message's path.
+    (Rcpt, 550, "5.7.30", "Basic authentication is not supported for Client Submission", PA),
+    (Mail, 550, "5.7.30", "Basic authentication is not supported for Client Submission", PA),
+    (Auth, 535, "5.7.30", "Basic authentication is not supported for Client Submission", PA),
+    (Mail, 550, "5.7.30", "REQUIRETLS support required", PB),
+    (Auth, 535, "5.7.139", "Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant.", PA),
+    (Rcpt, 550, "5.7.139", "Authentication unsuccessful, basic authentication is disabled", PA),
+    (Auth, 534, "5.7.14", "Please log in via your web browser and then try again.", PA),
+    (Mail, 550, "5.7.14", "Please log in via your web browser and then try again.", PA),
     (Auth, 454, "4.7.0", "Temporary authentication failure", DEF),
     (Auth, 454, "4.7.0", "Too many login attempts, please try again later", TC),
     (Rcpt, 550, "5.1.1", "The email account that you tried to reach does not exist", SUP),
