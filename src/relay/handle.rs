@@ -139,7 +139,12 @@ impl RelayHandle {
     /// Applies a configuration that passed `config::validate` (see [`super::reload`] for
     /// what takes effect and what needs a restart).
     pub fn apply(&self, config: Config) -> Result<ReloadOutcome, String> {
-        let outcome = super::reload::apply(&self.inner.policy, &self.inner.running, config)?;
+        let outcome = super::reload::apply(
+            &self.inner.policy,
+            self.inner.queue.as_deref(),
+            &self.inner.running,
+            config,
+        )?;
         self.resume_account();
         Ok(outcome)
     }
