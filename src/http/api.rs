@@ -44,6 +44,7 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/explain", get(explain))
         .route("/reload", post(reload))
+        .route("/control", post(control))
         .fallback(|| async { json_error(StatusCode::NOT_FOUND, "no such API route") })
 }
 
@@ -314,5 +315,25 @@ async fn reload(State(s): State<AppState>) -> ApiResult {
     match outcome {
         Ok(report) => ok(json!(report)),
         Err(e) => Err(err(StatusCode::UNPROCESSABLE_ENTITY, e)),
+    }
+}
+
+/// `POST /api/v1/control`: one control-socket request (its command line, then for
+/// `suppress add` the entries) answered with the very text the socket answers, so
+/// `mailvalve queue` and `mailvalve suppress` print the same through either (they use
+/// this where there is no control socket: not on Unix, or `--api URL`). The body is
+/// bounded by axum's default limit (2 MiB).
+async fn control(State(s): State<AppState>, body: axum::body::Bytes) -> Response {
+    let (line, rest) = match body.iter().position(|&b| b == b'\n') {
+        Some(i) => (&body[..i], &body[i + 1..]),
+        None => (&body[..], &[][..]),
+    };
+    let Ok(line) = std::str::from_utf8(line) else {
+        return json_error(StatusCode::BAD_REQUEST, "the command line is not UTF-8");
+    };
+    let instance = s.handle.control_instance();
+    match instance.answer(line.trim(), rest).await {
+        Ok(text) => ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response(),
+        Err(e) => json_error(StatusCode::UNPROCESSABLE_ENTITY, &e),
     }
 }

@@ -149,6 +149,13 @@ impl RelayHandle {
         Ok(outcome)
     }
 
+    /// What the control socket (and `POST /api/v1/control`) serves: queue commands and
+    /// the suppression list, on this handle.
+    pub fn control_instance(&self) -> control::Instance {
+        control::Instance::queue(Arc::new(self.clone()))
+            .with_suppressions(self.policy().suppressions.clone())
+    }
+
     /// Lets a reload change the log level (`mailvalve run` installs it).
     pub fn on_log_level(&self, f: super::reload::SetLogLevel) {
         self.inner.running.set_log_level_hook(f);
