@@ -268,6 +268,24 @@ fn queue_and_suppress_print_the_same_through_the_api_as_through_the_control_sock
         "removed through the API"
     );
 
+    // Another configuration (another spool) whose http.listen this instance holds is
+    // not steered through it: the instance refuses, the CLI works on its own spool.
+    let other = tempfile::tempdir().unwrap();
+    let other_file = other.path().join("mailvalve.toml");
+    std::fs::write(
+        &other_file,
+        config(other.path(), free_port(), &listen, 4, "local"),
+    )
+    .unwrap();
+    let (ok, out, err) = cli(&other_file, None, &["queue", "pause"]);
+    assert!(!ok, "{out}{err}");
+    assert!(err.contains("no spool in"), "{err}");
+    assert_eq!(
+        status(http)["operator_paused"],
+        false,
+        "not paused by the other"
+    );
+
     // A wrong --api is an error naming it, not a silent fallback to the spool.
     let (ok, _, err) = cli(&file, Some("http://127.0.0.1:9"), &["queue", "status"]);
     assert!(!ok);

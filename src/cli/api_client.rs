@@ -19,6 +19,9 @@ pub struct Api {
     /// Given by the operator (`--api`): failing to reach it is an error, not "none
     /// running".
     explicit: bool,
+    /// The configured spool directory, sent so that an instance with another spool
+    /// (another configuration that happens to hold `http.listen`) refuses.
+    spool: Option<String>,
 }
 
 impl Api {
@@ -31,6 +34,7 @@ impl Api {
                 base: url.trim_end_matches('/').to_string(),
                 token,
                 explicit: true,
+                spool: None,
             });
         }
         let mut addr = cfg.http.listen?;
@@ -44,6 +48,12 @@ impl Api {
             base: format!("http://{addr}"),
             token,
             explicit: false,
+            spool: std::fs::canonicalize(&cfg.queue.dir)
+                .unwrap_or_else(|_| cfg.queue.dir.clone())
+                .to_str()
+                // (A header value is visible ASCII; other paths are not sent.)
+                .filter(|d| d.is_ascii())
+                .map(str::to_string),
         })
     }
 
@@ -78,6 +88,9 @@ impl Api {
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
+        if let Some(dir) = &self.spool {
+            req = req.header("X-Mailvalve-Spool", dir);
+        }
         let resp = match req.send().await {
             Ok(r) => r,
             Err(e) if e.is_connect() && !self.explicit => return Ok(None),
@@ -104,6 +117,8 @@ impl Api {
             .unwrap_or_else(|| format!("HTTP {status}"));
         match status.as_u16() {
             422 => Ok(Some(Err(msg))),
+            // Another instance (another spool) holds this address: not ours.
+            409 if !self.explicit => Ok(None),
             _ => Err(anyhow::anyhow!(
                 "the instance's HTTP API at {} refused: {msg}",
                 self.base

@@ -323,7 +323,28 @@ async fn reload(State(s): State<AppState>) -> ApiResult {
 /// `mailvalve queue` and `mailvalve suppress` print the same through either (they use
 /// this where there is no control socket: not on Unix, or `--api URL`). The body is
 /// bounded by axum's default limit (2 MiB).
-async fn control(State(s): State<AppState>, body: axum::body::Bytes) -> Response {
+/// A client that found this listener at `http.listen` of its configuration names its
+/// spool directory (`X-Mailvalve-Spool`); another instance's spool is refused (409), so
+/// `mailvalve queue -c other.toml` never steers the wrong instance.
+async fn control(
+    State(s): State<AppState>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Some(theirs) = headers.get("x-mailvalve-spool") {
+        let canon =
+            |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        let same = theirs
+            .to_str()
+            .map(|t| canon(std::path::Path::new(t)) == canon(s.handle.spool_dir()))
+            .unwrap_or(false);
+        if !same {
+            return json_error(
+                StatusCode::CONFLICT,
+                "this instance serves another spool directory (queue.dir)",
+            );
+        }
+    }
     let (line, rest) = match body.iter().position(|&b| b == b'\n') {
         Some(i) => (&body[..i], &body[i + 1..]),
         None => (&body[..], &[][..]),

@@ -149,6 +149,11 @@ impl RelayHandle {
         Ok(outcome)
     }
 
+    /// The spool directory (where the control socket lives).
+    pub fn spool_dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
     /// What the control socket (and `POST /api/v1/control`) serves: queue commands and
     /// the suppression list, on this handle.
     pub fn control_instance(&self) -> control::Instance {
