@@ -244,10 +244,14 @@ async fn control_answers_as_the_socket_does_and_refuses_bad_input_and_cross_site
     };
     let r = post(&[STEER], "status").await;
     assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.starts_with("queue: 0 message(s)"), "{}", r.body);
+    // (`status` is compared in tests/http_cli.rs; the list has no moving parts.)
+    let r = post(&[STEER], "list").await;
+    assert_eq!(r.status, 200, "{}", r.body);
     #[cfg(unix)]
     {
         use mailvalve::queue::control::{request, Command};
-        let by_socket = request(&mv.cfg.queue.dir, Command::Status)
+        let by_socket = request(&mv.cfg.queue.dir, Command::List)
             .await
             .unwrap()
             .unwrap()
