@@ -187,3 +187,118 @@ fn off_loopback_without_token_and_tls_run_refuses_to_start() {
     );
     assert!(stderr.contains("http.tls"), "{stderr}");
 }
+
+/// `mailvalve ARGS -c FILE [--api URL]`: (exit success, stdout, stderr).
+fn cli(file: &Path, api: Option<&str>, args: &[&str]) -> (bool, String, String) {
+    let mut c = Command::new(mailvalve());
+    c.env_remove("MAILVALVE_API").args(args).arg("-c").arg(file);
+    if let Some(url) = api {
+        c.args(["--api", url]);
+    }
+    let out = c.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+fn queue_and_suppress_print_the_same_through_the_api_as_through_the_control_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let (smtp, http) = (free_port(), free_port());
+    let file = dir.path().join("mailvalve.toml");
+    let listen = format!("127.0.0.1:{http}");
+    std::fs::write(&file, config(dir.path(), smtp, &listen, 4, "local")).unwrap();
+    let mut proc = Proc::spawn(
+        "mailvalve",
+        Command::new(mailvalve())
+            .env_remove("RUST_LOG")
+            .arg("run")
+            .arg("-c")
+            .arg(&file),
+        dir.path().join("mailvalve.log"),
+    );
+    proc.wait_listening(smtp, STARTUP);
+    proc.wait_listening(http, STARTUP);
+    let api = format!("http://127.0.0.1:{http}");
+    let api = Some(api.as_str());
+
+    // Steer through the API; read through both.
+    let (ok, out, err) = cli(&file, api, &["suppress", "add", "Gone@Example.org"]);
+    assert!(ok, "{out}{err}");
+    assert_eq!(out, "suppressed gone@example.org\n");
+    let (ok, out, err) = cli(&file, api, &["queue", "pause"]);
+    assert!(ok, "{out}{err}");
+    for args in [
+        &["queue", "status"][..],
+        &["queue", "list"],
+        &["suppress", "list"],
+        &["suppress", "export"],
+    ] {
+        // `status` can show a passing state (e.g. the first moments after start) in
+        // one answer and not the next: asked again, a bounded number of times.
+        let mut tries = 0;
+        loop {
+            let by_socket = cli(&file, None, args);
+            let by_api = cli(&file, api, args);
+            assert!(by_socket.0, "{args:?}: {by_socket:?}");
+            tries += 1;
+            if by_api == by_socket || tries == 10 {
+                assert_eq!(by_api, by_socket, "{args:?}");
+                break;
+            }
+            sleep(Duration::from_millis(200));
+        }
+    }
+    let (_, said, _) = cli(&file, None, &["queue", "status"]);
+    assert!(said.contains("operator pause: on"), "{said}");
+    assert!(cli(&file, None, &["suppress", "list"])
+        .1
+        .contains("gone@example.org"));
+
+    // An unknown id: the same error either way.
+    let (ok, _, by_api) = cli(&file, api, &["queue", "show", "0123456789abcdef"]);
+    let (_, _, by_socket) = cli(&file, None, &["queue", "show", "0123456789abcdef"]);
+    assert!(!ok);
+    assert_eq!(by_api, by_socket);
+
+    // With the control socket gone, the commands find the API at http.listen.
+    std::fs::remove_file(dir.path().join("spool/control.sock")).unwrap();
+    let (ok, out, err) = cli(&file, None, &["queue", "resume"]);
+    assert!(ok, "{out}{err}");
+    let (ok, out, err) = cli(&file, None, &["suppress", "remove", "gone@example.org"]);
+    assert!(ok, "{out}{err}");
+    assert_eq!(out, "removed gone@example.org\n");
+    let s = status(http);
+    assert_eq!(s["operator_paused"], false, "{s}");
+    assert_eq!(
+        cli(&file, api, &["suppress", "list"]).1,
+        "",
+        "removed through the API"
+    );
+
+    // Another configuration (another spool) whose http.listen this instance holds is
+    // not steered through it: the instance refuses, the CLI works on its own spool.
+    let other = tempfile::tempdir().unwrap();
+    let other_file = other.path().join("mailvalve.toml");
+    std::fs::write(
+        &other_file,
+        config(other.path(), free_port(), &listen, 4, "local"),
+    )
+    .unwrap();
+    let (ok, out, err) = cli(&other_file, None, &["queue", "pause"]);
+    assert!(!ok, "{out}{err}");
+    assert!(err.contains("no spool in"), "{err}");
+    assert_eq!(
+        status(http)["operator_paused"],
+        false,
+        "not paused by the other"
+    );
+
+    // A wrong --api is an error naming it, not a silent fallback to the spool.
+    let (ok, _, err) = cli(&file, Some("http://127.0.0.1:9"), &["queue", "status"]);
+    assert!(!ok);
+    assert!(err.contains("HTTP API at http://127.0.0.1:9"), "{err}");
+    proc.terminate(Duration::from_secs(5));
+}

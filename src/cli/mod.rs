@@ -14,6 +14,7 @@
 //! `MAILVALVE__*` environment, so a container can be configured by environment alone;
 //! `check` says which source it used.
 
+pub mod api_client;
 pub mod check;
 pub mod demo;
 pub mod explain;
@@ -111,6 +112,12 @@ pub struct ConfigArgs {
         global = true
     )]
     pub config: Option<PathBuf>,
+    /// `queue` and `suppress`: reach the running instance through its HTTP API at this
+    /// URL (e.g. http://127.0.0.1:2580) instead of the control socket. Without it they
+    /// use the control socket on Unix and, where there is none, the API at
+    /// `http.listen`. The token, if any, is `http.token` (MAILVALVE__HTTP__TOKEN).
+    #[arg(long, value_name = "URL", env = "MAILVALVE_API", global = true)]
+    pub api: Option<String>,
 }
 
 /// Parses `std::env::args` and runs the subcommand.
@@ -128,6 +135,7 @@ pub fn main() -> ExitCode {
 /// Runs a parsed command line.
 pub fn dispatch(cli: Cli) -> ExitCode {
     let config = cli.config.config.as_deref();
+    let api = cli.config.api.as_deref();
     match cli.command {
         Command::Check => check::main(config),
         Command::Run => run_command(config),
@@ -140,7 +148,7 @@ pub fn dispatch(cli: Cli) -> ExitCode {
             lang,
         } => explain_command(&reply, phase.as_deref(), profile.as_deref(), &lang),
         Command::Queue { cmd } => match load(config) {
-            Ok(cfg) => report(queue::run(cmd, &cfg)),
+            Ok(cfg) => report(queue::run(cmd, &cfg, api)),
             Err(code) => code,
         },
         Command::Reload => match load(config) {
@@ -148,7 +156,7 @@ pub fn dispatch(cli: Cli) -> ExitCode {
             Err(code) => code,
         },
         Command::Suppress { cmd } => match load(config) {
-            Ok(cfg) => report(suppress::run(cmd, &cfg)),
+            Ok(cfg) => report(suppress::run(cmd, &cfg, api)),
             Err(code) => code,
         },
         // Not validated: before the first sign-in the configuration may be incomplete.

@@ -1,6 +1,7 @@
 //! `mailvalve queue ...`: the operator's view of queue mode — list, show, retry, delete,
 //! pause, resume, status. Talks to the running instance over its control socket in the
-//! spool directory; with none running, opens the spool directly. Both run the same
+//! spool directory, or its HTTP API where there is none ([`super::api_client`]: not on
+//! Unix, no socket, or `--api URL`); with none running, opens the spool directly. Both run the same
 //! `queue::control::execute`, so the output is the same either way.
 //!
 //! It must never change the spool except through those commands, and never print a
@@ -66,7 +67,7 @@ impl QueueCmd {
     }
 }
 
-pub fn run(cmd: QueueCmd, cfg: &Config) -> anyhow::Result<()> {
+pub fn run(cmd: QueueCmd, cfg: &Config, api: Option<&str>) -> anyhow::Result<()> {
     if let QueueCmd::Status { watch: true, every } = cmd {
         return super::watch::run(cfg, std::time::Duration::from_secs(every));
     }
@@ -76,7 +77,14 @@ pub fn run(cmd: QueueCmd, cfg: &Config) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    let api = super::api_client::Api::locate(api, cfg);
     let answer = rt.block_on(async {
+        if let Some(api) = api.as_ref().filter(|a| a.is_explicit()) {
+            return match api.request(&command.to_line(), &[]).await? {
+                Some(answer) => Ok(answer),
+                None => anyhow::bail!("no instance answers on the HTTP API"),
+            };
+        }
         #[cfg(unix)]
         if let Some(answer) = control::request(&dir, command).await.with_context(|| {
             format!(
@@ -85,6 +93,11 @@ pub fn run(cmd: QueueCmd, cfg: &Config) -> anyhow::Result<()> {
             )
         })? {
             return Ok::<_, anyhow::Error>(answer);
+        }
+        if let Some(api) = &api {
+            if let Some(answer) = api.request(&command.to_line(), &[]).await? {
+                return Ok(answer);
+            }
         }
         if !dir.join("queue.redb").exists() {
             anyhow::bail!(

@@ -41,10 +41,13 @@ pub enum SuppressCmd {
     },
 }
 
-pub fn run(cmd: SuppressCmd, cfg: &Config) -> anyhow::Result<()> {
+pub fn run(cmd: SuppressCmd, cfg: &Config, api: Option<&str>) -> anyhow::Result<()> {
     match cmd {
         SuppressCmd::List => {
-            let entries: Vec<Entry> = entries(cfg)?.into_iter().filter(|e| e.suppressed).collect();
+            let entries: Vec<Entry> = entries(cfg, api)?
+                .into_iter()
+                .filter(|e| e.suppressed)
+                .collect();
             for e in &entries {
                 println!(
                     "{}\t{} {}\t{}\t{}\tcount={}",
@@ -69,6 +72,7 @@ pub fn run(cmd: SuppressCmd, cfg: &Config) -> anyhow::Result<()> {
                 .unwrap_or(0);
             perform(
                 cfg,
+                api,
                 SuppressRequest::Add(vec![Entry {
                     address: address.clone(),
                     code: 550,
@@ -86,7 +90,7 @@ pub fn run(cmd: SuppressCmd, cfg: &Config) -> anyhow::Result<()> {
             println!("suppressed {address}");
         }
         SuppressCmd::Remove { address } => {
-            let answer = perform(cfg, SuppressRequest::Remove(address.clone()))?;
+            let answer = perform(cfg, api, SuppressRequest::Remove(address.clone()))?;
             if answer.trim() == "true" {
                 println!("removed {}", normalize(&address));
             } else {
@@ -99,7 +103,7 @@ pub fn run(cmd: SuppressCmd, cfg: &Config) -> anyhow::Result<()> {
             match suppression_csv::import(f, SystemTime::now()) {
                 Ok(entries) => {
                     let n = entries.len();
-                    perform(cfg, SuppressRequest::Add(entries))?;
+                    perform(cfg, api, SuppressRequest::Add(entries))?;
                     println!("imported {n} addresses from {}", file.display());
                 }
                 Err(errors) => {
@@ -115,7 +119,7 @@ pub fn run(cmd: SuppressCmd, cfg: &Config) -> anyhow::Result<()> {
             }
         }
         SuppressCmd::Export { output } => {
-            let entries = entries(cfg)?;
+            let entries = entries(cfg, api)?;
             match output {
                 Some(path) => {
                     let f = std::fs::File::create(&path)
@@ -130,8 +134,8 @@ pub fn run(cmd: SuppressCmd, cfg: &Config) -> anyhow::Result<()> {
 }
 
 /// Every entry of the list, from the running instance or the database.
-fn entries(cfg: &Config) -> anyhow::Result<Vec<Entry>> {
-    let text = perform(cfg, SuppressRequest::List)?;
+fn entries(cfg: &Config, api: Option<&str>) -> anyhow::Result<Vec<Entry>> {
+    let text = perform(cfg, api, SuppressRequest::List)?;
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str::<Entry>(l).context("unreadable answer from the instance"))
@@ -139,15 +143,25 @@ fn entries(cfg: &Config) -> anyhow::Result<Vec<Entry>> {
 }
 
 /// Runs `req` on the running instance's list if one answers on the control socket, else
-/// on the database opened directly. `Ok` is the answer text of `execute_suppress`.
-fn perform(cfg: &Config, req: SuppressRequest) -> anyhow::Result<String> {
+/// or its HTTP API where there is none (not on Unix, no socket, or `--api URL`), else on
+/// the database opened directly. `Ok` is the answer text of `execute_suppress`.
+fn perform(cfg: &Config, api: Option<&str>, req: SuppressRequest) -> anyhow::Result<String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let api = super::api_client::Api::locate(api, cfg);
+    let (line, body) = req.to_wire();
+    let by_api = |api: &super::api_client::Api| rt.block_on(api.request(&line, &body));
+    if let Some(api) = api.as_ref().filter(|a| a.is_explicit()) {
+        return match by_api(api)? {
+            Some(answer) => answer.map_err(|e| anyhow::anyhow!("suppress (running instance): {e}")),
+            None => bail!("no instance answers on the HTTP API"),
+        };
+    }
     #[cfg(unix)]
     {
         let dir = &cfg.queue.dir;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("cannot start the async runtime")?;
         let answer = rt
             .block_on(control::request_suppress(dir, &req))
             .with_context(|| {
@@ -157,6 +171,11 @@ fn perform(cfg: &Config, req: SuppressRequest) -> anyhow::Result<String> {
                 )
             })?;
         if let Some(answer) = answer {
+            return answer.map_err(|e| anyhow::anyhow!("suppress (running instance): {e}"));
+        }
+    }
+    if let Some(api) = &api {
+        if let Some(answer) = by_api(api)? {
             return answer.map_err(|e| anyhow::anyhow!("suppress (running instance): {e}"));
         }
     }

@@ -290,7 +290,7 @@ impl Default for UpstreamConfig {
 }
 
 /// Message rate limits; each is optional, all that are set apply.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateConfig {
     pub per_second: Option<u32>,

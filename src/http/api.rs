@@ -44,6 +44,7 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/explain", get(explain))
         .route("/reload", post(reload))
+        .route("/control", post(control))
         .fallback(|| async { json_error(StatusCode::NOT_FOUND, "no such API route") })
 }
 
@@ -314,5 +315,46 @@ async fn reload(State(s): State<AppState>) -> ApiResult {
     match outcome {
         Ok(report) => ok(json!(report)),
         Err(e) => Err(err(StatusCode::UNPROCESSABLE_ENTITY, e)),
+    }
+}
+
+/// `POST /api/v1/control`: one control-socket request (its command line, then for
+/// `suppress add` the entries) answered with the very text the socket answers, so
+/// `mailvalve queue` and `mailvalve suppress` print the same through either (they use
+/// this where there is no control socket: not on Unix, or `--api URL`). The body is
+/// bounded by axum's default limit (2 MiB).
+/// A client that found this listener at `http.listen` of its configuration names its
+/// spool directory (`X-Mailvalve-Spool`); another instance's spool is refused (409), so
+/// `mailvalve queue -c other.toml` never steers the wrong instance.
+async fn control(
+    State(s): State<AppState>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Some(theirs) = headers.get("x-mailvalve-spool") {
+        let canon =
+            |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        let same = theirs
+            .to_str()
+            .map(|t| canon(std::path::Path::new(t)) == canon(s.handle.spool_dir()))
+            .unwrap_or(false);
+        if !same {
+            return json_error(
+                StatusCode::CONFLICT,
+                "this instance serves another spool directory (queue.dir)",
+            );
+        }
+    }
+    let (line, rest) = match body.iter().position(|&b| b == b'\n') {
+        Some(i) => (&body[..i], &body[i + 1..]),
+        None => (&body[..], &[][..]),
+    };
+    let Ok(line) = std::str::from_utf8(line) else {
+        return json_error(StatusCode::BAD_REQUEST, "the command line is not UTF-8");
+    };
+    let instance = s.handle.control_instance();
+    match instance.answer(line.trim(), rest).await {
+        Ok(text) => ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response(),
+        Err(e) => json_error(StatusCode::UNPROCESSABLE_ENTITY, &e),
     }
 }

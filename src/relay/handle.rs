@@ -139,9 +139,26 @@ impl RelayHandle {
     /// Applies a configuration that passed `config::validate` (see [`super::reload`] for
     /// what takes effect and what needs a restart).
     pub fn apply(&self, config: Config) -> Result<ReloadOutcome, String> {
-        let outcome = super::reload::apply(&self.inner.policy, &self.inner.running, config)?;
+        let outcome = super::reload::apply(
+            &self.inner.policy,
+            self.inner.queue.as_deref(),
+            &self.inner.running,
+            config,
+        )?;
         self.resume_account();
         Ok(outcome)
+    }
+
+    /// The spool directory (where the control socket lives).
+    pub fn spool_dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// What the control socket (and `POST /api/v1/control`) serves: queue commands and
+    /// the suppression list, on this handle.
+    pub fn control_instance(&self) -> control::Instance {
+        control::Instance::queue(Arc::new(self.clone()))
+            .with_suppressions(self.policy().suppressions.clone())
     }
 
     /// Lets a reload change the log level (`mailvalve run` installs it).

@@ -180,9 +180,7 @@ fn serve_control(handle: &RelayHandle, config: &Config, shutdown: CancellationTo
     #[cfg(unix)]
     {
         use crate::queue::control;
-        let instance = control::Instance::queue(Arc::new(handle.clone()))
-            .with_suppressions(handle.policy().suppressions.clone());
-        match control::serve(instance, config.queue.dir.clone(), shutdown) {
+        match control::serve(handle.control_instance(), config.queue.dir.clone(), shutdown) {
             Ok(task) => drop(tokio::spawn(task)),
             Err(e) => tracing::warn!(
                 "no control socket, `mailvalve queue` and `mailvalve suppress` cannot reach this instance: {e}"

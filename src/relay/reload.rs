@@ -7,10 +7,15 @@
 //! connection maximum and the rate ceiling (from
 //! `upstream.max_connections`, `[upstream.limits]` and the profile's figures) — what was
 //! learned is kept unless the limit it was learned against changed — the log level
-//! (unless `RUST_LOG` decides it), and every valid reload ends an account pause (fixed
-//! credentials). Said, not silently ignored: what
-//! needs a restart (`server.*`, `http.*`, `mode`, `queue.dir`, `suppression.path`, and
-//! for now the provider connection settings, credentials, rate caps and webhook).
+//! (unless `RUST_LOG` decides it), the rate caps (`[upstream.rate]` and the profile's
+//! quotas; the spent part of an hourly or daily quota is carried over), the provider
+//! connection settings and credentials (host, port, TLS, username, password,
+//! timeouts, HELO name, per-connection and idle limits: new connections use them, pooled
+//! ones opened with the old settings close after their transaction), the bounce
+//! webhook (queue mode, for the next post), and every valid reload ends an account pause
+//! (fixed credentials). Said, not silently ignored: what needs a restart (`server.*`,
+//! `http.*`, `mode`, `queue.dir`, the rest of `[queue]`, `[suppression]`, and
+//! `upstream.admission_wait`).
 //!
 //! It must never leave a half-applied configuration (an invalid one changes nothing),
 //! and never put a secret into its outcome (key names only).
@@ -18,7 +23,10 @@
 use super::limits;
 use super::metrics::{OutcomeLabel, RelayMetrics};
 use super::policy::{profile_of, Policy};
+use super::queue_mode::Engine;
 use crate::config::Config;
+use crate::queue::webhook::Webhook;
+use crate::upstream::Settings;
 use serde::Serialize;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -167,8 +175,8 @@ fn differs<T: Serialize>(a: &T, b: &T) -> bool {
     toml::Value::try_from(a).ok() != toml::Value::try_from(b).ok()
 }
 
-/// The provider connection settings a reload does not apply yet (the pool keeps the
-/// settings it was built with).
+/// The provider connection settings that changed (applied through the pool's new
+/// settings; names only, never a value: the password is among them).
 fn connection_keys(old: &Config, new: &Config) -> Vec<String> {
     let (o, n) = (&old.upstream, &new.upstream);
     let mut out = Vec::new();
@@ -193,16 +201,70 @@ fn connection_keys(old: &Config, new: &Config) -> Vec<String> {
         o.max_messages_per_connection != n.max_messages_per_connection,
     );
     check("idle_timeout", o.idle_timeout != n.idle_timeout);
-    check("admission_wait", o.admission_wait != n.admission_wait);
     check("timeouts", differs(&o.timeouts, &n.timeouts));
-    check("rate", differs(&o.rate, &n.rate));
     out
 }
 
+fn describe_rates(r: &crate::config::RateConfig) -> String {
+    let parts: Vec<String> = [
+        ("second", r.per_second),
+        ("minute", r.per_minute),
+        ("hour", r.per_hour),
+        ("day", r.per_day),
+    ]
+    .into_iter()
+    .filter_map(|(w, n)| n.map(|n| format!("{n} per {w}")))
+    .collect();
+    match parts.is_empty() {
+        true => "none".into(),
+        false => parts.join(", "),
+    }
+}
+
 /// Applies a validated configuration: see the module docs.
-pub fn apply(policy: &Policy, running: &Running, new: Config) -> Result<ReloadOutcome, String> {
+pub fn apply(
+    policy: &Policy,
+    delivery: Option<&Engine>,
+    running: &Running,
+    new: Config,
+) -> Result<ReloadOutcome, String> {
     let profile = profile_of(&new).map_err(|e| format!("{e:#}"))?;
     let old = running.config();
+    let old_profile = profile_of(&old).map_err(|e| format!("{e:#}"))?;
+    // The provider connection settings: built first (the TLS connector reads the CA
+    // file), keeping the observer that feeds the policy.
+    let changed_connection = connection_keys(&old, &new);
+    let settings = match changed_connection.is_empty() {
+        true => None,
+        false => {
+            let current = policy.admission.pool().settings();
+            let mut upstream = new.upstream.clone();
+            upstream.rate = limits::fixed_rates(&new, &profile);
+            let fresh = Settings::new(upstream).map_err(|e| format!("upstream: {e}"))?;
+            let mut fresh = (*fresh).clone();
+            fresh.observer = current.observer.clone();
+            Some(Arc::new(fresh))
+        }
+    };
+    let rates = limits::fixed_rates(&new, &profile);
+    let rates_changed = rates != limits::fixed_rates(&old, &old_profile);
+    // The bounce webhook (queue mode; validation checked the URL already).
+    // (A `Secret` serializes redacted: its password is compared by value.)
+    let hook_password = |c: &Config| {
+        c.queue
+            .webhook
+            .as_ref()
+            .and_then(|w| w.password.as_ref().map(|p| p.expose().to_string()))
+    };
+    let webhook_changed = differs(&old.queue.webhook, &new.queue.webhook)
+        || hook_password(&old) != hook_password(&new);
+    let webhook = match (&new.queue.webhook, webhook_changed && delivery.is_some()) {
+        (Some(w), true) => Some(Some(
+            Webhook::new(w.clone()).map_err(|e| format!("config key queue.webhook.url: {e}"))?,
+        )),
+        (None, true) => Some(None),
+        (_, false) => None,
+    };
     // Everything that can fail comes first, so a failure changes nothing. (The rules
     // were compiled by validation already, the same way.)
     let rules_changed =
@@ -222,20 +284,25 @@ pub fn apply(policy: &Policy, running: &Running, new: Config) -> Result<ReloadOu
     need("http", differs(&old.http, &new.http));
     need("queue.dir", old.queue.dir != new.queue.dir);
     need(
-        "queue (other than dir)",
+        "queue (other than dir and webhook)",
         differs(
             &crate::config::QueueConfig {
                 dir: PathBuf::new(),
+                webhook: None,
                 ..old.queue.clone()
             },
             &crate::config::QueueConfig {
                 dir: PathBuf::new(),
+                webhook: None,
                 ..new.queue.clone()
             },
         ),
     );
     need("suppression", differs(&old.suppression, &new.suppression));
-    restart.extend(connection_keys(&old, &new));
+    need(
+        "upstream.admission_wait",
+        old.upstream.admission_wait != new.upstream.admission_wait,
+    );
     let mut applied = Vec::new();
     if old.log.level != new.log.level {
         match running.log_level.get().map(|set| set(&new.log.level)) {
@@ -290,6 +357,23 @@ pub fn apply(policy: &Policy, running: &Running, new: Config) -> Result<ReloadOu
                 ""
             }
         ));
+    }
+    if let Some(settings) = settings {
+        policy.admission.pool().replace_settings(settings);
+        applied.push(format!(
+            "provider connection: {} for new connections (pooled ones close after their transaction)",
+            changed_connection.join(", ")
+        ));
+    }
+    if rates_changed && policy.admission.rates().replace(&rates) {
+        applied.push(format!("rate caps: {}", describe_rates(&rates)));
+    }
+    if let (Some(webhook), Some(delivery)) = (webhook, delivery) {
+        delivery.set_webhook(webhook);
+        applied.push(match &new.queue.webhook {
+            Some(_) => "bounce webhook: changed, for the next post".into(),
+            None => "bounce webhook: off".into(),
+        });
     }
     if policy.controller.is_paused() {
         applied.push("account pause ended".into());

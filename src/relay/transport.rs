@@ -175,7 +175,7 @@ impl Transport for AdmissionTransport {
     /// went) and keeps it in the pool for the next message; no message is sent.
     async fn check_reachable(&self) -> Option<bool> {
         let pool = self.admission.pool();
-        match crate::upstream::Connection::connect(pool.settings()).await {
+        match crate::upstream::Connection::connect(&pool.settings()).await {
             Ok(conn) => {
                 pool.put(conn).await;
                 Some(true)

@@ -84,6 +84,9 @@ pub struct Connection {
     /// takes over.
     identity: Option<Arc<str>>,
     next_identity: Option<Arc<str>>,
+    /// The generation of the pool's settings this connection was opened with (a
+    /// reload closes older ones after their transaction).
+    pub(crate) generation: u64,
     /// The last message as written (re-dot-stuffed), reused for the next one.
     wire: Vec<u8>,
     /// Replies are read without reporting them to the observer (the first OAuth2

@@ -7,7 +7,14 @@
 //! QUIT when found or by the reaper. With the policy in front (`Pool::with_backoff`), no
 //! new connection is opened while the controller backs the upstream off after failed
 //! connects — checked right before connecting, so callers that were already waiting for
-//! a permit when the backoff began do not each open one more. The pool must never hand
+//! a permit when the backoff began do not each open one more.
+//!
+//! A reload replaces the settings ([`Pool::replace_settings`]: host, port, TLS,
+//! credentials, timeouts) for the next connection: each connection remembers the
+//! generation of the settings it was opened with, idle ones of an older generation are
+//! closed (QUIT) instead of reused, and leased ones close after their transaction.
+//!
+//! The pool must never hand
 //! out a connection that is known dead, and never hold its lock across an await.
 
 use super::client::Connection;
@@ -26,7 +33,8 @@ struct Idle {
 
 /// The idle connections of one upstream.
 pub struct Pool {
-    settings: Arc<Settings>,
+    /// The settings new connections are opened with, and their generation.
+    settings: Mutex<(u64, Arc<Settings>)>,
     idle: Mutex<Vec<Idle>>,
     connects: AtomicUsize,
     /// Whose connect backoff a new connection waits for.
@@ -45,7 +53,7 @@ impl std::fmt::Debug for Pool {
 impl Pool {
     pub fn new(settings: Arc<Settings>) -> Arc<Self> {
         Arc::new(Self {
-            settings,
+            settings: Mutex::new((0, settings)),
             idle: Mutex::new(Vec::new()),
             connects: AtomicUsize::new(0),
             backoff: None,
@@ -56,15 +64,41 @@ impl Pool {
     /// (`UpstreamError::Backoff` instead); pooled connections are still handed out.
     pub fn with_backoff(settings: Arc<Settings>, controller: Arc<Controller>) -> Arc<Self> {
         Arc::new(Self {
-            settings,
+            settings: Mutex::new((0, settings)),
             idle: Mutex::new(Vec::new()),
             connects: AtomicUsize::new(0),
             backoff: Some(controller),
         })
     }
 
-    pub fn settings(&self) -> &Arc<Settings> {
-        &self.settings
+    /// The settings new connections are opened with now.
+    pub fn settings(&self) -> Arc<Settings> {
+        self.current().1
+    }
+
+    fn current(&self) -> (u64, Arc<Settings>) {
+        self.settings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// New connections use `settings` from now on; connections opened with the old ones
+    /// close after their transaction (idle ones are closed when next found).
+    /// Outside a tokio runtime the idle ones are dropped (the socket closes, no QUIT).
+    pub fn replace_settings(&self, settings: Arc<Settings>) {
+        {
+            let mut s = self.settings.lock().unwrap_or_else(|p| p.into_inner());
+            *s = (s.0 + 1, settings);
+        }
+        let all: Vec<Idle> = self.lock().drain(..).collect();
+        if !all.is_empty() && tokio::runtime::Handle::try_current().is_ok() {
+            tokio::spawn(async move {
+                for i in all {
+                    i.conn.quit().await;
+                }
+            });
+        }
     }
 
     /// Idle connections now.
@@ -83,7 +117,8 @@ impl Pool {
 
     /// The most recently used live idle connection, or a new one.
     pub async fn take(&self) -> Result<Connection, UpstreamError> {
-        let max_idle = self.settings.config.idle_timeout;
+        let (generation, settings) = self.current();
+        let max_idle = settings.config.idle_timeout;
         loop {
             let item = self.lock().pop();
             let Some(Idle { mut conn, since }) = item else {
@@ -91,6 +126,13 @@ impl Pool {
             };
             if since.elapsed() >= max_idle {
                 tracing::debug!("closing idle provider connection (idle_timeout)");
+                conn.quit().await;
+                continue;
+            }
+            if conn.generation != generation {
+                tracing::debug!(
+                    "closing provider connection opened with the settings before a reload"
+                );
                 conn.quit().await;
                 continue;
             }
@@ -103,7 +145,8 @@ impl Pool {
         if let Some(d) = self.backoff.as_ref().and_then(|c| c.connect_wait()) {
             return Err(UpstreamError::Backoff(d));
         }
-        let conn = Connection::connect(&self.settings).await?;
+        let mut conn = Connection::connect(&settings).await?;
+        conn.generation = generation;
         self.connects.fetch_add(1, Ordering::Relaxed);
         Ok(conn)
     }
@@ -117,7 +160,15 @@ impl Pool {
         if !conn.is_usable() {
             return; // dropped: the socket closes
         }
-        let max = self.settings.config.max_messages_per_connection.max(1);
+        let (generation, settings) = self.current();
+        if conn.generation != generation {
+            tracing::debug!(
+                "provider connection opened before a reload: closing after its transaction"
+            );
+            conn.quit().await;
+            return;
+        }
+        let max = settings.config.max_messages_per_connection.max(1);
         if conn.transactions_done() >= max {
             tracing::debug!(
                 transactions = conn.transactions_done(),
@@ -141,7 +192,7 @@ impl Pool {
 
     /// Closes (QUIT) every idle connection older than `idle_timeout`. Returns how many.
     pub async fn reap(&self) -> usize {
-        let max_idle = self.settings.config.idle_timeout;
+        let max_idle = self.settings().config.idle_timeout;
         let expired: Vec<Idle> = {
             let mut idle = self.lock();
             let (old, keep): (Vec<Idle>, Vec<Idle>) =
@@ -168,7 +219,7 @@ impl Pool {
     pub fn spawn_reaper(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let weak: Weak<Pool> = Arc::downgrade(self);
         let period =
-            (self.settings.config.idle_timeout / 2).max(std::time::Duration::from_millis(10));
+            (self.settings().config.idle_timeout / 2).max(std::time::Duration::from_millis(10));
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -3,6 +3,11 @@
 //! quota is a limit whose burst equals the quota (`per_hour = 500` allows 500 at once,
 //! then one every 7.2 s).
 //!
+//! A reload replaces the limits ([`RateLimits::replace`]) for the next lease: the new
+//! limiters start full, less what the old hourly and daily ones had handed out (so a
+//! reload does not hand out a spent quota again); waiters already queued on the old
+//! limiters finish waiting on them.
+//!
 //! Each lease is one message slot. This layer must never let a waiter wait past the
 //! request's deadline. Known simplification: with several limits, a slot taken from an
 //! earlier limit is not given back when a later one makes the request time out (the
@@ -15,22 +20,84 @@ use futures::future::BoxFuture;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tower::{Layer, Service, ServiceExt};
 
+type Limiters = Arc<Vec<(Duration, DefaultDirectRateLimiter)>>;
+
 /// All configured limits.
 #[derive(Debug, Default)]
 pub struct RateLimits {
-    /// Each limiter with its window (1 s, 60 s, 3600 s, 86 400 s).
-    limiters: Vec<(Duration, DefaultDirectRateLimiter)>,
+    /// Each limiter with its window (1 s, 60 s, 3600 s, 86 400 s); swapped whole by a
+    /// reload (never held across an await: waiters clone the `Arc`).
+    limiters: RwLock<Limiters>,
+    /// What they were built from.
+    config: RwLock<RateConfig>,
     /// Slots handed out since start (for the queue's persistent quota ledger).
     taken: AtomicU64,
+    /// Slots handed out per window (hour, day) since the window began (a fixed window,
+    /// restarted when it has passed: a cheap upper bound of the sliding one), so a
+    /// reload carries the spent part of a quota over.
+    spent: std::sync::Mutex<Vec<(Duration, std::time::Instant, u64)>>,
 }
 
 impl RateLimits {
     pub fn new(cfg: &RateConfig) -> Arc<Self> {
+        let me = Self::default();
+        me.install(cfg, 0, 0);
+        Arc::new(me)
+    }
+
+    /// The limits now in force.
+    pub fn config(&self) -> RateConfig {
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the limits (a reload) for the next lease; the hourly and daily quotas
+    /// count what the old ones had handed out. Returns whether anything changed.
+    pub fn replace(&self, cfg: &RateConfig) -> bool {
+        if self.config() == *cfg {
+            return false;
+        }
+        self.count_spent(0, 0);
+        let spent = |secs: u64| {
+            self.spent
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .find(|(w, _, _)| w.as_secs() == secs)
+                .map_or(0, |(_, _, n)| u32::try_from(*n).unwrap_or(u32::MAX))
+        };
+        let (hour, day) = (spent(3600), spent(86_400));
+        self.install(cfg, hour, day);
+        true
+    }
+
+    fn install(&self, cfg: &RateConfig, last_hour: u32, last_day: u32) {
+        let limiters = Self::build(cfg);
+        let now = std::time::Instant::now();
+        *self.spent.lock().unwrap_or_else(|e| e.into_inner()) = [3600u64, 86_400]
+            .into_iter()
+            .map(|s| (Duration::from_secs(s), now, 0))
+            .collect();
+        *self.limiters.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(limiters);
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = cfg.clone();
+        self.preload(last_hour, last_day);
+    }
+
+    fn current(&self) -> Limiters {
+        self.limiters
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn build(cfg: &RateConfig) -> Vec<(Duration, DefaultDirectRateLimiter)> {
         // Longest window first: a waiter blocks on a spent daily quota before it takes
         // a cell of the shorter limits, so waiting out a spent quota (and timing out)
         // does not burn the hourly or per-minute cells meanwhile.
@@ -40,18 +107,14 @@ impl RateLimits {
             (cfg.per_minute, Duration::from_secs(60)),
             (cfg.per_second, Duration::from_secs(1)),
         ];
-        let limiters = windows
+        windows
             .into_iter()
             .filter_map(|(n, window)| {
                 let n = NonZeroU32::new(n?)?;
                 let quota = Quota::with_period(window / n.get())?.allow_burst(n);
                 Some((window, RateLimiter::direct(quota)))
             })
-            .collect();
-        Arc::new(Self {
-            limiters,
-            taken: AtomicU64::new(0),
-        })
+            .collect()
     }
 
     /// Counts messages already sent before a restart against the hourly and daily
@@ -59,7 +122,8 @@ impl RateLimits {
     /// does not hand out a spent quota again. Conservative: the slots count as taken
     /// now, so they come back a little later than they really would.
     pub fn preload(&self, last_hour: u32, last_day: u32) {
-        for (window, l) in &self.limiters {
+        self.count_spent(u64::from(last_hour), u64::from(last_day));
+        for (window, l) in self.current().iter() {
             let n = match window.as_secs() {
                 3600 => last_hour,
                 86_400 => last_day,
@@ -82,15 +146,32 @@ impl RateLimits {
 
     /// No limit configured.
     pub fn is_unlimited(&self) -> bool {
-        self.limiters.is_empty()
+        self.current().is_empty()
     }
 
     /// Waits until every limit allows one more message.
     pub async fn until_ready(&self) {
-        for (_, l) in &self.limiters {
+        let limiters = self.current();
+        for (_, l) in limiters.iter() {
             l.until_ready().await;
         }
         self.taken.fetch_add(1, Ordering::Relaxed);
+        self.count_spent(1, 1);
+    }
+
+    fn count_spent(&self, hour: u64, day: u64) {
+        let now = std::time::Instant::now();
+        for (w, since, n) in self
+            .spent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter_mut()
+        {
+            if now.duration_since(*since) >= *w {
+                (*since, *n) = (now, 0);
+            }
+            *n += if w.as_secs() == 3600 { hour } else { day };
+        }
     }
 }
 
@@ -211,9 +292,33 @@ mod tests {
             assert!(limits.until_ready().now_or_never().is_none());
         }
         // ... and the hourly limit still has its third cell.
-        let hour = &limits.limiters[1];
+        let all = limits.current();
+        let hour = &all[1];
         assert_eq!(hour.0, Duration::from_secs(3600));
         assert!(hour.1.check().is_ok(), "hourly cell burnt by waiters");
+    }
+
+    #[test]
+    fn a_replaced_limit_sets_the_pace_and_keeps_what_the_quota_spent() {
+        let limits = RateLimits::new(&RateConfig {
+            per_hour: Some(1),
+            ..RateConfig::default()
+        });
+        assert!(limits.until_ready().now_or_never().is_some());
+        assert!(limits.until_ready().now_or_never().is_none(), "hour spent");
+        let raised = RateConfig {
+            per_hour: Some(3),
+            ..RateConfig::default()
+        };
+        assert!(limits.replace(&raised));
+        assert!(!limits.replace(&raised), "the same limits change nothing");
+        assert_eq!(limits.config(), raised);
+        // 3 per hour, 1 of them already sent: two more now, then wait.
+        assert!(limits.until_ready().now_or_never().is_some());
+        assert!(limits.until_ready().now_or_never().is_some());
+        assert!(limits.until_ready().now_or_never().is_none());
+        assert!(limits.replace(&RateConfig::default()));
+        assert!(limits.is_unlimited());
     }
 
     #[test]

@@ -233,3 +233,46 @@ async fn status_says_what_was_learned_and_when() {
     );
     mv.stop().await;
 }
+
+#[tokio::test]
+async fn control_answers_as_the_socket_does_and_refuses_bad_input_and_cross_site() {
+    let provider = support::provider::Provider::builder().start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mv = start(config(dir.path(), provider.upstream_config())).await;
+    let post = |headers: &'static [(&'static str, &'static str)], body: &'static str| {
+        http(mv.http, "POST", "/api/v1/control", headers, Some(body))
+    };
+    let r = post(&[STEER], "status").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.starts_with("queue: 0 message(s)"), "{}", r.body);
+    // (`status` is compared in tests/http_cli.rs; the list has no moving parts.)
+    let r = post(&[STEER], "list").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    #[cfg(unix)]
+    {
+        use mailvalve::queue::control::{request, Command};
+        let by_socket = request(&mv.cfg.queue.dir, Command::List)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.body, by_socket);
+    }
+    let r = post(&[STEER], "frobnicate").await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(!r.error().is_empty(), "{}", r.body);
+    // Not steerable from a web page elsewhere.
+    let r = post(&[], "pause").await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    let r = post(&[STEER, ("Origin", "http://evil.example")], "pause").await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(mv.status().await["operator_paused"], false);
+    // Another spool directory: refused.
+    let r = post(
+        &[STEER, ("X-Mailvalve-Spool", "/nonexistent/spool")],
+        "pause",
+    )
+    .await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    mv.stop().await;
+}

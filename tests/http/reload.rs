@@ -141,3 +141,116 @@ async fn a_relay_not_started_from_a_file_says_there_is_nothing_to_reload() {
     assert!(r.error().contains("nothing to re-read"), "{}", r.body);
     mv.stop().await;
 }
+
+/// A one-request HTTP server that answers 200 and hands over the request it got.
+async fn one_post() -> (String, tokio::task::JoinHandle<String>) {
+    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/webhooks/bounce", http.local_addr().unwrap());
+    let got = tokio::spawn(async move {
+        let (mut s, _) = http.accept().await.unwrap();
+        let mut req = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = s.read(&mut chunk).await.unwrap();
+            req.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&req).to_string();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap())
+                    })
+                    .unwrap_or(0);
+                if body.len() >= len || n == 0 {
+                    s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                        .await
+                        .unwrap();
+                    return text;
+                }
+            }
+            assert!(n > 0, "client closed early");
+        }
+    });
+    (url, got)
+}
+
+/// The file as an operator writes it: the password in clear (a `Secret` serializes
+/// redacted).
+fn write_with_password(path: &Path, cfg: &Config, password: &str) {
+    let text = toml::to_string(cfg)
+        .unwrap()
+        .replace("password = \"***\"", &format!("password = {password:?}"));
+    std::fs::write(path, text).unwrap();
+}
+
+#[tokio::test]
+async fn a_reload_moves_to_a_new_provider_with_new_credentials_rate_caps_and_webhook() {
+    // Two providers, each with its own password; the second refuses one recipient.
+    let old = Provider::builder().auth("mv", "old-secret").start().await;
+    let new = Provider::builder()
+        .auth("mv", "new-secret")
+        .rcpt_reply("gone@example.org", "550 5.1.1 user unknown")
+        .start()
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("mailvalve.toml");
+    let cfg = config(dir.path(), old.upstream_config());
+    let mv = start_from(cfg, Some(file.clone())).await;
+    let cfg = mv.cfg.clone();
+    write_with_password(&file, &cfg, "old-secret");
+
+    send(mv.smtp, &["a@example.org"], 1).await;
+    until(&mv, "1 delivered", |s| s["delivery"]["delivered"] == 1).await;
+    assert_eq!(old.messages().len(), 1);
+
+    // The new provider, its password, an hourly cap and a bounce webhook.
+    let (url, posted) = one_post().await;
+    let mut next = cfg.clone();
+    let up = new.upstream_config();
+    next.upstream.port = up.port;
+    next.upstream.host = up.host.clone();
+    next.upstream.password = up.password.clone();
+    next.upstream.rate.per_hour = Some(1000);
+    next.queue.webhook = Some(mailvalve::config::webhook::WebhookConfig {
+        url,
+        ..Default::default()
+    });
+    write_with_password(&file, &next, "new-secret");
+    let r = mv.post("/api/v1/reload").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(!r.body.contains("new-secret"), "no secret in the answer");
+    let outcome = r.json();
+    let applied = outcome["applied"].to_string();
+    assert!(
+        applied.contains("provider connection: upstream.port"),
+        "{outcome}"
+    );
+    assert!(applied.contains("upstream.password"), "{outcome}");
+    assert!(applied.contains("rate caps: 1000 per hour"), "{outcome}");
+    assert!(applied.contains("bounce webhook: changed"), "{outcome}");
+    assert_eq!(
+        outcome["restart_needed"],
+        serde_json::json!([]),
+        "{outcome}"
+    );
+    let rates = mv.relay.handle().policy().admission.rates().config();
+    assert_eq!(rates.per_hour, Some(1000));
+
+    // The next transaction: the new provider, authenticated with the new password,
+    // and the failed recipient goes to the new webhook.
+    send(mv.smtp, &["b@example.org", "gone@example.org"], 2).await;
+    until(&mv, "the second delivered", |s| {
+        s["delivery"]["delivered"] == 2
+    })
+    .await;
+    assert_eq!(old.messages().len(), 1, "nothing more to the old provider");
+    assert_eq!(new.messages().len(), 1);
+    let req = timeout(WAIT, posted)
+        .await
+        .expect("webhook called")
+        .unwrap();
+    assert!(req.contains("gone@example.org"), "{req}");
+    mv.stop().await;
+}

@@ -15,6 +15,10 @@ async fn password_never_appears_in_logs() {
         .with_ansi(false)
         .finish();
     let _g = tracing::subscriber::set_default(sub);
+    // Other tests in this binary run on other threads without a subscriber; a callsite
+    // they reach first can be cached as "never enabled" while this one is being set up
+    // (tracing's interest cache is global). Recompute it now that ours is registered.
+    tracing::callsite::rebuild_interest_cache();
     let pass = "Sup3r-S3cret";
     let user = "user@example.com";
     for (mechs, pw) in [
@@ -59,6 +63,10 @@ async fn verify_off_warns_at_every_connect() {
         .with_ansi(false)
         .finish();
     let _g = tracing::subscriber::set_default(sub);
+    // Other tests in this binary run on other threads without a subscriber; a callsite
+    // they reach first can be cached as "never enabled" while this one is being set up
+    // (tracing's interest cache is global). Recompute it now that ours is registered.
+    tracing::callsite::rebuild_interest_cache();
     let ca = TestCa::new();
     let p = Provider::builder().starttls(&ca).start().await;
     let mut cfg = p.upstream_config();

@@ -47,7 +47,7 @@ impl Instance {
     }
 
     /// Runs one request (`line` without its line end; `body` what followed it).
-    async fn answer(&self, line: &str, body: &[u8]) -> Result<String, String> {
+    pub async fn answer(&self, line: &str, body: &[u8]) -> Result<String, String> {
         if let Some(rest) = line.strip_prefix("suppress ") {
             let req = SuppressRequest::parse(rest.trim(), body)?;
             let list = self

@@ -279,7 +279,8 @@ pub struct Delivery<T: Transport, P: Pacing> {
     busy_until: AtomicU64,
     stats: Arc<DeliveryStats>,
     log: DeliveryLog,
-    webhook: Option<Arc<Webhook>>,
+    /// Replaced by a reload ([`Delivery::set_webhook`]) for the next post.
+    webhook: std::sync::RwLock<Option<Arc<Webhook>>>,
 }
 
 /// Dispatching stops while `halted`; `kept` are outcomes waiting for their commit.
@@ -362,7 +363,7 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
             busy_until: AtomicU64::new(0),
             stats: Arc::new(DeliveryStats::default()),
             log: DeliveryLog::disabled(),
-            webhook: None,
+            webhook: std::sync::RwLock::new(None),
         }
     }
 
@@ -378,8 +379,21 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
         self
     }
 
-    pub fn with_webhook(mut self, webhook: Option<Webhook>) -> Self {
-        self.webhook = webhook.map(Arc::new);
+    /// The bounce webhook now (the one a reload installed, if any).
+    pub fn webhook(&self) -> Option<Arc<Webhook>> {
+        self.webhook
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the bounce webhook (a reload) for the next post.
+    pub fn set_webhook(&self, webhook: Option<Webhook>) {
+        *self.webhook.write().unwrap_or_else(|e| e.into_inner()) = webhook.map(Arc::new);
+    }
+
+    pub fn with_webhook(self, webhook: Option<Webhook>) -> Self {
+        self.set_webhook(webhook);
         self
     }
 

@@ -432,7 +432,8 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
         job: &mut Settle,
         body: Option<&[u8]>,
     ) -> Result<(), SpoolError> {
-        if self.webhook.is_none() && !self.params.bounces {
+        let webhook = self.webhook();
+        if webhook.is_none() && !self.params.bounces {
             job.hooked = true;
             job.bounced = true;
             return Ok(());
@@ -461,7 +462,7 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
             job.bounced = true;
             return Ok(());
         }
-        if let (Some(hook), false) = (&self.webhook, job.hooked) {
+        if let (Some(hook), false) = (&webhook, job.hooked) {
             let campaign = webhook::campaign_uuid(dsn::header_block(body)).unwrap_or_default();
             for f in &job.failures {
                 let meta = serde_json::json!({

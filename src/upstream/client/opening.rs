@@ -88,6 +88,7 @@ impl Connection {
             utf8_tx: false,
             identity: None,
             next_identity: None,
+            generation: 0,
             wire: Vec::new(),
             hold_replies: false,
         };
