@@ -324,7 +324,7 @@ impl Hooks for RelayHandle {
         let c = self.inner.policy.controller.stats();
         Some(LiveStatus {
             delivery: engine.stats(),
-            halted: engine.is_halted(),
+            halted: engine.spool_failing(),
             concurrency_limit: c.concurrency_limit,
             concurrency_ceiling: c.concurrency_ceiling,
             rate: c.rate,

@@ -426,6 +426,14 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
         self.lock_gate().halted
     }
 
+    /// True while dispatching is halted because a write to the spool failed — not in the
+    /// moment after start before the first test commit, which is halted too but healthy
+    /// (what `queue status` must not report as a spool that cannot be written).
+    pub fn spool_failing(&self) -> bool {
+        let gate = self.lock_gate();
+        gate.halted && gate.failing
+    }
+
     fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, HashSet<QueueId>> {
         // Whole-value inserts and removes only: a poisoned lock holds a consistent set.
         self.in_flight.lock().unwrap_or_else(|e| e.into_inner())

@@ -18,6 +18,10 @@ async fn outcomes_that_cannot_be_written_are_kept_and_nothing_is_resent() {
         ..Script::default()
     };
     let (engine, dir) = engine_on(tempfile::tempdir().unwrap(), script, params, None);
+    // Halted until a first commit succeeds, but nothing has failed: status must not say
+    // the spool cannot be written (it did, right after every start).
+    assert!(engine.is_halted());
+    assert!(!engine.spool_failing());
     for i in 0..3 {
         put_in(engine.spool(), &[&format!("r{i}@example.org")]).await;
     }
@@ -36,6 +40,7 @@ async fn outcomes_that_cannot_be_written_are_kept_and_nothing_is_resent() {
     // new went out, nothing again.
     assert_eq!(while_full, 2, "transactions while full");
     assert!(r.engine.is_halted());
+    assert!(r.engine.spool_failing());
     let log = r.engine.transport.log.lock().unwrap().clone();
     let distinct: HashSet<&Vec<String>> = log.iter().collect();
     assert_eq!(
@@ -53,6 +58,7 @@ async fn outcomes_that_cannot_be_written_are_kept_and_nothing_is_resent() {
     assert_eq!(log.len(), 3, "each message exactly once: {log:?}");
     assert_eq!(log.iter().collect::<HashSet<_>>().len(), 3, "{log:?}");
     assert_eq!(r.engine.stats().delivered, 3);
+    assert!(!r.engine.spool_failing());
     r.stop().await;
 }
 
