@@ -7,6 +7,7 @@
 //! The harness is here; the tests are in tests/http/, one file per topic.
 
 mod support;
+use support::replies::read_replies;
 
 #[path = "http/api.rs"]
 mod api;
@@ -215,29 +216,6 @@ async fn send(addr: SocketAddr, rcpts: &[&str], n: usize) -> Vec<String> {
         .unwrap();
     read_replies(&mut s, &mut buf, &mut replies, before + 2).await;
     replies
-}
-
-async fn read_replies(s: &mut TcpStream, buf: &mut Vec<u8>, out: &mut Vec<String>, n: usize) {
-    let deadline = Instant::now() + WAIT;
-    while out.len() < n {
-        while let Some(pos) = buf.windows(2).position(|w| w == b"\r\n") {
-            let line = String::from_utf8_lossy(&buf[..pos]).to_string();
-            buf.drain(..pos + 2);
-            if line.as_bytes().get(3) != Some(&b'-') {
-                out.push(line);
-            }
-        }
-        if out.len() >= n {
-            break;
-        }
-        let mut chunk = [0u8; 4096];
-        let k = timeout(deadline - Instant::now(), s.read(&mut chunk))
-            .await
-            .expect("reply in time")
-            .unwrap();
-        assert!(k > 0, "connection closed; replies so far {out:?}");
-        buf.extend_from_slice(&chunk[..k]);
-    }
 }
 
 /// Polls the status every 50 ms until `cond` holds, for at most `WAIT`.

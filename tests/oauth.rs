@@ -21,8 +21,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use support::provider::{OAuthCheck, Provider};
+use support::replies::read_replies;
 use token_endpoint::TokenEndpoint;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{sleep, timeout, Instant};
 use tokio_util::sync::CancellationToken;
@@ -325,44 +326,21 @@ async fn campaign(addr: SocketAddr, n: usize) -> Vec<String> {
         .unwrap();
     let mut buf = Vec::new();
     let mut out = Vec::new();
-    read(&mut s, &mut buf, &mut out, 1).await;
+    read_replies(&mut s, &mut buf, &mut out, 1).await;
     s.write_all(b"EHLO mailer.test\r\n").await.unwrap();
-    read(&mut s, &mut buf, &mut out, 2).await;
+    read_replies(&mut s, &mut buf, &mut out, 2).await;
     for i in 0..n {
         let msg = format!("MAIL FROM:<news@example.org>\r\nRCPT TO:<r{i}@example.net>\r\nDATA\r\n");
         s.write_all(msg.as_bytes()).await.unwrap();
         let k = out.len();
-        read(&mut s, &mut buf, &mut out, k + 3).await;
+        read_replies(&mut s, &mut buf, &mut out, k + 3).await;
         s.write_all(format!("Subject: {i}\r\n\r\nhello {i}\r\n.\r\n").as_bytes())
             .await
             .unwrap();
-        read(&mut s, &mut buf, &mut out, k + 4).await;
+        read_replies(&mut s, &mut buf, &mut out, k + 4).await;
     }
     let _ = s.write_all(b"QUIT\r\n").await;
     out
-}
-
-async fn read(s: &mut TcpStream, buf: &mut Vec<u8>, out: &mut Vec<String>, n: usize) {
-    let deadline = Instant::now() + WAIT;
-    while out.len() < n {
-        while let Some(pos) = buf.windows(2).position(|w| w == b"\r\n") {
-            let line = String::from_utf8_lossy(&buf[..pos]).to_string();
-            buf.drain(..pos + 2);
-            if line.as_bytes().get(3) != Some(&b'-') {
-                out.push(line);
-            }
-        }
-        if out.len() >= n {
-            break;
-        }
-        let mut chunk = [0u8; 4096];
-        let k = timeout(deadline - Instant::now(), s.read(&mut chunk))
-            .await
-            .expect("reply in time")
-            .unwrap();
-        assert!(k > 0, "connection closed; replies so far: {out:?}");
-        buf.extend_from_slice(&chunk[..k]);
-    }
 }
 
 async fn until(what: &str, mut f: impl FnMut() -> bool) {

@@ -25,6 +25,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use support::provider::Provider;
+use support::replies::read_replies;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{sleep, timeout, Instant};
@@ -101,29 +102,6 @@ async fn send(addr: SocketAddr, from: &str, rcpts: &[&str], body: &str) -> Vec<S
         .unwrap();
     read_replies(&mut s, &mut buf, &mut replies, expect_before_data + 2).await;
     replies
-}
-
-async fn read_replies(s: &mut TcpStream, buf: &mut Vec<u8>, out: &mut Vec<String>, n: usize) {
-    let deadline = Instant::now() + WAIT;
-    while out.len() < n {
-        while let Some(pos) = buf.windows(2).position(|w| w == b"\r\n") {
-            let line = String::from_utf8_lossy(&buf[..pos]).to_string();
-            buf.drain(..pos + 2);
-            if line.as_bytes().get(3) != Some(&b'-') {
-                out.push(line);
-            }
-        }
-        if out.len() >= n {
-            break;
-        }
-        let mut chunk = [0u8; 4096];
-        let k = timeout(deadline - Instant::now(), s.read(&mut chunk))
-            .await
-            .expect("reply in time")
-            .unwrap();
-        assert!(k > 0, "connection closed; replies so far {out:?}");
-        buf.extend_from_slice(&chunk[..k]);
-    }
 }
 
 /// Polls `cond` every 20 ms for at most `WAIT`.

@@ -6,4 +6,5 @@ pub mod client;
 pub mod harness;
 pub mod inbound;
 pub mod provider;
+pub mod replies;
 pub mod sink;
