@@ -8,8 +8,6 @@ mod support;
 
 #[path = "upstream/connection.rs"]
 mod connection;
-#[path = "upstream/logs.rs"]
-mod logs;
 #[path = "upstream/pool.rs"]
 mod pool;
 #[path = "upstream/protocol_guard.rs"]
