@@ -142,40 +142,6 @@ async fn a_relay_not_started_from_a_file_says_there_is_nothing_to_reload() {
     mv.stop().await;
 }
 
-/// A one-request HTTP server that answers 200 and hands over the request it got.
-async fn one_post() -> (String, tokio::task::JoinHandle<String>) {
-    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/webhooks/bounce", http.local_addr().unwrap());
-    let got = tokio::spawn(async move {
-        let (mut s, _) = http.accept().await.unwrap();
-        let mut req = Vec::new();
-        let mut chunk = [0u8; 4096];
-        loop {
-            let n = s.read(&mut chunk).await.unwrap();
-            req.extend_from_slice(&chunk[..n]);
-            let text = String::from_utf8_lossy(&req).to_string();
-            if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| {
-                        l.to_ascii_lowercase()
-                            .strip_prefix("content-length:")
-                            .map(|v| v.trim().parse().unwrap())
-                    })
-                    .unwrap_or(0);
-                if body.len() >= len || n == 0 {
-                    s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-                        .await
-                        .unwrap();
-                    return text;
-                }
-            }
-            assert!(n > 0, "client closed early");
-        }
-    });
-    (url, got)
-}
-
 /// The file as an operator writes it: the password in clear (a `Secret` serializes
 /// redacted).
 fn write_with_password(path: &Path, cfg: &Config, password: &str) {
@@ -206,7 +172,7 @@ async fn a_reload_moves_to_a_new_provider_with_new_credentials_rate_caps_and_web
     assert_eq!(old.messages().len(), 1);
 
     // The new provider, its password, an hourly cap and a bounce webhook.
-    let (url, posted) = one_post().await;
+    let (url, posted) = crate::support::webhook_sink::one_post().await;
     let mut next = cfg.clone();
     let up = new.upstream_config();
     next.upstream.port = up.port;

@@ -8,3 +8,4 @@ pub mod inbound;
 pub mod provider;
 pub mod replies;
 pub mod sink;
+pub mod webhook_sink;
