@@ -59,6 +59,27 @@ fn get(port: u16, path: &str) -> String {
         .unwrap_or_default()
 }
 
+/// `mailvalve run` on a fresh config in `dir` (profile local, 4 connections), once both
+/// its SMTP and HTTP ports answer: the process, its config file and the two ports.
+fn run_in(dir: &std::path::Path) -> (Proc, std::path::PathBuf, u16, u16) {
+    let (smtp, http) = (free_port(), free_port());
+    let file = dir.join("mailvalve.toml");
+    let listen = format!("127.0.0.1:{http}");
+    std::fs::write(&file, config(dir, smtp, &listen, 4, "local")).unwrap();
+    let mut proc = Proc::spawn(
+        "mailvalve",
+        Command::new(mailvalve())
+            .env_remove("RUST_LOG")
+            .arg("run")
+            .arg("-c")
+            .arg(&file),
+        dir.join("mailvalve.log"),
+    );
+    proc.wait_listening(smtp, STARTUP);
+    proc.wait_listening(http, STARTUP);
+    (proc, file, smtp, http)
+}
+
 fn status(port: u16) -> serde_json::Value {
     serde_json::from_str(&get(port, "/api/v1/status")).unwrap()
 }
@@ -67,21 +88,8 @@ fn status(port: u16) -> serde_json::Value {
 #[test]
 fn run_prints_the_dashboard_and_sighup_and_reload_reread_the_config() {
     let dir = tempfile::tempdir().unwrap();
-    let (smtp, http) = (free_port(), free_port());
-    let file = dir.path().join("mailvalve.toml");
+    let (mut proc, file, smtp, http) = run_in(dir.path());
     let listen = format!("127.0.0.1:{http}");
-    std::fs::write(&file, config(dir.path(), smtp, &listen, 4, "local")).unwrap();
-    let mut proc = Proc::spawn(
-        "mailvalve",
-        Command::new(mailvalve())
-            .env_remove("RUST_LOG")
-            .arg("run")
-            .arg("-c")
-            .arg(&file),
-        dir.path().join("mailvalve.log"),
-    );
-    proc.wait_listening(smtp, STARTUP);
-    proc.wait_listening(http, STARTUP);
     let out = proc.output();
     assert!(
         out.contains(&format!("dashboard http://127.0.0.1:{http}/")),
@@ -206,21 +214,8 @@ fn cli(file: &Path, api: Option<&str>, args: &[&str]) -> (bool, String, String) 
 #[test]
 fn queue_and_suppress_print_the_same_through_the_api_as_through_the_control_socket() {
     let dir = tempfile::tempdir().unwrap();
-    let (smtp, http) = (free_port(), free_port());
-    let file = dir.path().join("mailvalve.toml");
+    let (mut proc, file, _smtp, http) = run_in(dir.path());
     let listen = format!("127.0.0.1:{http}");
-    std::fs::write(&file, config(dir.path(), smtp, &listen, 4, "local")).unwrap();
-    let mut proc = Proc::spawn(
-        "mailvalve",
-        Command::new(mailvalve())
-            .env_remove("RUST_LOG")
-            .arg("run")
-            .arg("-c")
-            .arg(&file),
-        dir.path().join("mailvalve.log"),
-    );
-    proc.wait_listening(smtp, STARTUP);
-    proc.wait_listening(http, STARTUP);
     let api = format!("http://127.0.0.1:{http}");
     let api = Some(api.as_str());
 
