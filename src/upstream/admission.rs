@@ -114,7 +114,13 @@ impl Admission {
     /// this converges; the deadline bounds it. With no other connection working, the
     /// provider refuses us altogether and the error goes to the caller as before.
     pub async fn lease(&self) -> Result<Lease, UpstreamError> {
-        let req = AdmissionRequest::new(self.wait);
+        self.lease_for(1).await
+    }
+
+    /// [`Admission::lease`] for a transaction of `recipients` recipients (limits counted
+    /// in recipients take that many).
+    pub async fn lease_for(&self, recipients: usize) -> Result<Lease, UpstreamError> {
+        let req = AdmissionRequest::new(self.wait).with_recipients(recipients);
         loop {
             let res = self.svc.clone().oneshot(req).await;
             match &res {
