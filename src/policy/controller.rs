@@ -414,14 +414,23 @@ impl<C: Clock> Controller<C> {
     }
 
     /// The connect backoff after a refused new connection: the provider is unreachable
-    /// for us when nothing else works, merely refusing this one when others do.
+    /// for us when nothing else is open, merely refusing this one when others are (or
+    /// are being set up).
     fn refused_open_backoff(&self, st: &mut State, ctx: FeedbackCtx, now: Duration) {
         let st = &mut *st;
-        if ctx.working_connections == 0 {
+        if ctx.working_connections == 0 && ctx.in_flight_connections <= 1 {
             st.connect.on_failure(now, &mut st.rng);
         } else {
             st.connect.on_refused(now, &mut st.rng);
         }
+    }
+
+    /// A new connection broke off during its setup (closed, timed out, garbled) while
+    /// other connections work: no limit is learned, but the next open waits (the connect
+    /// backoff, without marking the provider unreachable).
+    pub fn on_connect_refused(&self, ctx: FeedbackCtx) {
+        let now = self.clock.now();
+        self.refused_open_backoff(&mut self.lock(), ctx, now);
     }
 
     /// A connection was lost without a reply (closed or reset by the provider) in
