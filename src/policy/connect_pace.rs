@@ -52,6 +52,12 @@ pub struct ConnectPacer {
     last_opened: Option<Duration>,
     /// A refused open since the last accepted one.
     blocked: bool,
+    /// Opens attempted since the block began. An open accepted while blocked that was
+    /// attempted before the refusal (set up in parallel) does not end the block.
+    attempts_in_block: u32,
+    /// Attempts are reported ([`ConnectPacer::on_attempt`]); without that, every
+    /// accepted open counts as one attempted after the refusal.
+    tracks_attempts: bool,
     refusals: u64,
 }
 
@@ -66,6 +72,8 @@ impl ConnectPacer {
             accepted: 0,
             last_opened: None,
             blocked: false,
+            attempts_in_block: 0,
+            tracks_attempts: false,
             refusals: 0,
         }
     }
@@ -94,6 +102,10 @@ impl ConnectPacer {
     /// An open is being attempted now.
     pub fn on_attempt(&mut self, now: Duration) {
         self.last_attempt = Some(now);
+        self.tracks_attempts = true;
+        if self.blocked {
+            self.attempts_in_block = self.attempts_in_block.saturating_add(1);
+        }
     }
 
     /// The provider accepted an open (its greeting was 2xx and setup finished).
@@ -107,6 +119,11 @@ impl ConnectPacer {
             self.accepted = 0;
         }
         let start = *self.cycle_start.get_or_insert(now);
+        if self.blocked && self.tracks_attempts && self.attempts_in_block == 0 {
+            // Set up before the refusal came: it belongs to the cycle that is ending.
+            self.accepted = self.accepted.saturating_add(1);
+            return;
+        }
         if self.blocked {
             // The block ends: the cycle that ends here says what the provider allows.
             self.blocked = false;
@@ -137,6 +154,9 @@ impl ConnectPacer {
     pub fn on_refused(&mut self, now: Duration) {
         self.refusals += 1;
         self.cycle_start.get_or_insert(now);
+        if !self.blocked {
+            self.attempts_in_block = 0;
+        }
         self.blocked = true;
         self.learned_at = Some(now);
         self.last_attempt = Some(self.last_attempt.map_or(now, |t| t.max(now)));
@@ -209,6 +229,38 @@ mod tests {
             p.on_opened(s(t));
         }
         assert_eq!(p.gap(), Some(s(6.0)), "no probe before probe_interval");
+    }
+
+    /// Opens set up in parallel with the refused one and accepted after it came are part
+    /// of the ending cycle; only an open attempted after the refusal ends the block.
+    #[test]
+    fn opens_attempted_before_the_refusal_do_not_end_the_block() {
+        let mut p = pacer();
+        for _ in 0..4 {
+            p.on_attempt(s(0.0));
+        }
+        p.on_opened(s(0.1));
+        p.on_opened(s(0.1));
+        p.on_refused(s(0.1));
+        p.on_opened(s(0.2)); // attempted at 0.0
+        assert_eq!(p.gap(), None, "still blocked");
+        p.on_attempt(s(0.5));
+        p.on_refused(s(0.5));
+        p.on_attempt(s(1.2));
+        p.on_opened(s(1.2));
+        // 3 accepted from 0.1 to 1.2.
+        assert_eq!(p.gap(), Some(s(1.1 / 3.0)));
+    }
+
+    #[test]
+    fn a_quiet_spell_starts_a_new_cycle() {
+        let mut p = pacer();
+        p.on_opened(s(0.0));
+        p.on_opened(s(1000.0));
+        p.on_opened(s(1001.0));
+        p.on_refused(s(1002.0));
+        p.on_opened(s(1010.0));
+        assert_eq!(p.gap(), Some(s(5.0)), "two opens from 1000 to 1010");
     }
 
     #[test]
