@@ -110,6 +110,14 @@ impl ConcurrencyState {
         self.slow_start
     }
 
+    /// A transaction succeeded while `working` connections were open and set up (not
+    /// counting ones still in their setup): remembered as what has worked at once.
+    pub fn note_working(&mut self, working: usize, now: Duration) {
+        if working >= self.worked.0 || now.saturating_sub(self.worked.1) > self.probe_interval {
+            self.worked = (working, now);
+        }
+    }
+
     /// The most connections that worked at once within `probe_interval` before `now`.
     pub fn worked_recently(&self, now: Duration) -> usize {
         let (n, at) = self.worked;
@@ -181,9 +189,6 @@ impl ConcurrencyState {
     /// A transaction succeeded while `busy` connections carried transactions (this one
     /// included). Returns true if the limit grew.
     pub fn on_success(&mut self, busy: usize, now: Duration) -> bool {
-        if busy >= self.worked.0 || now.saturating_sub(self.worked.1) > self.probe_interval {
-            self.worked = (busy, now);
-        }
         if busy >= self.limit {
             self.saturated = true;
         }
@@ -317,6 +322,7 @@ mod tests {
         s.on_throttle(4, Duration::ZERO); // additive from here, ceiling 4
         for _ in 0..8 {
             s.on_success(4, Duration::from_secs(1));
+            s.note_working(4, Duration::from_secs(1));
         }
         // Two of the four closed (messages_per_connection) and a reopen was refused.
         assert_eq!(s.on_refused_open(2, Duration::from_secs(2)), Refusal::Rate);
