@@ -6,7 +6,7 @@
 //!
 //! The parts live in their own modules: [`super::concurrency`] (connection limit),
 //! [`super::rate`] (rate and GCRA), [`super::backoff`], [`super::pause`],
-//! [`super::latency`]. The connection limit is the controller's alone: it publishes every
+//! [`super::latency`], [`super::connect_pace`] (how fast new connections may be opened). The connection limit is the controller's alone: it publishes every
 //! change on a watch channel ([`Controller::watch_limit`]), and the admission layer that
 //! enforces it (`upstream::concurrency`) observes that channel — there is no second copy
 //! to keep in step.
@@ -19,7 +19,8 @@ use tokio::sync::watch;
 
 use super::backoff::{self, Backoff, ConnectBackoff};
 use super::clock::{Clock, SystemClock};
-use super::concurrency::ConcurrencyState;
+use super::concurrency::{ConcurrencyState, Refusal};
+use super::connect_pace::PaceParams;
 use super::latency::{LatencyKind, LatencyParams, LatencyTracker};
 use super::memory::{self, LearnedState, PauseMemory};
 use super::pause::{PauseGate, PauseState};
@@ -69,6 +70,20 @@ pub struct ControllerParams {
     pub latency: LatencyParams,
     /// RNG seed for jitter; `None` = from the operating system.
     pub seed: Option<u64>,
+
+    // connection learning
+    /// An unverified figure for the provider's connection limit (a profile's guess):
+    /// growth reaches it quickly and holds there like a learned ceiling, then probes
+    /// above it after `probe_interval`, up to `max_connections`. `None` = no figure:
+    /// grow from `initial_connections` until the provider objects.
+    pub unverified_connections: Option<usize>,
+    /// Open new connections this fraction slower than the learned connection rate
+    /// (0.05 = 5%).
+    pub open_margin: f64,
+    /// While a connection-rate limit is in force, idle pooled connections are kept at
+    /// least this long (instead of the configured idle timeout), so fewer new ones are
+    /// needed.
+    pub paced_keepalive: Duration,
 }
 
 impl Default for ControllerParams {
@@ -95,8 +110,20 @@ impl Default for ControllerParams {
             policy_pause: Duration::from_secs(3600),
             latency: LatencyParams::default(),
             seed: None,
+            unverified_connections: None,
+            open_margin: 0.05,
+            paced_keepalive: Duration::from_secs(240),
         }
     }
+}
+
+/// Whether `phase` belongs to setting up a connection (before MAIL): a refusal there is
+/// about the new connection (or session), not about a transaction.
+fn is_setup(phase: Phase) -> bool {
+    matches!(
+        phase,
+        Phase::Greeting | Phase::Ehlo | Phase::StartTls | Phase::Auth
+    )
 }
 
 /// What the caller knew about its connections when a reply arrived.
@@ -160,6 +187,14 @@ pub struct ControllerStats {
     /// When the connection and rate ceilings were learned (clock time).
     pub concurrency_ceiling_at: Option<Duration>,
     pub rate_ceiling_at: Option<Duration>,
+    /// New connections refused for the rate of opens (the count was left alone).
+    pub open_rate_refusals: u64,
+    /// The learned least gap between opening new connections, if pacing.
+    pub open_gap: Option<Duration>,
+    /// Connections lost without a reply (faults, not limits).
+    pub connections_lost: u64,
+    /// Timeouts waiting for 354 or the final reply that stepped concurrency down.
+    pub reply_timeouts: u64,
 }
 
 #[derive(Debug)]
@@ -172,6 +207,8 @@ struct State {
     rng: StdRng,
     policy_blocks: u32,
     latency_step_downs: u64,
+    connections_lost: u64,
+    reply_timeouts: u64,
 }
 
 /// Whether the provider can be reached, as the connect outcomes say.
@@ -205,7 +242,13 @@ impl<C: Clock> Controller<C> {
             params.initial_connections,
             params.max_connections,
             params.probe_interval,
-        );
+        )
+        .with_pacing(PaceParams {
+            margin: params.open_margin.clamp(0.0, 1.0),
+            probe_interval: params.probe_interval,
+            step: params.ramp_step.clamp(0.0, 0.9),
+        })
+        .with_unverified_ceiling(params.unverified_connections, clock.now());
         let rate = RateState::new(RateParams {
             max: params.rate_per_second,
             floor: params.rate_floor,
@@ -231,6 +274,8 @@ impl<C: Clock> Controller<C> {
             rng: backoff::rng(params.seed),
             policy_blocks: 0,
             latency_step_downs: 0,
+            connections_lost: 0,
+            reply_timeouts: 0,
         };
         let (limit, _) = watch::channel(state.conc.limit());
         Self {
@@ -270,6 +315,15 @@ impl<C: Clock> Controller<C> {
     /// Feeds one provider reply (already classified). Call it for every reply.
     pub fn on_reply(&self, phase: Phase, verdict: &Verdict, ctx: FeedbackCtx) -> Disposition {
         let now = self.clock.now();
+        if phase == Phase::Greeting
+            && !matches!(
+                verdict,
+                Verdict::Accept | Verdict::Throttle(ThrottleKind::Connections)
+            )
+        {
+            // Any other refused greeting: the next connection waits too.
+            self.refused_open_backoff(&mut self.lock(), ctx, now);
+        }
         match verdict {
             Verdict::Accept => {
                 match phase {
@@ -278,6 +332,27 @@ impl<C: Clock> Controller<C> {
                     _ => {}
                 }
                 Disposition::Proceed
+            }
+            Verdict::Throttle(ThrottleKind::Connections) if is_setup(phase) => {
+                // A new connection (or a new TLS session, or a login) refused: the count
+                // or the rate of opens, by what was working; never retried at once.
+                let mut st = self.lock();
+                let before = st.conc.limit();
+                let kind = st.conc.on_refused_open(ctx.working_connections, now);
+                self.refused_open_backoff(&mut st, ctx, now);
+                if st.conc.limit() != before {
+                    self.publish_limit(&st);
+                }
+                if kind == Refusal::Rate {
+                    tracing::debug!(
+                        working = ctx.working_connections,
+                        "new connection refused while fewer were open than have worked: a limit on the rate of new connections"
+                    );
+                }
+                Disposition::Retry {
+                    hint: None,
+                    counts_as_attempt: false,
+                }
             }
             Verdict::Throttle(ThrottleKind::Connections) => {
                 let mut st = self.lock();
@@ -339,6 +414,57 @@ impl<C: Clock> Controller<C> {
         }
     }
 
+    /// The connect backoff after a refused new connection: the provider is unreachable
+    /// for us when nothing else is open, merely refusing this one when others are (or
+    /// are being set up).
+    fn refused_open_backoff(&self, st: &mut State, ctx: FeedbackCtx, now: Duration) {
+        let st = &mut *st;
+        if ctx.working_connections == 0 && ctx.in_flight_connections <= 1 {
+            st.connect.on_failure(now, &mut st.rng);
+        } else {
+            st.connect.on_refused(now, &mut st.rng);
+        }
+    }
+
+    /// A new connection broke off during its setup (closed, timed out, garbled) while
+    /// other connections work: no limit is learned, but the next open waits (the connect
+    /// backoff, without marking the provider unreachable).
+    pub fn on_connect_refused(&self, ctx: FeedbackCtx) {
+        let now = self.clock.now();
+        self.refused_open_backoff(&mut self.lock(), ctx, now);
+    }
+
+    /// A connection was lost without a reply (closed or reset by the provider) in
+    /// `phase`: a fault, not a limit. The message is retried; no limit changes — the
+    /// next connection's greeting says whether the provider is back (a refusal there
+    /// is what lowers the count). Counted for the stats.
+    pub fn on_connection_lost(&self, phase: Option<Phase>) {
+        let mut st = self.lock();
+        st.connections_lost += 1;
+        tracing::debug!(
+            ?phase,
+            "provider connection lost without a reply; not a limit"
+        );
+    }
+
+    /// No reply in time in `phase`. Waiting for the 354 or the final reply (the "354:
+    /// too many threads" case: the provider is overloaded by our sessions) steps the
+    /// connection limit down by one and holds it there until the next probe; other
+    /// phases change no limit. Returns true if the limit went down.
+    pub fn on_reply_timeout(&self, phase: Phase) -> bool {
+        if !matches!(phase, Phase::Data | Phase::DataEnd) {
+            return false;
+        }
+        let now = self.clock.now();
+        let mut st = self.lock();
+        st.reply_timeouts += 1;
+        if st.conc.step_down(now) {
+            self.publish_limit(&st);
+            return true;
+        }
+        false
+    }
+
     /// A transaction was accepted at the end of DATA. `on_reply(DataEnd, Accept)` calls
     /// this; call it directly only when not routing that reply through `on_reply`.
     pub fn on_transaction_success(&self, ctx: FeedbackCtx) {
@@ -361,12 +487,50 @@ impl<C: Clock> Controller<C> {
 
     /// A connection was established (greeting accepted).
     pub fn on_connect_success(&self) {
-        self.lock().connect.on_success();
+        let now = self.clock.now();
+        let mut st = self.lock();
+        st.connect.on_success();
+        st.conc.pace_mut().on_opened(now);
     }
 
-    /// How long until a new connection may be attempted; `None` = now.
+    /// How long until a new connection may be attempted; `None` = now: the connect
+    /// backoff after failures or refusals, and the learned gap between opens.
     pub fn connect_wait(&self) -> Option<Duration> {
-        self.lock().connect.wait(self.clock.now())
+        let now = self.clock.now();
+        let st = self.lock();
+        Self::wait_locked(&st, now)
+    }
+
+    fn wait_locked(st: &State, now: Duration) -> Option<Duration> {
+        match (st.connect.wait(now), st.conc.pace().wait(now)) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Takes the right to open one new connection now, or says how long to wait: what
+    /// [`Controller::connect_wait`] says, and when it says "now", the attempt is counted
+    /// at once (the gap to the next one starts here), so callers that ask together do
+    /// not all open one.
+    pub fn begin_connect(&self) -> Result<(), Duration> {
+        let now = self.clock.now();
+        let mut st = self.lock();
+        if let Some(w) = Self::wait_locked(&st, now) {
+            return Err(w);
+        }
+        st.conc.pace_mut().on_attempt(now);
+        Ok(())
+    }
+
+    /// How long an idle pooled connection is kept when `configured` is the configured
+    /// idle timeout: longer while new connections are paced (each one saved is an open
+    /// the provider does not count).
+    pub fn idle_keepalive(&self, configured: Duration) -> Duration {
+        if self.lock().conc.pace().is_pacing() {
+            configured.max(self.params.paced_keepalive)
+        } else {
+            configured
+        }
     }
 
     /// Ends the wait of the connect backoff (the operator's `queue retry --all`): the
@@ -558,6 +722,10 @@ impl<C: Clock> Controller<C> {
             connect_failures: st.connect.failures(),
             concurrency_ceiling_at: st.conc.ceiling_learned_at(),
             rate_ceiling_at: st.rate.ceiling_learned_at(),
+            open_rate_refusals: st.conc.pace().refusals(),
+            open_gap: st.conc.pace().gap(),
+            connections_lost: st.connections_lost,
+            reply_timeouts: st.reply_timeouts,
         }
     }
 }
@@ -760,6 +928,103 @@ mod tests {
         }
         assert_eq!(c.concurrency_limit(), 4);
         assert_eq!(c.stats().latency_step_downs, 1);
+    }
+
+    fn refused() -> Verdict {
+        Verdict::Throttle(ThrottleKind::Connections)
+    }
+
+    /// Issue 10 point 3: a refused greeting is never followed at once by the next
+    /// attempt, whether others work (a wait, the provider stays reachable) or not (the
+    /// provider refuses us altogether: unreachable until a connection works).
+    #[test]
+    fn a_refused_greeting_always_waits_before_the_next_open() {
+        let (c, clock) = ctl(ControllerParams {
+            initial_connections: 3,
+            max_connections: 3,
+            seed: Some(1),
+            ..ControllerParams::default()
+        });
+        c.on_reply(Phase::Greeting, &refused(), ctx(2, 2));
+        assert!(c.connect_wait().is_some(), "others working: still a wait");
+        assert!(c.begin_connect().is_err());
+        assert_eq!(c.reachability(), Reachability::Reachable);
+        clock.advance(Duration::from_secs(2));
+        assert_eq!(c.begin_connect(), Ok(()));
+        c.on_reply(Phase::Greeting, &refused(), ctx(0, 0));
+        assert!(c.connect_wait().is_some());
+        assert!(matches!(c.reachability(), Reachability::Unreachable { .. }));
+        // Any refused greeting, not only "too many connections".
+        let (d, _) = ctl(ControllerParams {
+            seed: Some(2),
+            ..ControllerParams::default()
+        });
+        d.on_reply(Phase::Greeting, &Verdict::Defer { hint: None }, ctx(1, 1));
+        assert!(d.connect_wait().is_some());
+    }
+
+    /// Issue 10 point 3: Postfix's connection-rate limit answers like its concurrency
+    /// limit. Refused with fewer open than have worked: the count stays, opens are paced
+    /// at what the provider accepted per cycle.
+    #[test]
+    fn a_connection_rate_limit_paces_opens_and_keeps_the_count() {
+        let (c, clock) = ctl(ControllerParams {
+            initial_connections: 3,
+            max_connections: 3,
+            open_margin: 0.0,
+            seed: Some(3),
+            ..ControllerParams::default()
+        });
+        // Three connections opened and working: 3 opens accepted at t = 0.
+        for _ in 0..3 {
+            assert_eq!(c.begin_connect(), Ok(()));
+            c.on_reply(Phase::Greeting, &Verdict::Accept, ctx(0, 0));
+        }
+        for _ in 0..6 {
+            c.on_reply(Phase::DataEnd, &Verdict::Accept, ctx(3, 3));
+        }
+        // One closed (messages per connection); its replacement is refused at t = 1.
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(c.begin_connect(), Ok(()));
+        c.on_reply(Phase::Greeting, &refused(), ctx(2, 2));
+        let s = c.stats();
+        assert_eq!((s.concurrency_limit, s.concurrency_ceiling), (3, None));
+        assert_eq!(s.open_rate_refusals, 1);
+        // The window ends at t = 30: an open is accepted, 3 per 30 s learned.
+        clock.advance(Duration::from_secs(29));
+        assert_eq!(c.begin_connect(), Ok(()));
+        c.on_reply(Phase::Greeting, &Verdict::Accept, ctx(2, 2));
+        assert_eq!(c.stats().open_gap, Some(Duration::from_secs(10)));
+        assert_eq!(c.connect_wait(), Some(Duration::from_secs(10)));
+        assert_eq!(
+            c.idle_keepalive(Duration::from_secs(60)),
+            c.params().paced_keepalive
+        );
+        clock.advance(Duration::from_secs(10));
+        assert_eq!(c.begin_connect(), Ok(()));
+        assert!(c.begin_connect().is_err(), "one open per gap");
+    }
+
+    /// Issue 10 point 8: a connection closed without a reply is a fault, not a limit; a
+    /// timeout waiting for 354 or the final reply steps the limit down by one.
+    #[test]
+    fn a_lost_connection_lowers_nothing_a_reply_timeout_steps_down_once() {
+        let (c, _) = ctl(ControllerParams {
+            initial_connections: 6,
+            max_connections: 6,
+            ..ControllerParams::default()
+        });
+        for p in [Phase::Mail, Phase::Data, Phase::DataEnd] {
+            for _ in 0..6 {
+                c.on_connection_lost(Some(p));
+            }
+        }
+        let s = c.stats();
+        assert_eq!((s.concurrency_limit, s.concurrency_ceiling), (6, None));
+        assert_eq!(s.connections_lost, 18);
+        assert!(!c.on_reply_timeout(Phase::Rcpt));
+        assert!(c.on_reply_timeout(Phase::DataEnd));
+        assert_eq!(c.concurrency_limit(), 5);
     }
 
     #[test]

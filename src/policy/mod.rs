@@ -14,6 +14,7 @@ pub mod backoff;
 pub mod classify;
 pub mod clock;
 pub mod concurrency;
+pub mod connect_pace;
 pub mod controller;
 pub mod latency;
 mod literals;

@@ -9,7 +9,7 @@
 
 use super::error::UpstreamError;
 use super::request::AdmissionRequest;
-use crate::policy::controller::{Controller, Wait};
+use crate::policy::controller::{Controller, Reachability, Wait};
 use futures::future::BoxFuture;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -78,10 +78,14 @@ where
                     }
                 }
             }
-            // Connection failures back the whole upstream off: don't connect again
-            // before the backoff has run out.
-            if let Some(d) = controller.connect_wait() {
-                return Err(UpstreamError::Backoff(d));
+            // Connection failures with nothing else open back the whole upstream off:
+            // don't try before the backoff has run out. A wait after a refused new
+            // connection while others work is the pool's to keep (it still hands out
+            // idle connections, and waits for one to come back within the deadline).
+            if matches!(controller.reachability(), Reachability::Unreachable { .. }) {
+                if let Some(d) = controller.connect_wait() {
+                    return Err(UpstreamError::Backoff(d));
+                }
             }
             inner.oneshot(req).await
         })
