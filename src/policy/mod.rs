@@ -18,6 +18,7 @@ pub mod connect_pace;
 pub mod controller;
 pub mod latency;
 mod literals;
+pub mod memory;
 pub mod pause;
 pub mod rate;
 pub mod rules;
