@@ -171,9 +171,9 @@ impl ConnectPacer {
         self.last_attempt = Some(self.last_attempt.map_or(now, |t| t.max(now)));
     }
 
-    /// What to save: the learned gap.
-    pub fn remembered_gap(&self) -> Option<Duration> {
-        self.gap
+    /// What to save: the learned gap and when it was learned (clock time).
+    pub fn remembered(&self) -> Option<(Duration, Duration)> {
+        Some((self.gap?, self.learned_at.unwrap_or_default()))
     }
 
     /// Takes back a saved gap, learned at `at` (clock time).
