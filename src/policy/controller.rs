@@ -458,6 +458,10 @@ impl<C: Clock> Controller<C> {
         let now = self.clock.now();
         let mut st = self.lock();
         st.reply_timeouts += 1;
+        st.latency.disarm(match phase {
+            Phase::Data => LatencyKind::To354,
+            _ => LatencyKind::ToFinal,
+        });
         if st.conc.step_down(now) {
             self.publish_limit(&st);
             return true;

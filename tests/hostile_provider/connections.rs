@@ -114,3 +114,40 @@ async fn connections_lost_at_once_are_retried_and_lower_no_limit() {
     );
     q.stop().await;
 }
+
+/// Point 8, the other half: no final reply in time (the seeds' "354 … too many threads"
+/// case: the provider is overloaded by our sessions) steps the limit down by one — not
+/// to the connections that happened to be working, and not for a lost connection.
+#[tokio::test]
+async fn a_reply_timeout_after_data_steps_down_by_one() {
+    let p = Provider::builder()
+        .final_delay(Duration::from_secs(24 * 3600))
+        .start()
+        .await;
+    let q = queue(short_timeouts(p.upstream_config()), |c, prof| {
+        ControllerParams {
+            initial_connections: 4,
+            max_connections: 4,
+            ..quick_retries(c, prof)
+        }
+    })
+    .await;
+    q.submit(&["ok@example.org"], 1).await;
+    eventually("the final reply timed out once", || {
+        q.policy.controller.stats().reply_timeouts >= 1
+    })
+    .await;
+    let s = q.policy.controller.stats();
+    println!(
+        "no final reply in time: limit {} (from 4), timeouts {}",
+        s.concurrency_limit, s.reply_timeouts
+    );
+    // Retries may time out again before we look; each steps down once at most, and the
+    // first leaves three.
+    assert!(
+        s.concurrency_limit >= 4 - s.reply_timeouts.min(3) as usize,
+        "{s:?}"
+    );
+    assert!(s.concurrency_limit < 4, "{s:?}");
+    q.stop().await;
+}
