@@ -16,6 +16,8 @@ const FINE: Duration = Duration::from_millis(100);
 const FINE_SPAN: Duration = Duration::from_secs(3600);
 /// Width of a coarse bucket.
 const COARSE: Duration = Duration::from_secs(60);
+/// A span within this fraction of the best rate counts as showing it (for the window).
+const WINDOW_TOLERANCE: f64 = 0.03;
 /// Nothing older than this is kept.
 const COARSE_SPAN: Duration = Duration::from_secs(86_400);
 
@@ -125,7 +127,6 @@ impl AcceptanceLog {
         let min_span = min_span.max(FINE);
         let max_span = max_span.max(min_span).min(COARSE_SPAN);
         let from = end.saturating_sub(max_span);
-        let mut best: Option<(f64, Duration)> = None;
         let mut cum = 0u64;
         let fine = self.fine.iter().rev().map(|&(i, c)| (start_of(i, FINE), c));
         let coarse = self
@@ -133,6 +134,8 @@ impl AcceptanceLog {
             .iter()
             .rev()
             .map(|&(j, c)| (start_of(j, COARSE), c));
+        // (rate, span), shortest span first.
+        let mut candidates: Vec<(f64, Duration)> = Vec::new();
         for (t, c) in fine.chain(coarse) {
             if t >= end {
                 continue;
@@ -142,12 +145,15 @@ impl AcceptanceLog {
             }
             cum = cum.saturating_add(c);
             let span = (end - t).max(min_span);
-            let r = cum as f64 / span.as_secs_f64();
-            if best.is_none_or(|(b, _)| r > b) {
-                best = Some((r, span));
-            }
+            candidates.push((cum as f64 / span.as_secs_f64(), span));
         }
-        best
+        let best = candidates.iter().map(|(r, _)| *r).fold(0.0, f64::max);
+        // The window: the shortest span that shows (nearly) the best rate — a steady
+        // pace makes long spans look as good, and the window is what the limiter counts.
+        candidates
+            .into_iter()
+            .find(|(r, _)| *r > 0.0 && *r >= best * (1.0 - WINDOW_TOLERANCE))
+            .map(|(_, span)| (best, span))
     }
 }
 

@@ -11,15 +11,15 @@
 //!   ([`UNKNOWN_START`]) when the rate is unknown, and double per ramp window in which
 //!   the limiter held messages back, up to the cap;
 //! - **blocked** (a throttle came): no ordinary admissions; single probes at growing
-//!   gaps (the first after about two messages' time at the pace the provider accepted,
-//!   each next one half the time blocked so far later — so the block overruns the
-//!   provider's window by at most half, a quarter on average, with about
-//!   log1.5(window / first gap) refused probes). Throttles that arrive while no probe is
+//!   gaps (the first after about a message's time at the pace the provider accepted,
+//!   each next one 3/4 of the time blocked so far later — so the block overruns the
+//!   provider's window by at most 3/4 of it, with about log1.75(window / first gap)
+//!   refused probes). Throttles that arrive while no probe is
 //!   out answer messages sent before the block and change nothing;
 //! - **unblocked** by the first accepted probe: the estimate is the best acceptance rate
 //!   over a trailing span that contains the whole block ([`AcceptanceLog::best_rate`]).
 //!   For a fixed or sliding window of L per W that is L/W (at most the overrun low, i.e.
-//!   never below two thirds of it); for a
+//!   never below 4/7 of it, and later probes correct it); for a
 //!   token bucket the first cycle overshoots and later ones converge on the refill rate.
 //!   Over a span that contains the block, an evenly pacing sender cannot show more than
 //!   the window allows: while it sent faster than L/W, every sub-span of the window holds
@@ -27,9 +27,12 @@
 //!   (the first paced message waits one interval after the probe, so the probe and the
 //!   paced messages never add up to more than L in the provider's next unit);
 //! - **paced**: after max(`probe_interval`, the learned window) without a throttle,
-//!   probe upward additively (+`step` × estimate per ramp window in which the limiter
-//!   held messages back). A throttle starts the next cycle, whose estimate is again
-//!   what was accepted — so a failed probe lands just below the limit, not at half.
+//!   probe upward: +`step` × estimate per window (the ramp window, at least the learned
+//!   window) in which the limiter held messages back, each further increase twice the
+//!   last (gently first, so an unchanged limit costs one short block; quickly then, so a
+//!   raised one is reached within a few windows). A throttle starts the next cycle, whose estimate is again
+//!   what was accepted — so a failed probe lands just below the limit, not at half, and
+//!   never below the estimate that held for the whole probe interval before it.
 //!
 //! [`RateLimiter`] is governor's GCRA at the message rate; [`Pacer`] spaces transactions
 //! by their recipient count (governor cannot take more cells at once than its burst).
@@ -103,6 +106,8 @@ enum Stage {
         gap: Duration,
         next_probe: Duration,
         probe_sent: Option<Duration>,
+        /// The pace in force when the throttle came: the limit is below it.
+        refused_at: Option<f64>,
     },
     Paced,
 }
@@ -124,6 +129,17 @@ pub struct RateState {
     pressed: bool,
     /// Probing upward in the current episode (counted once per episode).
     probing: bool,
+    /// The best estimate that held for a whole probe interval: later estimates never
+    /// land below it (a failed probe, or the short cycle after an estimate that was too
+    /// high, reads low), until pacing below it is refused (the provider lowered its
+    /// limit).
+    held: Option<f64>,
+    /// Admissions and the units (messages or recipients) they carried, to know how long
+    /// one admission takes at a rate in units.
+    admissions: u64,
+    admitted_units: u64,
+    /// Windows of the current upward probe so far.
+    probe_steps: u32,
     log: AcceptanceLog,
     decreases: u64,
     probes: u64,
@@ -166,6 +182,10 @@ impl RateState {
             window_start: Duration::ZERO,
             pressed: false,
             probing: false,
+            held: None,
+            admissions: 0,
+            admitted_units: 0,
+            probe_steps: 0,
             log: AcceptanceLog::new(),
             decreases: 0,
             probes: 0,
@@ -286,8 +306,11 @@ impl RateState {
         self.pressed = true;
     }
 
-    /// One admission at `now` (after [`RateState::wait`] said go).
-    pub fn on_admit(&mut self, now: Duration) {
+    /// One admission of `units` (messages or recipients) at `now` (after
+    /// [`RateState::wait`] said go).
+    pub fn on_admit(&mut self, now: Duration, units: u64) {
+        self.admissions = self.admissions.saturating_add(1);
+        self.admitted_units = self.admitted_units.saturating_add(units.max(1));
         if self.cycle_start.is_none() {
             self.cycle_start = Some(now);
             self.window_start = now;
@@ -306,9 +329,10 @@ impl RateState {
             Stage::Blocked {
                 probe_sent: Some(_),
                 since,
+                refused_at,
                 ..
             } => {
-                self.unblock(now, since);
+                self.unblock(now, since, refused_at);
                 true
             }
             _ => false,
@@ -317,15 +341,28 @@ impl RateState {
         changed
     }
 
-    fn unblock(&mut self, now: Duration, since: Duration) {
+    fn unblock(&mut self, now: Duration, since: Duration, refused_at: Option<f64>) {
         let block = now.saturating_sub(since);
         let start = self.cycle_start.unwrap_or(since);
-        let cycle = now.saturating_sub(start).max(block).min(MAX_SPAN);
+        // A cycle shorter than the window learned before (a throttle soon after the
+        // last estimate: it was too high) is read over that window, not its few
+        // seconds, where the block would weigh too much.
+        let before = self.learned.map_or(Duration::ZERO, |l| l.window);
+        let cycle = now
+            .saturating_sub(start)
+            .max(before)
+            .max(block)
+            .min(MAX_SPAN);
         let (estimate, window) = self
             .log
             .best_rate(now, block, cycle)
             // Nothing accepted before the block: one message per block is all we know.
             .unwrap_or((1.0 / block.as_secs_f64().max(1e-3), block));
+        // A failed upward probe: what held for a whole probe interval still holds. And
+        // the pace that was refused is above the limit, whatever the log says (a token
+        // bucket's burst makes a span look better than the refill rate).
+        let estimate = self.held.map_or(estimate, |h| estimate.max(h));
+        let estimate = refused_at.map_or(estimate, |r| estimate.min(r));
         let before = self.rate;
         let mut pace = (estimate * (1.0 - self.p.margin)).max(self.p.floor);
         if let Some(c) = self.p.cap {
@@ -356,21 +393,22 @@ impl RateState {
                 gap,
                 next_probe,
                 probe_sent,
+                ..
             } => {
                 if probe_sent.take().is_some() {
-                    // The probe was refused: the next one half the block later.
+                    // The probe was refused: the next one 3/4 of the block later.
                     self.refused_probes += 1;
                     let elapsed = now.saturating_sub(*since);
-                    *gap = (elapsed / 2).clamp(MIN_GAP, MAX_GAP).max(*gap);
+                    *gap = (elapsed * 3 / 4).clamp(MIN_GAP, MAX_GAP).max(*gap);
                     *next_probe = now.saturating_add(*gap);
                 }
                 false
             }
             Stage::SlowStart | Stage::Paced => {
-                // About two messages' time at the pace the provider accepted in this
+                // About a message's time at the pace the provider accepted in this
                 // cycle (a sliding or short window frees up that soon), at least the
-                // holdoff; later blocks, whose window is known, start at a sixteenth
-                // of it.
+                // holdoff; later blocks, whose window is known, start at a 64th of it
+                // (the block's overrun is what the estimate loses).
                 let start = self.cycle_start.unwrap_or(now);
                 let span = now.saturating_sub(start).as_secs_f64();
                 let accepted = self.log.count(start, now.saturating_add(MIN_GAP));
@@ -379,16 +417,29 @@ impl RateState {
                     (Some(r), Some(a)) => Some(r.min(a)),
                     (r, a) => r.or(a),
                 };
+                // One admission's time (a recipient-rate probe is a whole message).
+                let per_admission = self.admitted_units as f64 / self.admissions.max(1) as f64;
                 let per = pace.map_or(MIN_GAP, |r| {
-                    Duration::from_secs_f64((2.0 / r.max(1e-6)).min(MAX_GAP.as_secs_f64()))
+                    Duration::from_secs_f64(
+                        (per_admission.max(1.0) / r.max(1e-6)).min(MAX_GAP.as_secs_f64()),
+                    )
                 });
-                let known = self.learned.map_or(Duration::ZERO, |l| l.window / 16);
+                // Pacing at (or below) the held estimate was refused: the provider
+                // lowered its limit, what held no longer does.
+                if !self.probing {
+                    let floor = self.held.map(|h| h * (1.0 - self.p.margin) * 1.001);
+                    if floor.is_some_and(|f| self.rate.is_some_and(|r| r <= f)) {
+                        self.held = None;
+                    }
+                }
+                let known = self.learned.map_or(Duration::ZERO, |l| l.window / 64);
                 let gap = per.max(known).max(self.p.holdoff).clamp(MIN_GAP, MAX_GAP);
                 self.stage = Stage::Blocked {
                     since: now,
                     gap,
                     next_probe: now.saturating_add(gap),
                     probe_sent: None,
+                    refused_at: self.rate,
                 };
                 if self.cycle_start.is_none() {
                     self.cycle_start = Some(now);
@@ -404,8 +455,10 @@ impl RateState {
     pub fn tick(&mut self, now: Duration) -> bool {
         let window = self.p.window.max(Duration::from_millis(1));
         let window = match self.learned {
-            // A long provider window answers a probe late: ramp more slowly.
-            Some(l) => window.max(l.window / 10),
+            // A window limiter answers a probe only when its window overflows: one step
+            // per provider window, so the overflow comes early in a step and the block
+            // (and its refused probes) is short.
+            Some(l) => window.max(l.window),
             None => window,
         };
         let elapsed = now.saturating_sub(self.window_start);
@@ -434,8 +487,15 @@ impl RateState {
                 if !self.probing {
                     self.probing = true;
                     self.probes += 1;
+                    self.probe_steps = 0;
+                    self.held = Some(self.held.map_or(l.estimate, |h| h.max(l.estimate)));
                 }
-                rate + self.p.step * l.estimate
+                // Gently first (+step), then each further clean window twice the last
+                // increase: a raised limit is found within a few windows, an unchanged
+                // one costs one window barely above it.
+                let inc = self.p.step * l.estimate * f64::from(1u32 << self.probe_steps.min(10));
+                self.probe_steps = self.probe_steps.saturating_add(1);
+                rate + inc
             }
             (Stage::Paced, None) => rate * (1.0 + self.p.step),
             (Stage::Blocked { .. }, _) => return false,

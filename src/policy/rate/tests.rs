@@ -62,7 +62,7 @@ fn drive(r: &mut RateState, anvil: &mut Anvil, secs: f64) -> Vec<(Duration, bool
             now = next_paced;
             continue;
         }
-        r.on_admit(now);
+        r.on_admit(now, 1);
         let ok = anvil.attempt(now);
         if ok {
             r.on_accept(now, 1);
@@ -83,7 +83,7 @@ fn an_unknown_rate_starts_cautiously_and_doubles_per_pressed_window() {
     let mut r = RateState::new(params(None, None));
     assert_eq!(r.rate(), Some(UNKNOWN_START));
     assert!(r.in_slow_start());
-    r.on_admit(s(0.0));
+    r.on_admit(s(0.0), 1);
     // A window in which the limiter held nothing back: demand, not the provider, is the
     // limit — no growth.
     assert!(!r.tick(s(10.0)));
@@ -100,7 +100,7 @@ fn an_unknown_rate_starts_cautiously_and_doubles_per_pressed_window() {
 fn the_cap_is_never_exceeded_and_infinite_start_is_unlimited() {
     let mut r = RateState::new(params(Some(5.0), Some(3.0)));
     assert_eq!(r.rate(), Some(3.0));
-    r.on_admit(s(0.0));
+    r.on_admit(s(0.0), 1);
     for i in 1..50 {
         r.pressed();
         r.tick(s(10.0 * f64::from(i)));
@@ -126,8 +126,13 @@ fn a_fixed_window_is_learned_from_what_it_accepted_not_halved() {
         at: Duration::ZERO,
         window: Duration::ZERO,
     });
-    // Estimate: what the unit allowed (2/s), at most the probes' overrun (half) low.
-    assert!(l.estimate <= 2.0 + 1e-9 && l.estimate >= 2.0 / 1.5, "{l:?}");
+    // Estimate: what the unit allowed (2/s), at most the probes' overrun (3/4) low.
+    // (A span inside an upward probe's unit can show a little more than L/W — the ramp
+    // makes the unit's tail denser; the margin covers it.)
+    assert!(
+        l.estimate <= 2.0 * 1.03 && l.estimate >= 2.0 / 1.75,
+        "{l:?}"
+    );
     assert!(l.window >= s(30.0) && l.window <= s(80.0), "{l:?}");
     let pace = r.rate().unwrap_or(0.0);
     assert!(
@@ -142,7 +147,7 @@ fn a_fixed_window_is_learned_from_what_it_accepted_not_halved() {
         .collect();
     let accepted = late.iter().filter(|(_, ok)| *ok).count();
     let refused = late.len() - accepted;
-    assert!(accepted as f64 >= 0.95 * 600.0 / 1.5, "{accepted}");
+    assert!(accepted as f64 >= 0.95 * 600.0 / 1.75, "{accepted}");
     assert_eq!(refused, 0, "paced below the unit: no refusals");
     // The probes while blocked: at growing gaps. Starting unlimited is the worst case:
     // the first gap is 2 ms (1000/s accepted), the unit ends 60 s after the burst, ~26
@@ -156,38 +161,39 @@ fn a_fixed_window_is_learned_from_what_it_accepted_not_halved() {
 #[test]
 fn refused_probes_grow_the_gap_and_stray_throttles_change_nothing() {
     let mut r = RateState::new(params(Some(10.0), None));
-    r.on_admit(s(0.0));
+    r.on_admit(s(0.0), 1);
     r.on_accept(s(0.1), 1);
     assert!(r.on_throttle(s(1.0)));
     assert!(r.is_blocked());
-    // About two messages' time at what the provider took (1 in the second before),
+    // About a message's time at what the provider took (1 in the second before),
     // not at the 10/s pace.
     let first = r.wait(s(1.0)).unwrap_or_default();
-    assert!(first >= s(1.99) && first <= s(2.01), "{first:?}");
+    assert!(first >= s(0.99) && first <= s(1.01), "{first:?}");
     // A throttle for a message sent before the block: nothing changes.
     assert!(!r.on_throttle(s(1.05)));
     assert_eq!(r.wait(s(1.05)), Some(first - s(0.05)));
     // The probe goes, is refused: the next waits half the block at least.
-    assert!(!r.probe_due(s(2.9)));
-    assert!(r.probe_due(s(3.0)));
-    r.on_admit(s(3.0));
-    assert!(r.wait(s(3.0)).is_some(), "one probe at a time");
-    r.on_throttle(s(3.1));
+    assert!(!r.probe_due(s(1.9)));
+    assert!(r.probe_due(s(2.0)));
+    r.on_admit(s(2.0), 1);
+    assert!(r.wait(s(2.0)).is_some(), "one probe at a time");
+    r.on_throttle(s(2.1));
     assert!(r.refused_probes() == 1);
-    let mut now = s(3.1);
+    assert_eq!(r.wait(s(2.1)), Some(s(1.0)), "the gap never shrinks");
+    let mut now = s(2.1);
     let mut gaps = Vec::new();
     for _ in 0..8 {
         let w = r.wait(now).unwrap_or_default();
         gaps.push(w);
         now += w;
-        r.on_admit(now);
+        r.on_admit(now, 1);
         r.on_throttle(now);
     }
     assert!(gaps.windows(2).all(|g| g[1] >= g[0]), "{gaps:?}");
     // Accepted probe: unblocked, paced, the next ordinary message one interval later.
     let w = r.wait(now).unwrap_or_default();
     now += w;
-    r.on_admit(now);
+    r.on_admit(now, 1);
     assert!(r.on_accept(now, 1));
     assert!(!r.is_blocked());
     let pace = r.rate().unwrap_or(0.0);
@@ -198,13 +204,13 @@ fn refused_probes_grow_the_gap_and_stray_throttles_change_nothing() {
 #[test]
 fn probes_upward_only_after_the_probe_interval_and_additively() {
     let mut r = RateState::new(params(Some(4.0), None));
-    r.on_admit(s(0.0));
+    r.on_admit(s(0.0), 1);
     for i in 0..40 {
         r.on_accept(s(f64::from(i) * 0.25), 1);
     }
     r.on_throttle(s(10.0));
     let w = r.wait(s(10.0)).unwrap_or_default();
-    r.on_admit(s(10.0) + w);
+    r.on_admit(s(10.0) + w, 1);
     r.on_accept(s(10.0) + w, 1);
     let l = r.learned().map_or(0.0, |l| l.estimate);
     let pace = r.rate().unwrap_or(0.0);
@@ -216,16 +222,27 @@ fn probes_upward_only_after_the_probe_interval_and_additively() {
     }
     assert_eq!(r.rate(), Some(pace));
     assert_eq!(r.probes(), 0);
-    // Then +10% of the estimate per window, one probe episode.
-    r.pressed();
-    r.tick(s(620.0));
-    r.pressed();
-    r.tick(s(630.0));
-    let up = r.rate().unwrap_or(0.0);
-    assert!(
-        (up - (pace + 0.2 * l)).abs() < 1e-6,
-        "{up} vs {pace} + 2 × 0.1 × {l}"
-    );
+    // Then +10% of the estimate in the first window (at least the learned window long),
+    // twice the last increase in each next one: one probe episode.
+    let win = r
+        .learned()
+        .map_or(s(10.0), |l| l.window.max(s(10.0)))
+        .as_secs_f64();
+    let due = r.learned().map_or(0.0, |l| l.at.as_secs_f64()) + 600.0;
+    let mut t = due;
+    let mut expect = pace;
+    for k in 0..3 {
+        t += win;
+        r.pressed();
+        r.tick(s(t));
+        expect += 0.1 * l * f64::from(1u32 << k);
+        let up = r.rate().unwrap_or(0.0);
+        assert!((up - expect).abs() < 1e-6, "window {k}: {up} vs {expect}");
+    }
+    // A window without pressure (demand, not the provider, limits): no increase.
+    t += win;
+    r.tick(s(t));
+    assert!((r.rate().unwrap_or(0.0) - expect).abs() < 1e-6);
     assert_eq!(r.probes(), 1);
 }
 
