@@ -109,6 +109,28 @@ impl AcceptanceLog {
         sum
     }
 
+    /// How far back from `end` the last `n` accepted reach (`None`: fewer were
+    /// accepted in the log's day).
+    pub fn span_of_last(&self, n: u64, end: Duration) -> Option<Duration> {
+        let fine = self.fine.iter().rev().map(|&(i, c)| (start_of(i, FINE), c));
+        let coarse = self
+            .coarse
+            .iter()
+            .rev()
+            .map(|&(j, c)| (start_of(j, COARSE), c));
+        let mut cum = 0u64;
+        for (t, c) in fine.chain(coarse) {
+            if t >= end {
+                continue;
+            }
+            cum = cum.saturating_add(c);
+            if cum >= n {
+                return Some(end - t);
+            }
+        }
+        None
+    }
+
     /// The highest acceptance rate over a trailing span ending at `end`, for spans from
     /// `min_span` to `max_span`: what the provider took in its best recent window.
     /// Returns (rate per second, span), or `None` when nothing was accepted in
@@ -177,6 +199,16 @@ mod tests {
         // Older than an hour: minute buckets, counted when they start in the span.
         assert_eq!(log.count(s(0.0), s(600.0)), 600);
         assert_eq!(log.count(s(0.0), s(7200.0)), 7200);
+    }
+
+    #[test]
+    fn span_of_the_last_n() {
+        let mut log = AcceptanceLog::new();
+        for i in 0..10u64 {
+            log.record(Duration::from_secs(10 * i), 1);
+        }
+        assert_eq!(log.span_of_last(3, s(100.0)), Some(s(30.0)));
+        assert_eq!(log.span_of_last(11, s(100.0)), None);
     }
 
     #[test]

@@ -65,6 +65,8 @@ const MIN_GAP: Duration = Duration::from_millis(10);
 /// A probe whose answer has not come after this (and at least one gap) is taken as lost:
 /// the next probe may go.
 const PROBE_LOST: Duration = Duration::from_secs(60);
+/// An estimate looks back over at least this many accepted (if the log has them).
+const ESTIMATE_EVENTS: u64 = 16;
 /// The longest span an estimate looks back over.
 const MAX_SPAN: Duration = Duration::from_secs(86_400);
 
@@ -134,6 +136,12 @@ pub struct RateState {
     /// high, reads low), until pacing below it is refused (the provider lowered its
     /// limit).
     held: Option<f64>,
+    /// The first block of the current series (blocks less than a probe interval apart):
+    /// corrections after an overshoot read the provider's acceptance since then, not
+    /// only over their own short cycles (a sliding window refuses until the excess has
+    /// slid out, whatever the pace).
+    series_start: Option<Duration>,
+    last_unblock: Option<Duration>,
     /// Admissions and the units (messages or recipients) they carried, to know how long
     /// one admission takes at a rate in units.
     admissions: u64,
@@ -183,6 +191,8 @@ impl RateState {
             pressed: false,
             probing: false,
             held: None,
+            series_start: None,
+            last_unblock: None,
             admissions: 0,
             admitted_units: 0,
             probe_steps: 0,
@@ -347,10 +357,20 @@ impl RateState {
         // A cycle shorter than the window learned before (a throttle soon after the
         // last estimate: it was too high) is read over that window, not its few
         // seconds, where the block would weigh too much.
+        // Likewise a span with only a few accepted in it (a small limit, a token
+        // bucket's refill) says little: look back over at least the last
+        // `ESTIMATE_EVENTS` accepted.
         let before = self.learned.map_or(Duration::ZERO, |l| l.window);
+        let few = self
+            .log
+            .span_of_last(ESTIMATE_EVENTS, now)
+            .unwrap_or(Duration::ZERO);
+        let series = now.saturating_sub(self.series_start.unwrap_or(since));
         let cycle = now
             .saturating_sub(start)
             .max(before)
+            .max(few)
+            .max(series)
             .max(block)
             .min(MAX_SPAN);
         let (estimate, window) = self
@@ -378,6 +398,7 @@ impl RateState {
             self.decreases += 1;
         }
         self.stage = Stage::Paced;
+        self.last_unblock = Some(now);
         self.cycle_start = Some(now);
         self.hold_until = Some(now.saturating_add(Duration::from_secs_f64(1.0 / pace)));
         self.window_start = now;
@@ -443,6 +464,12 @@ impl RateState {
                 };
                 if self.cycle_start.is_none() {
                     self.cycle_start = Some(now);
+                }
+                let apart = self
+                    .last_unblock
+                    .is_none_or(|u| now.saturating_sub(u) >= self.p.probe_interval);
+                if apart || self.series_start.is_none() {
+                    self.series_start = Some(now);
                 }
                 self.blocks += 1;
                 self.hold_until = None;
