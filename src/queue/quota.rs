@@ -1,6 +1,7 @@
-//! The persistent quota ledger: how many messages were handed to the provider in each
-//! minute of the past day, kept in `<spool>/quota.json`, so that a restart does not
-//! reset an hourly or daily sending quota (the provider keeps counting; so must we).
+//! The persistent quota ledger: how many messages — and how many recipients — were
+//! handed to the provider in each minute of the past day, kept in `<spool>/quota.json`,
+//! so that a restart does not reset an hourly or daily sending quota, in messages or in
+//! recipients (the provider keeps counting; so must we).
 //!
 //! Per-minute buckets keep it small (at most 1440 numbers) whatever the quota. It is
 //! saved every few seconds (write to a temporary file, fsync, rename), not per message:
@@ -16,10 +17,14 @@ const MINUTE_MS: u64 = 60_000;
 const DAY_MS: u64 = 86_400_000;
 const HOUR_MS: u64 = 3_600_000;
 
-/// Messages sent per minute (unix minute → count) over the past day.
+/// Messages and recipients sent per minute (unix minute → count) over the past day.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ledger {
+    /// Messages per minute.
     minutes: BTreeMap<u64, u32>,
+    /// Recipients per minute (absent in ledgers written before recipient quotas: none).
+    #[serde(default)]
+    recipients: BTreeMap<u64, u32>,
 }
 
 impl Ledger {
@@ -46,29 +51,44 @@ impl Ledger {
 
     /// Adds `n` messages sent at `now_ms` and forgets what is older than a day.
     pub fn add(&mut self, now_ms: u64, n: u32) {
-        if n > 0 {
-            let e = self.minutes.entry(now_ms / MINUTE_MS).or_insert(0);
-            *e = e.saturating_add(n);
-        }
-        let oldest = now_ms.saturating_sub(DAY_MS) / MINUTE_MS;
-        self.minutes = self.minutes.split_off(&oldest);
+        self.add_sent(now_ms, n, 0);
     }
 
-    fn since(&self, now_ms: u64, window: u64) -> u32 {
+    /// Adds `messages` messages to `recipients` recipients sent at `now_ms` and forgets
+    /// what is older than a day.
+    pub fn add_sent(&mut self, now_ms: u64, messages: u32, recipients: u32) {
+        let oldest = now_ms.saturating_sub(DAY_MS) / MINUTE_MS;
+        for (map, n) in [
+            (&mut self.minutes, messages),
+            (&mut self.recipients, recipients),
+        ] {
+            if n > 0 {
+                let e = map.entry(now_ms / MINUTE_MS).or_insert(0);
+                *e = e.saturating_add(n);
+            }
+            *map = map.split_off(&oldest);
+        }
+    }
+
+    fn since(map: &BTreeMap<u64, u32>, now_ms: u64, window: u64) -> u32 {
         let from = now_ms.saturating_sub(window) / MINUTE_MS;
-        self.minutes
-            .range(from..)
+        map.range(from..)
             .fold(0u32, |a, (_, n)| a.saturating_add(*n))
     }
 
     /// Messages sent in the past hour.
     pub fn last_hour(&self, now_ms: u64) -> u32 {
-        self.since(now_ms, HOUR_MS)
+        Self::since(&self.minutes, now_ms, HOUR_MS)
     }
 
     /// Messages sent in the past day.
     pub fn last_day(&self, now_ms: u64) -> u32 {
-        self.since(now_ms, DAY_MS)
+        Self::since(&self.minutes, now_ms, DAY_MS)
+    }
+
+    /// Recipients sent to in the past day.
+    pub fn recipients_last_day(&self, now_ms: u64) -> u32 {
+        Self::since(&self.recipients, now_ms, DAY_MS)
     }
 
     /// Writes the ledger durably (temporary file, fsync, rename, directory fsync).
@@ -104,6 +124,29 @@ mod tests {
             4,
             "older than a day: gone"
         );
+    }
+
+    #[test]
+    fn counts_recipients_and_reads_ledgers_written_before_them() {
+        let t0 = 1_800_000_000_000u64;
+        let mut l = Ledger::default();
+        l.add_sent(t0, 2, 7);
+        l.add_sent(t0 + HOUR_MS, 1, 3);
+        assert_eq!(l.last_day(t0 + HOUR_MS), 3);
+        assert_eq!(l.recipients_last_day(t0 + HOUR_MS), 10);
+        assert_eq!(l.recipients_last_day(t0 + DAY_MS + 2 * MINUTE_MS), 3);
+        let dir = tempfile::tempdir().unwrap();
+        l.save(dir.path()).unwrap();
+        assert_eq!(Ledger::load(dir.path()), l);
+        // A ledger from before recipient quotas: its messages count, recipients none.
+        let minute = t0 / MINUTE_MS;
+        std::fs::write(
+            Ledger::path(dir.path()),
+            format!("{{\"minutes\":{{\"{minute}\":5}}}}"),
+        )
+        .unwrap();
+        let old = Ledger::load(dir.path());
+        assert_eq!((old.last_day(t0), old.recipients_last_day(t0)), (5, 0));
     }
 
     #[test]

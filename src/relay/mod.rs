@@ -30,6 +30,7 @@ pub mod policy;
 pub mod queue_mode;
 pub mod queue_relay;
 pub mod reload;
+pub mod state;
 pub mod transport;
 
 pub use handle::RelayHandle;
