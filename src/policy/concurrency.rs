@@ -13,6 +13,8 @@
 
 use std::time::Duration;
 
+use super::memory::{self, ConnectionMemory};
+
 /// The connection-limit state machine. All times are [`crate::policy::clock::Clock`] times.
 #[derive(Debug, Clone)]
 pub struct ConcurrencyState {
@@ -89,6 +91,38 @@ impl ConcurrencyState {
         self.probes
     }
 
+    /// What was learned, for saving ([`super::memory`]).
+    pub fn remember(&self, now: Duration) -> ConnectionMemory {
+        ConnectionMemory {
+            limit: self.limit,
+            ceiling: self.ceiling.map(|(c, _)| c),
+            ceiling_age_ms: self
+                .ceiling
+                .map(|(_, at)| memory::ms(now.saturating_sub(at))),
+            open_interval_ms: None,
+        }
+    }
+
+    /// Takes back what [`ConcurrencyState::remember`] saved `since_save` ago, within
+    /// today's maximum. A ceiling older than the probe interval is not restored (its
+    /// probe is due). Returns true if the limit changed.
+    pub fn restore(&mut self, m: &ConnectionMemory, since_save: Duration, now: Duration) -> bool {
+        let before = self.limit;
+        if m.limit > 0 {
+            self.limit = m.limit.clamp(1, self.max);
+        }
+        self.ceiling = match (m.ceiling, m.ceiling_age_ms) {
+            (Some(c), Some(age)) if c > 0 => {
+                memory::learned_at(age, since_save, now, self.probe_interval)
+                    .map(|at| (c.min(self.max), at))
+            }
+            _ => None,
+        };
+        self.run = 0;
+        self.saturated = false;
+        self.limit != before
+    }
+
     /// A transaction succeeded while `busy` connections carried transactions (this one
     /// included). Returns true if the limit grew.
     pub fn on_success(&mut self, busy: usize, now: Duration) -> bool {
@@ -150,6 +184,23 @@ mod tests {
     use super::*;
 
     const P: Duration = Duration::from_secs(600);
+
+    #[test]
+    fn what_was_learned_round_trips_within_todays_maximum() {
+        let mut s = ConcurrencyState::new(4, 10, P);
+        s.on_throttle(3, Duration::from_secs(10));
+        let saved = s.remember(Duration::from_secs(70));
+        assert_eq!((saved.limit, saved.ceiling), (3, Some(3)));
+        let mut fresh = ConcurrencyState::new(1, 10, P);
+        assert!(fresh.restore(&saved, Duration::from_secs(5), Duration::from_secs(1)));
+        assert_eq!((fresh.limit(), fresh.ceiling()), (3, Some(3)));
+        let mut smaller = ConcurrencyState::new(1, 2, P);
+        smaller.restore(&saved, Duration::ZERO, Duration::ZERO);
+        assert_eq!((smaller.limit(), smaller.ceiling()), (2, Some(2)));
+        let mut late = ConcurrencyState::new(1, 10, P);
+        late.restore(&saved, P, Duration::ZERO);
+        assert_eq!((late.limit(), late.ceiling()), (3, None));
+    }
 
     fn grow(s: &mut ConcurrencyState, n: usize, now: Duration) {
         for _ in 0..n {

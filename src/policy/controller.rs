@@ -21,6 +21,7 @@ use super::backoff::{self, Backoff, ConnectBackoff};
 use super::clock::{Clock, SystemClock};
 use super::concurrency::ConcurrencyState;
 use super::latency::{LatencyKind, LatencyParams, LatencyTracker};
+use super::memory::{self, LearnedState, PauseMemory};
 use super::pause::{PauseGate, PauseState};
 use super::rate::{RateLimiter, RateParams, RateState};
 use super::verdict::{PauseScope, Phase, ThrottleKind, Verdict};
@@ -491,6 +492,57 @@ impl<C: Clock> Controller<C> {
         self.retry.delay(attempt, hint, &mut st.rng)
     }
 
+    /// Everything learned so far, to be saved and handed back to
+    /// [`Controller::restore_memory`] after a restart.
+    pub fn memory(&self) -> LearnedState {
+        let now = self.clock.now();
+        let mut st = self.lock();
+        self.tick(&mut st, now);
+        let pause = match st.pause.state(now) {
+            PauseState::Running => None,
+            PauseState::Paused { scope, until } => Some(PauseMemory {
+                scope: scope.into(),
+                remaining_ms: until.map(|u| memory::ms(u.saturating_sub(now))),
+            }),
+        };
+        LearnedState {
+            rate: Some(st.rate.remember(now)),
+            recipient_rate: None,
+            connections: Some(st.conc.remember(now)),
+            pause,
+        }
+    }
+
+    /// Takes back what [`Controller::memory`] returned `since_save` ago (a restart): each
+    /// part ages by that time, within today's configured limits; a timed pause whose end
+    /// has passed is not restored. The caller drops an auth pause before calling when the
+    /// credentials changed.
+    pub fn restore_memory(&self, saved: &LearnedState, since_save: Duration) {
+        let now = self.clock.now();
+        let mut st = self.lock();
+        if let Some(r) = &saved.rate {
+            if st.rate.restore(r, since_save, now) {
+                self.limiter.set_rate(st.rate.rate());
+            }
+        }
+        if let Some(c) = &saved.connections {
+            st.conc.restore(c, since_save, now);
+        }
+        if let Some(p) = saved.pause {
+            let until = match p.remaining_ms {
+                None => Some(None),
+                Some(left) => Duration::from_millis(left)
+                    .checked_sub(since_save)
+                    .filter(|d| !d.is_zero())
+                    .map(|d| Some(now.saturating_add(d))),
+            };
+            if let Some(until) = until {
+                st.pause.pause(p.scope.into(), until, now);
+            }
+        }
+        self.publish_limit(&st);
+    }
+
     pub fn stats(&self) -> ControllerStats {
         let st = self.lock();
         ControllerStats {
@@ -579,6 +631,58 @@ mod tests {
         assert_eq!(c.rate(), Some(2.0));
         assert_eq!(c.set_limits(1, None), (false, true));
         assert_eq!(c.rate(), None);
+    }
+
+    #[test]
+    fn learned_limits_and_pauses_survive_a_restart() {
+        let p = ControllerParams {
+            initial_connections: 4,
+            max_connections: 10,
+            rate_per_second: Some(10.0),
+            ..ControllerParams::default()
+        };
+        let (c, clock) = ctl(p.clone());
+        clock.advance(Duration::from_secs(100));
+        c.on_reply(
+            Phase::Greeting,
+            &Verdict::Throttle(ThrottleKind::Connections),
+            ctx(0, 2),
+        );
+        c.on_reply(
+            Phase::Mail,
+            &Verdict::Throttle(ThrottleKind::Rate),
+            ctx(2, 2),
+        );
+        c.on_reply(
+            Phase::Mail,
+            &Verdict::Pause {
+                scope: PauseScope::Quota,
+                until: Some(Duration::from_secs(600)),
+            },
+            ctx(2, 2),
+        );
+        let saved = c.memory();
+        let text = serde_json::to_string(&saved).unwrap_or_default();
+        let back: LearnedState = serde_json::from_str(&text).unwrap_or_default();
+        assert_eq!(back, saved);
+
+        let (after, _) = ctl(p.clone());
+        after.restore_memory(&back, Duration::from_secs(60));
+        assert_eq!(after.concurrency_limit(), 2);
+        assert_eq!(*after.watch_limit().borrow(), 2);
+        assert_eq!(after.rate(), c.rate());
+        assert_eq!(after.stats().rate_ceiling, c.stats().rate_ceiling);
+        match after.pause_state() {
+            PauseState::Paused { scope, until } => {
+                assert_eq!(scope, PauseScope::Quota);
+                assert_eq!(until, Some(Duration::from_secs(540)));
+            }
+            other => panic!("pause not restored: {other:?}"),
+        }
+        // Saved longer ago than the pause lasted: no pause.
+        let (late, _) = ctl(p);
+        late.restore_memory(&back, Duration::from_secs(601));
+        assert!(!late.is_paused());
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod concurrency;
 pub mod controller;
 pub mod latency;
 mod literals;
+pub mod memory;
 pub mod pause;
 pub mod rate;
 pub mod rules;

@@ -26,6 +26,7 @@ use governor::state::{InMemoryState, NotKeyed};
 use governor::Quota;
 
 use super::clock::{Clock, GovernorClock};
+use super::memory::{self, RateMemory};
 
 /// No rate is ever set above this (messages/s); keeps the ramp finite when unbounded.
 const RATE_MAX: f64 = 1_000_000.0;
@@ -141,6 +142,38 @@ impl RateState {
             return None;
         }
         Some((self.recent_len - 1) as f64 / span)
+    }
+
+    /// What was learned, for saving ([`super::memory`]).
+    pub fn remember(&self, now: Duration) -> RateMemory {
+        RateMemory {
+            rate: self.rate,
+            ceiling: self.ceiling.map(|(c, _)| c),
+            ceiling_age_ms: self
+                .ceiling
+                .map(|(_, at)| memory::ms(now.saturating_sub(at))),
+            window_ms: None,
+        }
+    }
+
+    /// Takes back what [`RateState::remember`] saved `since_save` ago, within today's
+    /// floor and ceiling (the configuration may have changed since). A ceiling older than
+    /// the probe interval is not restored: its probe is due. Returns true if the rate changed.
+    pub fn restore(&mut self, m: &RateMemory, since_save: Duration, now: Duration) -> bool {
+        let before = self.rate;
+        if let Some(r) = m.rate.filter(|r| r.is_finite() && *r > 0.0) {
+            let r = r.max(self.p.floor);
+            self.rate = Some(self.p.max.map_or(r, |max| r.min(max)));
+        }
+        self.ceiling = match (m.ceiling, m.ceiling_age_ms) {
+            (Some(c), Some(age)) if c.is_finite() && c > 0.0 => {
+                memory::learned_at(age, since_save, now, self.p.probe_interval).map(|at| (c, at))
+            }
+            _ => None,
+        };
+        self.stable = None;
+        self.window_start = now;
+        self.rate != before
     }
 
     /// `Throttle(Rate)` at `now`. Returns true if the rate changed.
@@ -332,6 +365,30 @@ mod tests {
         // Failed probe: straight back to what held, not half.
         r.on_throttle(s(625));
         assert!((r.rate().unwrap_or(0.0) - 9.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn what_was_learned_round_trips_and_ages() {
+        let mut r = RateState::new(params(None));
+        for i in 0..8 {
+            r.record_admission(Duration::from_millis(100 * i));
+        }
+        r.on_throttle(s(1));
+        let saved = r.remember(s(61));
+        assert_eq!(saved.ceiling_age_ms, Some(60_000));
+        let mut fresh = RateState::new(params(Some(50.0)));
+        assert!(fresh.restore(&saved, s(30), s(2)));
+        assert_eq!(fresh.rate(), r.rate());
+        assert_eq!(fresh.ceiling(), r.ceiling());
+        // Saved long ago: the rate comes back, the ceiling's probe is due.
+        let mut late = RateState::new(params(None));
+        late.restore(&saved, s(3600), s(2));
+        assert_eq!(late.rate(), r.rate());
+        assert_eq!(late.ceiling(), None);
+        // Within today's configured ceiling.
+        let mut capped = RateState::new(params(Some(1.0)));
+        capped.restore(&saved, s(0), s(0));
+        assert_eq!(capped.rate(), Some(1.0));
     }
 
     #[test]
