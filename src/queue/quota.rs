@@ -1,13 +1,18 @@
-//! The persistent quota ledger: how many messages — and how many recipients — were
-//! handed to the provider in each minute of the past day, kept in `<spool>/quota.json`,
-//! so that a restart does not reset an hourly or daily sending quota, in messages or in
-//! recipients (the provider keeps counting; so must we).
+//! The state file, `<queue.dir>/quota.json` (both modes): the persistent quota ledger —
+//! how many messages and how many recipients were handed to the provider in each minute
+//! of the past day, so that a restart does not reset an hourly or daily sending quota
+//! (the provider keeps counting; so must we) — and what the controller had learned when
+//! it was saved ([`SavedLearning`]: rates, ceilings, connections, a pause and its end),
+//! so that a restart neither forgets the provider's limits nor runs into them again.
 //!
 //! Per-minute buckets keep it small (at most 1440 numbers) whatever the quota. It is
 //! saved every few seconds (write to a temporary file, fsync, rename), not per message:
 //! a crash forgets at most the last few seconds of counts. It must never fail startup:
-//! an unreadable ledger is logged and starts empty.
+//! an unreadable file is logged (naming it), kept aside as `quota.json.corrupt`, and
+//! the ledger starts empty. It must never hold a secret: the credentials are kept as a
+//! salted fingerprint only (`relay::state` makes it).
 
+use crate::policy::memory::LearnedState;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -17,14 +22,30 @@ const MINUTE_MS: u64 = 60_000;
 const DAY_MS: u64 = 86_400_000;
 const HOUR_MS: u64 = 3_600_000;
 
-/// Messages and recipients sent per minute (unix minute → count) over the past day.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// What the controller had learned when the state was saved.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SavedLearning {
+    /// When it was saved (unix ms): restoring ages everything by the time since.
+    pub saved_unix_ms: u64,
+    /// A salted fingerprint of the credentials in use then (never the secret): an auth
+    /// pause is restored only while they are unchanged.
+    pub credentials: Option<String>,
+    pub state: LearnedState,
+}
+
+/// Messages and recipients sent per minute (unix minute → count) over the past day, and
+/// what was learned.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Ledger {
     /// Messages per minute.
     minutes: BTreeMap<u64, u32>,
     /// Recipients per minute (absent in ledgers written before recipient quotas: none).
     #[serde(default)]
     recipients: BTreeMap<u64, u32>,
+    /// What was learned (absent in files written before: nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learned: Option<SavedLearning>,
 }
 
 impl Ledger {
@@ -32,20 +53,53 @@ impl Ledger {
         dir.join("quota.json")
     }
 
-    /// Loads the ledger; a missing file is an empty ledger, an unreadable one too (with
-    /// a warning).
+    /// Where an unreadable file is kept aside.
+    pub fn corrupt_path(dir: &Path) -> PathBuf {
+        dir.join("quota.json.corrupt")
+    }
+
+    /// Loads the ledger; a missing file is an empty ledger, an unreadable one too: with
+    /// a warning naming the file, which is kept aside as `quota.json.corrupt` for a look.
     pub fn load(dir: &Path) -> Self {
         let path = Self::path(dir);
         match std::fs::read(&path) {
             Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
-                tracing::warn!(path = %path.display(), "quota ledger unreadable, starting empty: {e}");
+                let aside = Self::corrupt_path(dir);
+                let kept = match std::fs::rename(&path, &aside) {
+                    Ok(()) => format!("kept as {}", aside.display()),
+                    Err(r) => format!("could not keep it aside: {r}"),
+                };
+                tracing::warn!(
+                    path = %path.display(),
+                    "state file {} is unreadable ({e}); {kept}; starting with empty quota \
+                     counts and nothing learned (queued mail is not affected)",
+                    path.display()
+                );
                 Self::default()
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Self::default(),
             Err(e) => {
-                tracing::warn!(path = %path.display(), "quota ledger unreadable, starting empty: {e}");
+                tracing::warn!(
+                    path = %path.display(),
+                    "state file {} is unreadable ({e}); starting with empty quota counts and \
+                     nothing learned (queued mail is not affected)",
+                    path.display()
+                );
                 Self::default()
             }
+        }
+    }
+
+    /// Reads the file without touching it (for `queue status`): `Ok(None)` when there is
+    /// none, `Err` saying why it cannot be read.
+    pub fn peek(dir: &Path) -> Result<Option<Self>, String> {
+        let path = Self::path(dir);
+        match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| format!("{} is unreadable: {e}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("{} is unreadable: {e}", path.display())),
         }
     }
 
@@ -159,5 +213,11 @@ mod tests {
         assert_eq!(Ledger::load(dir.path()), l);
         std::fs::write(Ledger::path(dir.path()), b"{not json").unwrap();
         assert_eq!(Ledger::load(dir.path()), Ledger::default());
+        assert_eq!(
+            std::fs::read(Ledger::corrupt_path(dir.path())).unwrap(),
+            b"{not json",
+            "the unreadable file is kept aside"
+        );
+        assert!(!Ledger::path(dir.path()).exists());
     }
 }

@@ -1,12 +1,11 @@
 //! Queue mode's running parts: the spool (opened and recovered), the inbound relay that
-//! fills it ([`QueueRelay`]), the delivery engine that empties it through the admission
-//! stack ([`AdmissionTransport`]), and the quota ledger that keeps hourly and daily
-//! quotas across restarts.
+//! fills it ([`QueueRelay`]) and the delivery engine that empties it through the
+//! admission stack ([`AdmissionTransport`]). The quotas and what was learned are restored
+//! before this starts (`relay::state`, both modes).
 //!
 //! Time is the controller's injected clock, for the engine and the ledger alike.
 //!
-//! It must never start delivering before the spool is recovered and the quota ledger is
-//! counted in, and never lose the ledger's last minutes at shutdown.
+//! It must never start delivering before the spool is recovered.
 
 use super::limits;
 use super::policy::Policy;
@@ -106,17 +105,6 @@ impl QueueMode {
             tracing::warn!("queue: delivery paused by operator (mailvalve queue resume)");
         }
         delivery.hold_flag().store(paused, Ordering::Release);
-        // Before the first delivery: messages and recipients sent before a restart
-        // count against the hourly and daily quotas.
-        let rates = policy.admission.rates().clone();
-        let ledger = super::state::restore_quotas(&qc.dir, &rates, &policy.controller);
-        tokio::spawn(super::state::keep_quota_ledger(
-            ledger,
-            qc.dir.clone(),
-            rates,
-            policy.controller.clone(),
-            shutdown.clone(),
-        ));
         let relay = QueueRelay::new(spool, delivery.waker())
             .with_size_limit(policy.admission.pool().settings().message_size.clone());
         let task = tokio::spawn(delivery.clone().run(shutdown, config.server.shutdown_grace));
