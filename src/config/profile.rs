@@ -78,6 +78,11 @@ pub struct Profile {
     /// here what it leaves out).
     #[serde(default)]
     pub oauth2: Option<super::oauth::ProfileOAuth2>,
+    /// Nothing is paced before the server objects: with no rate figure, the rate starts
+    /// unlimited instead of cautiously (a server the user runs, `local`). Replies are
+    /// still obeyed and learned from.
+    #[serde(default)]
+    pub unpaced_start: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -84,6 +84,8 @@ pub fn rate_bounds(cfg: &Config, profile: &Profile) -> RateBounds {
     }
     let cap = caps.into_iter().reduce(f64::min);
     let start = starts.into_iter().chain(cap).reduce(f64::min);
+    // A server of one's own (`unpaced_start`) is not paced before it objects.
+    let start = start.or(profile.unpaced_start.then_some(f64::INFINITY));
     RateBounds { start, cap }
 }
 
@@ -130,6 +132,9 @@ pub fn describe(cfg: &Config, profile: &Profile) -> String {
     let per_min = |v: f64| format!("{}/min", (v * 60.0 * 100.0).round() / 100.0);
     let rate = match (r.start, r.cap) {
         (None, None) => "rate learned from the provider's replies, no ceiling".to_string(),
+        (Some(s), None) if s.is_infinite() => {
+            "rate not paced until the server objects, then learned, no ceiling".to_string()
+        }
         (Some(s), None) => format!("rate starts at {}, learned upward, no ceiling", per_min(s)),
         (Some(s), Some(c)) if s < c => {
             format!(
@@ -176,13 +181,12 @@ pub fn controller_params(cfg: &Config, profile: &Profile) -> ControllerParams {
     let rate = rate_bounds(cfg, profile);
     let per_sec = rate.start;
     let defaults = ControllerParams::default();
-    // `rate.cap` goes to the rate learner's hard ceiling (`rate_cap`) when that field is
-    // on main (issue 10, merged by the lead); until then `rate_per_second` is also the
-    // controller's ceiling, as before.
     ControllerParams {
         initial_connections: conns.initial,
         max_connections: conns.cap,
+        unverified_connections: conns.start_ceiling,
         rate_per_second: per_sec,
+        rate_cap: rate.cap,
         rate_floor: defaults.rate_floor.min(per_sec.unwrap_or(f64::MAX)),
         // An unreachable provider is tried again at least every reachability_interval.
         connect_backoff_max: defaults
@@ -289,6 +293,23 @@ mod tests {
         let r = rate_bounds(&cfg, &named("gmail"));
         assert_eq!(r.cap, None);
         assert!((r.start.unwrap() - 20.0 / 60.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_server_of_ones_own_starts_unpaced_an_unknown_provider_cautiously() {
+        let cfg = Config::default();
+        let local = controller_params(&cfg, &named("local"));
+        assert_eq!(local.rate_per_second, Some(f64::INFINITY));
+        assert_eq!(local.rate_cap, None);
+        let generic = controller_params(&cfg, &named("generic"));
+        assert!(generic.rate_per_second.is_some_and(f64::is_finite));
+        assert_eq!(
+            generic.rate_cap, None,
+            "generic learns upward without a ceiling"
+        );
+        assert!(generic.unverified_connections.is_some());
+        let office = controller_params(&cfg, &named("office365"));
+        assert_eq!(office.rate_cap, Some(0.5), "published: 30/min is a cap");
     }
 
     #[test]
