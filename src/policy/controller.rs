@@ -24,7 +24,7 @@ use super::connect_pace::PaceParams;
 use super::latency::{LatencyKind, LatencyParams, LatencyTracker};
 use super::memory::{self, LearnedState, PauseMemory};
 use super::pause::{PauseGate, PauseState};
-use super::rate::{RateLimiter, RateParams, RateState};
+use super::rate::{Pacer, RateLimiter, RateParams, RateState};
 use super::verdict::{PauseScope, Phase, ThrottleKind, Verdict};
 
 /// Controller settings, normally taken from the provider profile.
@@ -36,19 +36,30 @@ pub struct ControllerParams {
     pub max_connections: usize,
     /// How long a learned ceiling (connections or rate) holds before one probe above it.
     pub probe_interval: Duration,
-    /// The profile's rate ceiling in messages/s; `None` = unknown, unlimited until the
-    /// provider throttles.
+    // rate learning (see `policy::rate`)
+    /// Where the message rate starts, in messages/s: `None` = unknown — start at
+    /// [`super::rate::UNKNOWN_START`] and double per ramp window until the first throttle;
+    /// `Some(f64::INFINITY)` = unlimited until the provider throttles (a local sink).
+    /// Probing may raise the rate above it; only `rate_cap` is a ceiling.
     pub rate_per_second: Option<f64>,
-    /// The rate never goes below this (messages/s).
+    /// Hard ceiling of the message rate (messages/s), never exceeded: published figures,
+    /// the user's `[upstream.rate]`. `None` = none.
+    pub rate_cap: Option<f64>,
+    /// Where the recipient rate starts (recipients/s); `None` = unlimited until the
+    /// provider throttles recipients (`450 4.7.1 ... too many recipients from`).
+    pub recipient_rate_per_second: Option<f64>,
+    /// Hard ceiling of the recipient rate (recipients/s); `None` = none.
+    pub recipient_rate_cap: Option<f64>,
+    /// The rate never goes below this (messages or recipients per second).
     pub rate_floor: f64,
-    /// Rate increase per clean window (0.1 = +10%).
+    /// Upward probe: + this fraction of the learned estimate per ramp window (0.1 = 10%).
     pub ramp_step: f64,
-    /// Length of a ramp window.
+    /// Length of a ramp window (slow start doubles per window, probes add per window).
     pub ramp_window: Duration,
-    /// Rate throttles this soon after a decrease answer messages sent at the old rate:
-    /// ignored.
+    /// The first probe after a rate throttle waits at least this long (it waits about
+    /// a message's time at the pace the provider accepted anyway).
     pub rate_holdoff: Duration,
-    /// Stay this fraction below a learned rate ceiling (0.05 = 5%).
+    /// Pace this fraction below what the provider accepted (0.05 = 5%).
     pub rate_margin: f64,
     /// GCRA burst (1 = strictly paced).
     pub rate_burst: u32,
@@ -93,10 +104,13 @@ impl Default for ControllerParams {
             max_connections: 10,
             probe_interval: Duration::from_secs(600),
             rate_per_second: None,
+            rate_cap: None,
+            recipient_rate_per_second: None,
+            recipient_rate_cap: None,
             rate_floor: 1.0 / 60.0,
             ramp_step: 0.10,
             ramp_window: Duration::from_secs(10),
-            rate_holdoff: Duration::from_secs(2),
+            rate_holdoff: Duration::ZERO,
             rate_margin: 0.05,
             rate_burst: 1,
             retry_base: Duration::from_secs(30),
@@ -181,6 +195,17 @@ pub struct ControllerStats {
     pub rate: Option<f64>,
     pub rate_ceiling: Option<f64>,
     pub rate_decreases: u64,
+    /// Blocked after a rate throttle (only single probes go).
+    pub rate_blocked: bool,
+    /// The provider's window as inferred from the last rate estimate.
+    pub rate_window: Option<Duration>,
+    /// Upward probes above the learned rate, and throttle episodes.
+    pub rate_probes: u64,
+    pub rate_blocks: u64,
+    /// The recipient rate (recipients/s; `None` = unlimited) and what was learned.
+    pub recipient_rate: Option<f64>,
+    pub recipient_rate_ceiling: Option<f64>,
+    pub recipient_rate_blocks: u64,
     pub pauses: u64,
     pub latency_step_downs: u64,
     pub connect_failures: u32,
@@ -201,6 +226,9 @@ pub struct ControllerStats {
 struct State {
     conc: ConcurrencyState,
     rate: RateState,
+    /// The recipient rate: learned like the message rate, enforced by `rcpt_pacer`.
+    rcpt: RateState,
+    rcpt_pacer: Pacer,
     pause: PauseGate,
     latency: LatencyTracker,
     connect: ConnectBackoff,
@@ -249,15 +277,23 @@ impl<C: Clock> Controller<C> {
             step: params.ramp_step.clamp(0.0, 0.9),
         })
         .with_unverified_ceiling(params.unverified_connections, clock.now());
-        let rate = RateState::new(RateParams {
-            max: params.rate_per_second,
+        let rate_params = RateParams {
+            start: params.rate_per_second,
+            cap: params.rate_cap,
             floor: params.rate_floor,
             step: params.ramp_step.clamp(0.0, 1.0),
             window: params.ramp_window,
             holdoff: params.rate_holdoff,
             margin: params.rate_margin.clamp(0.0, 0.5),
             probe_interval: params.probe_interval,
+        };
+        let rate = RateState::new(rate_params.clone());
+        let rcpt = RateState::new(RateParams {
+            start: Some(params.recipient_rate_per_second.unwrap_or(f64::INFINITY)),
+            cap: params.recipient_rate_cap,
+            ..rate_params
         });
+        let rcpt_pacer = Pacer::new(rcpt.rate());
         let limiter = RateLimiter::new(clock.clone(), rate.rate(), params.rate_burst);
         let connect = ConnectBackoff::new(Backoff::new(
             params.connect_backoff_base,
@@ -268,6 +304,8 @@ impl<C: Clock> Controller<C> {
         let state = State {
             conc,
             rate,
+            rcpt,
+            rcpt_pacer,
             pause: PauseGate::new(),
             latency: LatencyTracker::new(params.latency.clone()),
             connect,
@@ -328,7 +366,22 @@ impl<C: Clock> Controller<C> {
             Verdict::Accept => {
                 match phase {
                     Phase::Greeting => self.on_connect_success(),
-                    Phase::DataEnd => self.on_transaction_success(ctx),
+                    Phase::Rcpt => {
+                        let mut st = self.lock();
+                        if st.rcpt.on_accept(now, 1) {
+                            let r = st.rcpt.rate();
+                            st.rcpt_pacer.set_rate(r, now);
+                        }
+                    }
+                    Phase::DataEnd => {
+                        {
+                            let mut st = self.lock();
+                            if st.rate.on_accept(now, 1) {
+                                self.limiter.set_rate(st.rate.rate());
+                            }
+                        }
+                        self.on_transaction_success(ctx);
+                    }
                     _ => {}
                 }
                 Disposition::Proceed
@@ -365,10 +418,16 @@ impl<C: Clock> Controller<C> {
                 }
             }
             Verdict::Throttle(ThrottleKind::Rate) => {
-                let mut st = self.lock();
-                if st.rate.on_throttle(now) {
-                    self.limiter.set_rate(st.rate.rate());
+                // A block begins (admission asks `rate.wait`); the GCRA keeps its rate
+                // until the block's estimate replaces it.
+                self.lock().rate.on_throttle(now);
+                Disposition::Retry {
+                    hint: None,
+                    counts_as_attempt: false,
                 }
+            }
+            Verdict::Throttle(ThrottleKind::Recipients) => {
+                self.lock().rcpt.on_throttle(now);
                 Disposition::Retry {
                     hint: None,
                     counts_as_attempt: false,
@@ -593,7 +652,8 @@ impl<C: Clock> Controller<C> {
         self.lock().conc.limit()
     }
 
-    /// The rate now in messages/s; `None` = unlimited.
+    /// The message rate now in messages/s; `None` = unlimited. (While blocked after a
+    /// throttle only probes go; see [`ControllerStats::rate_blocked`].)
     pub fn rate(&self) -> Option<f64> {
         let now = self.clock.now();
         let mut st = self.lock();
@@ -601,24 +661,70 @@ impl<C: Clock> Controller<C> {
         st.rate.rate()
     }
 
+    /// The recipient rate now in recipients/s; `None` = unlimited.
+    pub fn recipient_rate(&self) -> Option<f64> {
+        let now = self.clock.now();
+        let mut st = self.lock();
+        self.tick(&mut st, now);
+        st.rcpt.rate()
+    }
+
     fn tick(&self, st: &mut State, now: Duration) {
         if st.rate.tick(now) {
             self.limiter.set_rate(st.rate.rate());
         }
+        if st.rcpt.tick(now) {
+            let r = st.rcpt.rate();
+            st.rcpt_pacer.set_rate(r, now);
+        }
     }
 
-    /// Takes one message from the rate limiter, or says how long to wait.
-    pub fn check_rate(&self) -> Result<(), Duration> {
+    /// Takes one message of `recipients` from the rate limiters (messages and
+    /// recipients), or says how long to wait. While a learner is blocked after a
+    /// throttle only its single probe goes; every admission — first attempts and retries
+    /// alike — comes through here, so retries count against the provider's window too.
+    pub fn check_rate_n(&self, recipients: u32) -> Result<(), Duration> {
         let now = self.clock.now();
         let mut st = self.lock();
         self.tick(&mut st, now);
-        self.limiter.check()?;
-        st.rate.record_admission(now);
+        let st = &mut *st;
+        // Blocks and holds first, without taking anything.
+        if let Some(w) = [st.rate.wait(now), st.rcpt.wait(now)]
+            .into_iter()
+            .flatten()
+            .max()
+        {
+            return Err(w);
+        }
+        let rcpt_probe = st.rcpt.probe_due(now);
+        if !rcpt_probe {
+            if let Some(w) = st.rcpt_pacer.wait(now) {
+                st.rcpt.pressed();
+                return Err(w);
+            }
+        }
+        if !st.rate.probe_due(now) {
+            if let Err(w) = self.limiter.check() {
+                st.rate.pressed();
+                return Err(w);
+            }
+        }
+        if !rcpt_probe {
+            st.rcpt_pacer.take(now, recipients);
+        }
+        st.rate.on_admit(now, 1);
+        st.rcpt.on_admit(now, u64::from(recipients));
         Ok(())
     }
 
-    /// Admission for one message: the pause gate, then the rate limiter.
-    pub fn admit(&self) -> Result<(), Wait> {
+    /// [`Controller::check_rate_n`] for a message of one recipient.
+    pub fn check_rate(&self) -> Result<(), Duration> {
+        self.check_rate_n(1)
+    }
+
+    /// Admission for one message of `recipients` recipients: the pause gate, then the
+    /// message and recipient rates.
+    pub fn admit_n(&self, recipients: u32) -> Result<(), Wait> {
         let now = self.clock.now();
         if let PauseState::Paused { scope, until } = self.lock().pause.state(now) {
             return Err(Wait::Paused {
@@ -626,7 +732,12 @@ impl<C: Clock> Controller<C> {
                 remaining: until.map(|u| u.saturating_sub(now)),
             });
         }
-        self.check_rate().map_err(Wait::Rate)
+        self.check_rate_n(recipients).map_err(Wait::Rate)
+    }
+
+    /// Admission for one message of one recipient ([`Controller::admit_n`]).
+    pub fn admit(&self) -> Result<(), Wait> {
+        self.admit_n(1)
     }
 
     /// The pause state now.
@@ -639,7 +750,8 @@ impl<C: Clock> Controller<C> {
     }
 
     /// New configured limits (configuration reload), for the next transaction: the most
-    /// connections and the rate ceiling (messages/s, `None` = unlimited). What was
+    /// connections and where the message rate starts (messages/s, `None` = unknown; the
+    /// rate's cap stays — [`Controller::set_rate_limits`] sets both). What was
     /// learned is kept where its limit did not change and dropped where it did. Returns
     /// which of the two changed. ([`Controller::params`] keeps the values it started with.)
     pub fn set_limits(&self, max_connections: usize, rate_per_second: Option<f64>) -> (bool, bool) {
@@ -648,14 +760,45 @@ impl<C: Clock> Controller<C> {
         if conc {
             st.conc.set_max(max_connections);
         }
-        let next = st.rate.with_max(rate_per_second);
-        let rate = next.max() != st.rate.max();
-        if rate {
+        let cap = st.rate.cap();
+        let rate = self.set_rate_limits_locked(&mut st, rate_per_second, cap);
+        self.publish_limit(&st);
+        (conc, rate)
+    }
+
+    /// New message-rate limits (configuration reload): where the rate starts and its
+    /// hard cap (see [`ControllerParams::rate_per_second`] and `rate_cap`). What was
+    /// learned is kept when neither changed and dropped when one did (it was learned
+    /// against the old limits). Returns whether they changed.
+    pub fn set_rate_limits(&self, start: Option<f64>, cap: Option<f64>) -> bool {
+        let mut st = self.lock();
+        self.set_rate_limits_locked(&mut st, start, cap)
+    }
+
+    fn set_rate_limits_locked(&self, st: &mut State, start: Option<f64>, cap: Option<f64>) -> bool {
+        let next = st.rate.with_limits(start, cap);
+        let changed = next.cap() != st.rate.cap() || next.start() != st.rate.start();
+        if changed {
             st.rate = next;
             self.limiter.set_rate(st.rate.rate());
         }
-        self.publish_limit(&st);
-        (conc, rate)
+        changed
+    }
+
+    /// New recipient-rate limits (configuration reload), like
+    /// [`Controller::set_rate_limits`]. `start: None` = unlimited until throttled.
+    pub fn set_recipient_rate_limits(&self, start: Option<f64>, cap: Option<f64>) -> bool {
+        let now = self.clock.now();
+        let mut st = self.lock();
+        let start = Some(start.unwrap_or(f64::INFINITY));
+        let next = st.rcpt.with_limits(start, cap);
+        let changed = next.cap() != st.rcpt.cap() || next.start() != st.rcpt.start();
+        if changed {
+            st.rcpt = next;
+            let r = st.rcpt.rate();
+            st.rcpt_pacer.set_rate(r, now);
+        }
+        changed
     }
 
     /// Ends any pause (operator command or config reload).
@@ -685,7 +828,7 @@ impl<C: Clock> Controller<C> {
         };
         LearnedState {
             rate: Some(st.rate.remember(now)),
-            recipient_rate: None,
+            recipient_rate: Some(st.rcpt.remember(now)),
             connections: Some(st.conc.remember(now)),
             pause,
         }
@@ -701,6 +844,12 @@ impl<C: Clock> Controller<C> {
         if let Some(r) = &saved.rate {
             if st.rate.restore(r, since_save, now) {
                 self.limiter.set_rate(st.rate.rate());
+            }
+        }
+        if let Some(r) = &saved.recipient_rate {
+            if st.rcpt.restore(r, since_save, now) {
+                let r = st.rcpt.rate();
+                st.rcpt_pacer.set_rate(r, now);
             }
         }
         if let Some(c) = &saved.connections {
@@ -731,6 +880,13 @@ impl<C: Clock> Controller<C> {
             rate: st.rate.rate(),
             rate_ceiling: st.rate.ceiling(),
             rate_decreases: st.rate.decreases(),
+            rate_blocked: st.rate.is_blocked(),
+            rate_window: st.rate.learned().map(|l| l.window),
+            rate_probes: st.rate.probes(),
+            rate_blocks: st.rate.blocks(),
+            recipient_rate: st.rcpt.rate(),
+            recipient_rate_ceiling: st.rcpt.ceiling(),
+            recipient_rate_blocks: st.rcpt.blocks(),
             pauses: st.pause.pauses(),
             latency_step_downs: st.latency_step_downs,
             connect_failures: st.connect.failures(),
@@ -748,6 +904,7 @@ impl<C: Clock> Controller<C> {
 mod tests {
     use super::*;
     use crate::policy::clock::ManualClock;
+    use crate::policy::rate;
 
     fn ctl(p: ControllerParams) -> (Controller<ManualClock>, ManualClock) {
         let c = ManualClock::new();
@@ -786,8 +943,7 @@ mod tests {
         clock.advance(Duration::from_secs(5));
         let busy = Verdict::Throttle(ThrottleKind::Connections);
         c.on_reply(Phase::Greeting, &busy, ctx(3, 2));
-        let slow = Verdict::Throttle(ThrottleKind::Rate);
-        c.on_reply(Phase::Mail, &slow, ctx(1, 1));
+        learn_a_rate(&c, &clock);
         let s = c.stats();
         assert_eq!(s.concurrency_ceiling, Some(2));
         assert_eq!(s.concurrency_ceiling_at, Some(Duration::from_secs(5)));
@@ -811,7 +967,122 @@ mod tests {
         assert_eq!(c.set_limits(1, Some(2.0)), (false, true));
         assert_eq!(c.stats().rate_ceiling, None);
         assert_eq!(c.rate(), Some(2.0));
+        // Unknown: a cautious start.
         assert_eq!(c.set_limits(1, None), (false, true));
+        assert_eq!(c.rate(), Some(rate::UNKNOWN_START));
+        // A cap is a cap, whatever the start.
+        assert!(c.set_rate_limits(Some(50.0), Some(3.0)));
+        assert_eq!(c.rate(), Some(3.0));
+        assert!(!c.set_rate_limits(Some(50.0), Some(3.0)));
+    }
+
+    /// A message accepted, a rate throttle, the probe accepted: a learned rate.
+    fn learn_a_rate(c: &Controller<ManualClock>, clock: &ManualClock) {
+        assert!(c.admit().is_ok());
+        c.on_reply(Phase::DataEnd, &Verdict::Accept, ctx(1, 1));
+        let slow = Verdict::Throttle(ThrottleKind::Rate);
+        c.on_reply(Phase::Mail, &slow, ctx(1, 1));
+        let Err(Wait::Rate(w)) = c.admit() else {
+            panic!("blocked after a throttle");
+        };
+        clock.advance(w);
+        assert!(c.admit().is_ok(), "the probe");
+        c.on_reply(Phase::DataEnd, &Verdict::Accept, ctx(1, 1));
+        assert!(!c.stats().rate_blocked);
+    }
+
+    /// Today's bug (issue 10): against a fixed window the rate halved and then crawled
+    /// at about a message a minute. The rate after a throttle is what the provider
+    /// accepted over its window, just below it, not half of the pace before.
+    #[test]
+    fn a_rate_throttle_paces_just_below_what_the_window_accepted() {
+        let (c, clock) = ctl(ControllerParams {
+            rate_per_second: Some(f64::INFINITY),
+            seed: Some(1),
+            ..ControllerParams::default()
+        });
+        // 30 accepted in the first 3 s of a 60 s window, then refusals.
+        for _ in 0..30 {
+            assert!(c.admit().is_ok());
+            c.on_reply(Phase::DataEnd, &Verdict::Accept, ctx(1, 1));
+            clock.advance(Duration::from_millis(100));
+        }
+        let slow = Verdict::Throttle(ThrottleKind::Rate);
+        c.on_reply(Phase::Mail, &slow, ctx(1, 1));
+        // Blocked: single probes, refused until the window ends at 60 s.
+        let mut probes = 0;
+        let mut guard = 0;
+        loop {
+            guard += 1;
+            assert!(guard < 1000);
+            match c.admit() {
+                Err(Wait::Rate(w)) => clock.advance(w),
+                Err(other) => panic!("{other:?}"),
+                Ok(()) => {
+                    probes += 1;
+                    assert!(c.admit().is_err(), "one probe at a time");
+                    if clock.now() < Duration::from_secs(60) {
+                        c.on_reply(Phase::Mail, &slow, ctx(1, 1));
+                    } else {
+                        c.on_reply(Phase::DataEnd, &Verdict::Accept, ctx(1, 1));
+                        break;
+                    }
+                }
+            }
+        }
+        let s = c.stats();
+        let learned = s.rate_ceiling.unwrap_or(0.0);
+        // 30 per 60 s = 0.5/s, low by at most the probes' overrun (3/4 of the block).
+        assert!((0.5 / 1.75..=0.5 + 1e-9).contains(&learned), "{learned}");
+        assert!((c.rate().unwrap_or(0.0) - learned * 0.95).abs() < 1e-9);
+        // From 0.1 s (a message at the 10/s accepted) to 57 s, ×1.75 each.
+        assert!(probes <= 16, "{probes} probes");
+        assert!(s.rate_window.is_some());
+    }
+
+    #[test]
+    fn recipients_are_paced_by_their_own_learned_rate() {
+        let (c, clock) = ctl(ControllerParams {
+            rate_per_second: Some(f64::INFINITY),
+            ..ControllerParams::default()
+        });
+        // Unlimited until the provider says "too many recipients".
+        for _ in 0..10 {
+            assert!(c.admit_n(50).is_ok());
+        }
+        assert_eq!(c.recipient_rate(), None);
+        for _ in 0..20 {
+            c.on_reply(Phase::Rcpt, &Verdict::Accept, ctx(1, 1));
+        }
+        clock.advance(Duration::from_secs(10));
+        let v = Verdict::Throttle(ThrottleKind::Recipients);
+        assert_eq!(
+            c.on_reply(Phase::Rcpt, &v, ctx(1, 1)),
+            Disposition::Retry {
+                hint: None,
+                counts_as_attempt: false
+            }
+        );
+        let Err(Wait::Rate(w)) = c.admit_n(5) else {
+            panic!("blocked");
+        };
+        clock.advance(w);
+        assert!(c.admit_n(5).is_ok(), "the probe");
+        c.on_reply(Phase::Rcpt, &Verdict::Accept, ctx(1, 1));
+        let r = c.recipient_rate().unwrap_or(0.0);
+        // 20 recipients over the 10 s before the throttle and the block.
+        assert!(r > 0.0 && r < 2.0, "{r}");
+        // A transaction of 5 recipients waits 5 recipients' time.
+        let Err(Wait::Rate(w)) = c.admit_n(5) else {
+            panic!("paced");
+        };
+        clock.advance(w);
+        assert!(c.admit_n(5).is_ok());
+        let Err(Wait::Rate(w)) = c.admit_n(1) else {
+            panic!("paced");
+        };
+        assert!((w.as_secs_f64() - 5.0 / r).abs() < 1e-3, "{w:?} vs 5 / {r}");
+        // The message rate is untouched.
         assert_eq!(c.rate(), None);
     }
 

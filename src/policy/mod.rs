@@ -10,6 +10,7 @@
 //! limit for admission to enforce. This module imports nothing of the crate but `smtp`.
 //! It must never touch a socket or a file, nor read the time but through `clock`.
 
+pub mod acceptance;
 pub mod backoff;
 pub mod classify;
 pub mod clock;

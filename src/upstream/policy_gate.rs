@@ -1,6 +1,6 @@
 //! The policy gate at the front of the admission stack: asks the controller whether the
-//! account may send now (its pause gate, `policy::pause::PauseGate`, then its adaptive
-//! rate). Paused (credentials refused, quota spent, repeated policy
+//! account may send now (its pause gate, `policy::pause::PauseGate`, then its learned
+//! message and recipient rates, the latter counted in the request's recipients). Paused (credentials refused, quota spent, repeated policy
 //! blocks) → fails at once with [`UpstreamError::Paused`], so the mailer hears why
 //! instead of hanging; the adaptive rate says "wait d" → waits, but never past the
 //! request's deadline (then `Busy`, the same 451 as any admission timeout).
@@ -64,7 +64,7 @@ where
             // Bounded: each round either returns or sleeps until a time before the
             // deadline, and the rate limiter's wait is finite.
             loop {
-                match controller.admit() {
+                match controller.admit_n(req.recipients) {
                     Ok(()) => break,
                     Err(Wait::Paused { scope, remaining }) => {
                         return Err(UpstreamError::Paused { scope, remaining })

@@ -415,6 +415,7 @@ pub async fn execute(hooks: &dyn Hooks, cmd: Command) -> Result<String, String> 
                 Some(live) => out.push_str(&live.text()),
                 None => out.push_str("instance: not running (spool opened directly)\n"),
             }
+            out.push_str(&learned_text(dir, now));
             Ok(out)
         }
         Command::Reload => hooks.reload(),
@@ -531,6 +532,68 @@ fn clip(s: &str, n: usize) -> String {
     }
     let mut out: String = s.chars().take(n.saturating_sub(1)).collect();
     out.push('…');
+    out
+}
+
+/// What the state file says was learned, and when (for `status`; running or not).
+pub fn learned_text(dir: &Path, now: u64) -> String {
+    let saved = match super::quota::Ledger::peek(dir) {
+        Ok(Some(l)) => l.learned,
+        Ok(None) => None,
+        Err(e) => return format!("learned: state file {e}\n"),
+    };
+    let Some(saved) = saved else {
+        return "learned: nothing saved yet\n".into();
+    };
+    let since = now.saturating_sub(saved.saved_unix_ms);
+    let ago = |age: Option<u64>| {
+        age.map_or_else(String::new, |a| {
+            format!(", learned {} ago", human(a.saturating_add(since)))
+        })
+    };
+    let per_min = |r: f64| format!("{:.1}/min", r * 60.0);
+    let mut out = format!("learned (saved {} ago):\n", human(since));
+    for (name, r) in [
+        ("rate", &saved.state.rate),
+        ("recipient rate", &saved.state.recipient_rate),
+    ] {
+        let Some(r) = r else { continue };
+        let _ = writeln!(
+            out,
+            "  {name}: {}; ceiling {}{}{}",
+            r.rate.map_or("unlimited".into(), per_min),
+            r.ceiling.map_or("none".into(), per_min),
+            ago(r.ceiling_age_ms),
+            r.window_ms
+                .map_or_else(String::new, |w| format!("; provider's window {}", human(w)))
+        );
+    }
+    if let Some(c) = &saved.state.connections {
+        let _ = writeln!(
+            out,
+            "  connections: {}; ceiling {}{}{}",
+            c.limit,
+            c.ceiling.map_or("none".into(), |c| c.to_string()),
+            ago(c.ceiling_age_ms),
+            c.open_interval_ms.map_or_else(String::new, |i| format!(
+                "; a new connection at most every {}",
+                human(i)
+            ))
+        );
+    }
+    if let Some(p) = saved.state.pause {
+        let scope = match p.scope {
+            crate::policy::memory::PausedFor::Auth => "sign-in refused",
+            crate::policy::memory::PausedFor::Quota => "quota spent",
+            crate::policy::memory::PausedFor::Policy => "policy block",
+        };
+        let until = match p.remaining_ms {
+            None => "until `mailvalve queue resume`".to_string(),
+            Some(left) if left > since => format!("ends in {}", human(left - since)),
+            Some(_) => "ended".to_string(),
+        };
+        let _ = writeln!(out, "  pause: {scope}, {until}");
+    }
     out
 }
 
