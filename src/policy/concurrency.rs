@@ -23,6 +23,9 @@
 use std::time::Duration;
 
 use super::connect_pace::{ConnectPacer, PaceParams};
+
+/// How long a learned gap between opens is kept across a restart.
+const GAP_KEPT: Duration = Duration::from_secs(24 * 3600);
 use super::memory::{self, ConnectionMemory};
 
 /// The connection-limit state machine. All times are [`crate::policy::clock::Clock`] times.
@@ -111,6 +114,14 @@ impl ConcurrencyState {
         self.slow_start
     }
 
+    /// A transaction succeeded while `working` connections were open and set up (not
+    /// counting ones still in their setup): remembered as what has worked at once.
+    pub fn note_working(&mut self, working: usize, now: Duration) {
+        if working >= self.worked.0 || now.saturating_sub(self.worked.1) > self.probe_interval {
+            self.worked = (working, now);
+        }
+    }
+
     /// The most connections that worked at once within `probe_interval` before `now`.
     pub fn worked_recently(&self, now: Duration) -> usize {
         let (n, at) = self.worked;
@@ -187,7 +198,12 @@ impl ConcurrencyState {
             ceiling_age_ms: self
                 .ceiling
                 .map(|(_, at)| memory::ms(now.saturating_sub(at))),
-            open_interval_ms: None,
+            open_interval_ms: self.pace.remembered().map(|(gap, _)| memory::ms(gap)),
+            open_interval_age_ms: self
+                .pace
+                .remembered()
+                .map(|(_, at)| memory::ms(now.saturating_sub(at))),
+            additive: !self.slow_start,
         }
     }
 
@@ -206,6 +222,18 @@ impl ConcurrencyState {
             }
             _ => None,
         };
+        if m.additive || self.ceiling.is_some() {
+            self.slow_start = false;
+        }
+        // A connection-rate limit is the provider's standing policy: its gap is kept for
+        // a day; its probe is due `probe_interval` after it was learned (at once when
+        // that has passed, as far as this process's clock reaches back).
+        if let Some(gap) = m.open_interval_ms.filter(|&g| g > 0) {
+            let age = m.open_interval_age_ms.unwrap_or(0);
+            if let Some(at) = memory::learned_at(age, since_save, now, GAP_KEPT) {
+                self.pace.restore(Duration::from_millis(gap), at);
+            }
+        }
         self.run = 0;
         self.saturated = false;
         self.limit != before
@@ -214,9 +242,6 @@ impl ConcurrencyState {
     /// A transaction succeeded while `busy` connections carried transactions (this one
     /// included). Returns true if the limit grew.
     pub fn on_success(&mut self, busy: usize, now: Duration) -> bool {
-        if busy >= self.worked.0 || now.saturating_sub(self.worked.1) > self.probe_interval {
-            self.worked = (busy, now);
-        }
         if busy >= self.limit {
             self.saturated = true;
         }
@@ -298,6 +323,46 @@ mod tests {
         let mut late = ConcurrencyState::new(1, 10, P);
         late.restore(&saved, P, Duration::ZERO);
         assert_eq!((late.limit(), late.ceiling()), (3, None));
+        assert!(
+            !late.in_slow_start(),
+            "a count limit was met: additive after a restart"
+        );
+    }
+
+    /// A learned connection-rate limit (the gap between opens) comes back after a restart
+    /// and paces the first opens; a fresh state without one does not pace.
+    #[test]
+    fn the_gap_between_opens_round_trips() {
+        let mut s = ConcurrencyState::new(2, 10, P);
+        let t = Duration::from_secs;
+        s.note_working(2, t(1));
+        s.pace_mut().on_attempt(t(0));
+        s.pace_mut().on_opened(t(0));
+        s.pace_mut().on_attempt(t(1));
+        s.pace_mut().on_opened(t(1));
+        assert_eq!(s.on_refused_open(1, t(2)), Refusal::Rate);
+        s.pace_mut().on_attempt(t(20));
+        s.pace_mut().on_opened(t(20));
+        let gap = s.pace().gap().expect("learned");
+        let saved = s.remember(t(30));
+        assert_eq!(saved.open_interval_ms, Some(memory::ms(gap)));
+        assert_eq!(saved.open_interval_age_ms, Some(10_000));
+        assert_ne!(saved.additive, s.in_slow_start());
+        let text = serde_json::to_string(&saved).unwrap();
+        let back: ConnectionMemory = serde_json::from_str(&text).unwrap();
+        let mut fresh = ConcurrencyState::new(2, 10, P);
+        fresh.restore(&back, t(60), t(0));
+        assert_eq!(fresh.pace().gap(), Some(gap));
+        fresh.pace_mut().on_attempt(t(1));
+        assert!(
+            fresh.pace().wait(t(1)).is_some(),
+            "the first opens are paced"
+        );
+        // Saved before pacing existed: nothing to pace.
+        let old: ConnectionMemory = serde_json::from_str(r#"{"limit":2}"#).unwrap();
+        let mut fresh = ConcurrencyState::new(2, 10, P);
+        fresh.restore(&old, t(60), t(0));
+        assert_eq!(fresh.pace().gap(), None);
     }
 
     fn grow(s: &mut ConcurrencyState, n: usize, now: Duration) {
@@ -367,6 +432,7 @@ mod tests {
         s.on_throttle(4, Duration::ZERO); // additive from here, ceiling 4
         for _ in 0..8 {
             s.on_success(4, Duration::from_secs(1));
+            s.note_working(4, Duration::from_secs(1));
         }
         // Two of the four closed (messages_per_connection) and a reopen was refused.
         assert_eq!(s.on_refused_open(2, Duration::from_secs(2)), Refusal::Rate);

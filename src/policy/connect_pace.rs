@@ -127,11 +127,20 @@ impl ConnectPacer {
         if self.blocked {
             // The block ends: the cycle that ends here says what the provider allows.
             self.blocked = false;
+            // The provider's window ended somewhere between the last refused attempt
+            // and this accepted one; the cycle is taken to end here, the cautious end
+            // (opens a little slower than allowed rather than refused ones).
             let cycle = now.saturating_sub(start);
             if self.accepted > 0 && !cycle.is_zero() {
                 let per = cycle.as_secs_f64() / f64::from(self.accepted);
-                let gap = Duration::from_secs_f64(per * (1.0 + self.params.margin.clamp(0.0, 1.0)))
-                    .clamp(MIN_GAP, MAX_GAP);
+                let margin = 1.0 + self.params.margin.clamp(0.0, 1.0);
+                let mut gap = Duration::from_secs_f64(per * margin);
+                // Refused while already paced: that gap was not too long, whatever a
+                // short, noisy cycle says.
+                if let Some(old) = self.gap {
+                    gap = gap.max(old);
+                }
+                let gap = gap.clamp(MIN_GAP, MAX_GAP);
                 self.gap = Some(gap);
                 self.learned_at = Some(now);
             }
@@ -162,9 +171,9 @@ impl ConnectPacer {
         self.last_attempt = Some(self.last_attempt.map_or(now, |t| t.max(now)));
     }
 
-    /// What to save: the learned gap.
-    pub fn remembered_gap(&self) -> Option<Duration> {
-        self.gap
+    /// What to save: the learned gap and when it was learned (clock time).
+    pub fn remembered(&self) -> Option<(Duration, Duration)> {
+        Some((self.gap?, self.learned_at.unwrap_or_default()))
     }
 
     /// Takes back a saved gap, learned at `at` (clock time).
@@ -250,6 +259,22 @@ mod tests {
         p.on_opened(s(1.2));
         // 3 accepted from 0.1 to 1.2.
         assert_eq!(p.gap(), Some(s(1.1 / 3.0)));
+    }
+
+    /// Refused while paced at a gap: the new gap is never shorter than that one.
+    #[test]
+    fn a_refusal_while_paced_never_shortens_the_gap() {
+        let mut p = pacer();
+        p.restore(s(2.0), s(0.0));
+        for t in [0.0, 0.1, 0.2] {
+            p.on_attempt(s(t));
+            p.on_opened(s(t));
+        }
+        p.on_attempt(s(0.3));
+        p.on_refused(s(0.3));
+        p.on_attempt(s(0.5));
+        p.on_opened(s(0.5)); // a short, noisy cycle: 0.5 s for 3 opens
+        assert_eq!(p.gap(), Some(s(2.0)));
     }
 
     #[test]

@@ -517,6 +517,10 @@ impl<C: Clock> Controller<C> {
         let now = self.clock.now();
         let mut st = self.lock();
         st.reply_timeouts += 1;
+        st.latency.disarm(match phase {
+            Phase::Data => LatencyKind::To354,
+            _ => LatencyKind::ToFinal,
+        });
         if st.conc.step_down(now) {
             self.publish_limit(&st);
             return true;
@@ -530,6 +534,7 @@ impl<C: Clock> Controller<C> {
         let now = self.clock.now();
         let mut st = self.lock();
         st.policy_blocks = 0;
+        st.conc.note_working(ctx.working_connections, now);
         if st.conc.on_success(ctx.in_flight_connections, now) {
             self.publish_limit(&st);
         }
@@ -579,6 +584,15 @@ impl<C: Clock> Controller<C> {
         }
         st.conc.pace_mut().on_attempt(now);
         Ok(())
+    }
+
+    /// A new connection is being attempted now (whoever opens it: the pool after
+    /// [`Controller::begin_connect`], or a reachability check): the gap to the next open
+    /// counts from here, and an open accepted after a refusal ends the pacer's block only
+    /// if it was attempted after it.
+    pub fn on_connect_attempt(&self) {
+        let now = self.clock.now();
+        self.lock().conc.pace_mut().on_attempt(now);
     }
 
     /// How long an idle pooled connection is kept when `configured` is the configured

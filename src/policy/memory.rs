@@ -60,6 +60,11 @@ pub struct ConnectionMemory {
     /// The learned least interval between opening new connections (a connection-rate
     /// limit), if one was learned.
     pub open_interval_ms: Option<u64>,
+    /// How long before the save that interval was learned (its probe is due
+    /// `probe_interval` after).
+    pub open_interval_age_ms: Option<u64>,
+    /// Growth was additive (a count limit had been met): no slow start after a restart.
+    pub additive: bool,
 }
 
 /// Why sending was paused, as saved.

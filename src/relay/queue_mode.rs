@@ -65,7 +65,9 @@ impl QueueMode {
         let spool = Arc::new(spool);
         let limits = limits::limits(config, profile);
         let params = DeliveryParams {
-            workers: policy.controller.params().max_connections,
+            // Only a fallback: the engine's slots follow the controller's connection
+            // limit (`Pacing::slots`), within the reloadable maximum.
+            workers: policy.controller.max_connections(),
             rcpts_per_message: limits.recipients_per_message.unwrap_or(100).max(1),
             max_age: qc.max_age,
             bounces: qc.bounces,

@@ -40,8 +40,8 @@ pub struct Admission {
     limit: Arc<ConcurrencyLimit>,
     rates: Arc<RateLimits>,
     wait: Duration,
-    /// The policy is in front: a refused greeting makes the next open wait.
-    paced: bool,
+    /// The policy in front (a refused greeting makes the next open wait), if any.
+    controller: Option<Arc<Controller>>,
 }
 
 impl std::fmt::Debug for Admission {
@@ -86,8 +86,7 @@ impl Admission {
             Some(c) => Pool::with_backoff(settings.clone(), c.clone()),
             None => Pool::new(settings.clone()),
         };
-        let paced = controller.is_some();
-        let gate = controller.map(PolicyGateLayer::new);
+        let gate = controller.clone().map(PolicyGateLayer::new);
         if tokio::runtime::Handle::try_current().is_ok() {
             pool.spawn_reaper();
         }
@@ -102,7 +101,7 @@ impl Admission {
             limit,
             rates,
             wait,
-            paced,
+            controller,
         }
     }
 
@@ -129,10 +128,19 @@ impl Admission {
     pub async fn lease_for(&self, recipients: usize) -> Result<Lease, UpstreamError> {
         let req = AdmissionRequest::new(self.wait).with_recipients(recipients);
         loop {
+            // No new connection allowed before the deadline and none to reuse or to come
+            // back: say so now, before a rate slot or a quota slot is spent on a
+            // transaction that cannot go out.
+            if let Some(w) = self.controller.as_ref().and_then(|c| c.connect_wait()) {
+                let nothing_to_reuse = self.pool.idle_count() == 0 && self.pool.out() == 0;
+                if nothing_to_reuse && Instant::now() + w > req.deadline {
+                    return Err(UpstreamError::Backoff(w));
+                }
+            }
             let res = self.svc.clone().oneshot(req).await;
             match &res {
                 Err(UpstreamError::Greeting(r))
-                    if self.paced
+                    if self.controller.is_some()
                         && matches!(r.code, 421 | 432)
                         && (self.limit.in_use() > 0 || self.pool.idle_count() > 0)
                         && Instant::now() < req.deadline =>

@@ -269,6 +269,7 @@ impl Observer for PolicyObserver {
 
     fn connect_started(&self) {
         self.connecting.fetch_add(1, Ordering::AcqRel);
+        self.controller.on_connect_attempt();
     }
 
     fn connect_finished(&self, ok: bool) {

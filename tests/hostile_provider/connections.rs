@@ -114,3 +114,79 @@ async fn connections_lost_at_once_are_retried_and_lower_no_limit() {
     );
     q.stop().await;
 }
+
+/// Point 8, the other half: no final reply in time (the seeds' "354 … too many threads"
+/// case: the provider is overloaded by our sessions) steps the limit down by one — not
+/// to the connections that happened to be working, and not for a lost connection.
+#[tokio::test]
+async fn a_reply_timeout_after_data_steps_down_by_one() {
+    let p = Provider::builder()
+        .final_delay(Duration::from_secs(24 * 3600))
+        .start()
+        .await;
+    let q = queue(short_timeouts(p.upstream_config()), |c, prof| {
+        ControllerParams {
+            initial_connections: 4,
+            max_connections: 4,
+            ..quick_retries(c, prof)
+        }
+    })
+    .await;
+    q.submit(&["ok@example.org"], 1).await;
+    eventually("the final reply timed out once", || {
+        q.policy.controller.stats().reply_timeouts >= 1
+    })
+    .await;
+    let s = q.policy.controller.stats();
+    println!(
+        "no final reply in time: limit {} (from 4), timeouts {}",
+        s.concurrency_limit, s.reply_timeouts
+    );
+    // Retries may time out again before we look; each steps down once at most, and the
+    // first leaves three.
+    assert!(
+        s.concurrency_limit >= 4 - s.reply_timeouts.min(3) as usize,
+        "{s:?}"
+    );
+    assert!(s.concurrency_limit < 4, "{s:?}");
+    q.stop().await;
+}
+
+/// Point 2: an unknown provider is learned, not capped. From one connection, a provider
+/// that takes everything gets more connections as long as they are all in use (doubling
+/// before any throttle), up to `max_connections`, and the delivery engine's slots follow
+/// (they are no longer sized once at start).
+#[tokio::test]
+async fn connections_grow_from_one_while_the_provider_takes_them() {
+    let p = Provider::builder()
+        .final_delay(Duration::from_millis(100))
+        .start()
+        .await;
+    let q = queue(p.upstream_config(), |c, prof| ControllerParams {
+        initial_connections: 1,
+        max_connections: 8,
+        ..quick_retries(c, prof)
+    })
+    .await;
+    const MESSAGES: usize = 80;
+    for n in 0..MESSAGES {
+        q.submit(&[&format!("r{n}@example.org")], n).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !q.spool.is_empty() {
+        assert!(Instant::now() < deadline, "not delivered in time");
+        sleep(Duration::from_millis(50)).await;
+    }
+    let s = q.policy.controller.stats();
+    println!(
+        "from 1 connection, {MESSAGES} messages: limit {}, provider saw at most {} at once, {} connections",
+        s.concurrency_limit,
+        p.max_concurrent(),
+        p.connections_total()
+    );
+    assert!(s.concurrency_limit > 3, "{s:?}");
+    assert!(p.max_concurrent() > 3, "{}", p.max_concurrent());
+    assert!(p.max_concurrent() <= 8);
+    assert_eq!(p.refused(), 0);
+    q.stop().await;
+}
