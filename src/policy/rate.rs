@@ -108,8 +108,6 @@ enum Stage {
         gap: Duration,
         next_probe: Duration,
         probe_sent: Option<Duration>,
-        /// The pace in force when the throttle came: the limit is below it.
-        refused_at: Option<f64>,
     },
     Paced,
 }
@@ -136,10 +134,11 @@ pub struct RateState {
     /// high, reads low), until pacing below it is refused (the provider lowered its
     /// limit).
     held: Option<f64>,
-    /// The first block of the current series (blocks less than a probe interval apart):
-    /// corrections after an overshoot read the provider's acceptance since then, not
-    /// only over their own short cycles (a sliding window refuses until the excess has
-    /// slid out, whatever the pace).
+    /// Where the series of blocks that ended slow start (blocks less than a probe
+    /// interval apart) began: the first admission. For a window after slow start's
+    /// overshoot, the provider's acceptance replays slow start's own history (a sliding
+    /// window lets through what slides out), so the corrections read the whole stretch
+    /// since the start, not only their own short cycles. `None` for later series.
     series_start: Option<Duration>,
     last_unblock: Option<Duration>,
     /// Admissions and the units (messages or recipients) they carried, to know how long
@@ -339,10 +338,9 @@ impl RateState {
             Stage::Blocked {
                 probe_sent: Some(_),
                 since,
-                refused_at,
                 ..
             } => {
-                self.unblock(now, since, refused_at);
+                self.unblock(now, since);
                 true
             }
             _ => false,
@@ -351,7 +349,7 @@ impl RateState {
         changed
     }
 
-    fn unblock(&mut self, now: Duration, since: Duration, refused_at: Option<f64>) {
+    fn unblock(&mut self, now: Duration, since: Duration) {
         let block = now.saturating_sub(since);
         let start = self.cycle_start.unwrap_or(since);
         // A cycle shorter than the window learned before (a throttle soon after the
@@ -365,7 +363,9 @@ impl RateState {
             .log
             .span_of_last(ESTIMATE_EVENTS, now)
             .unwrap_or(Duration::ZERO);
-        let series = now.saturating_sub(self.series_start.unwrap_or(since));
+        let series = self
+            .series_start
+            .map_or(Duration::ZERO, |s| now.saturating_sub(s));
         let cycle = now
             .saturating_sub(start)
             .max(before)
@@ -378,11 +378,8 @@ impl RateState {
             .best_rate(now, block, cycle)
             // Nothing accepted before the block: one message per block is all we know.
             .unwrap_or((1.0 / block.as_secs_f64().max(1e-3), block));
-        // A failed upward probe: what held for a whole probe interval still holds. And
-        // the pace that was refused is above the limit, whatever the log says (a token
-        // bucket's burst makes a span look better than the refill rate).
+        // A failed upward probe: what held for a whole probe interval still holds.
         let estimate = self.held.map_or(estimate, |h| estimate.max(h));
-        let estimate = refused_at.map_or(estimate, |r| estimate.min(r));
         let before = self.rate;
         let mut pace = (estimate * (1.0 - self.p.margin)).max(self.p.floor);
         if let Some(c) = self.p.cap {
@@ -426,6 +423,7 @@ impl RateState {
                 false
             }
             Stage::SlowStart | Stage::Paced => {
+                let was_slow_start = self.stage == Stage::SlowStart;
                 // About a message's time at the pace the provider accepted in this
                 // cycle (a sliding or short window frees up that soon), at least the
                 // holdoff; later blocks, whose window is known, start at a 64th of it
@@ -460,7 +458,6 @@ impl RateState {
                     gap,
                     next_probe: now.saturating_add(gap),
                     probe_sent: None,
-                    refused_at: self.rate,
                 };
                 if self.cycle_start.is_none() {
                     self.cycle_start = Some(now);
@@ -468,8 +465,14 @@ impl RateState {
                 let apart = self
                     .last_unblock
                     .is_none_or(|u| now.saturating_sub(u) >= self.p.probe_interval);
-                if apart || self.series_start.is_none() {
-                    self.series_start = Some(now);
+                if apart {
+                    // Only a series that ends slow start reaches back: a later one would
+                    // remember a limit the provider may just have lowered.
+                    self.series_start = if was_slow_start {
+                        self.cycle_start.or(Some(now))
+                    } else {
+                        None
+                    };
                 }
                 self.blocks += 1;
                 self.hold_until = None;
