@@ -21,8 +21,8 @@ use mailvalve::policy::verdict::{Phase, ThrottleKind, Verdict};
 use proptest::prelude::*;
 
 const PROBE: Duration = Duration::from_secs(600);
-/// The fewest events per window the property covers.
-const MIN_LIMIT: f64 = 5.0;
+/// The fewest events per window the property covers (one: anything less is no limit).
+const MIN_LIMIT: f64 = 1.0;
 
 struct Run {
     /// (time, pace in force; 0 while blocked) from the first refusal on.
@@ -141,10 +141,10 @@ fn check(kind: Kind, window_log: f64, frac: f64) -> Result<(), TestCaseError> {
     // Long enough for several windows and several probe intervals.
     let duration = (window * 8).max(PROBE * 4) + Duration::from_secs(120);
     let run = drive(lim, duration);
-    let Some(_first) = run.first_refusal else {
+    if run.first_refusal.is_none() {
         // Never refused (the limit is above what slow start reached): nothing to show.
         return Ok(());
-    };
+    }
     // Below half the limit: never longer than two windows (after the first refusal).
     let below = longest_below(&run.pace, per_sec / 2.0, run.end);
     prop_assert!(
@@ -162,32 +162,22 @@ fn check(kind: Kind, window_log: f64, frac: f64) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+fn kind() -> impl Strategy<Value = Kind> {
+    prop_oneof![Just(Kind::Fixed), Just(Kind::Sliding), Just(Kind::Bucket)]
+}
 
-    /// Fixed windows (anvil) and token buckets.
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
     #[test]
     fn probes_are_rare_and_the_pace_never_sinks_below_half(
-        fixed in any::<bool>(),
+        kind in kind(),
         // Window 1 s … 1 h, log-uniform.
         window_log in 0.0f64..(3600f64).ln(),
         // Where the limit lies between one a minute and fifty a second (at least
         // MIN_LIMIT and at most 2000 per window, to keep each case quick), log-uniform.
         frac in 0.0f64..1.0,
     ) {
-        check(if fixed { Kind::Fixed } else { Kind::Bucket }, window_log, frac)?;
-    }
-
-    /// Sliding windows. Known failure (issue 10, left open): after generic's slow start
-    /// overshoots a long sliding window, the provider's acceptance replays the slow
-    /// start's own history for one window, the corrections read it as the limit, and the
-    /// pace stays at a third of the limit for a probe interval. Run with `--ignored`.
-    #[test]
-    #[ignore = "known failure: sliding window after a slow-start overshoot (see the doc comment)"]
-    fn sliding_windows_too(
-        window_log in 0.0f64..(3600f64).ln(),
-        frac in 0.0f64..1.0,
-    ) {
-        check(Kind::Sliding, window_log, frac)?;
+        check(kind, window_log, frac)?;
     }
 }

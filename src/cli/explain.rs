@@ -211,7 +211,7 @@ pub fn action(
             "Too fast: mailvalve sends only single probes at growing gaps until the provider accepts again. It then measures what the provider accepted over its last window, paces evenly just below that, and tries more only cautiously after probe_interval (default 10 minutes). The message is retried; this does not count as a delivery attempt."
         }.into(),
         Verdict::Throttle(ThrottleKind::Recipients) => if de {
-            "Zu viele Empfänger pro Zeit: mailvalve lernt die Empfängerrate des Providers wie eine Nachrichtenrate (einzelne Proben, dann gleichmäßig knapp unter der zuletzt angenommenen Menge) und zählt dabei Empfänger, nicht Nachrichten. Die Nachricht wird erneut versucht; das zählt nicht als Zustellversuch."
+            "Zu viele Empfänger pro Zeit: mailvalve lernt die Empfängerrate des Providers wie eine Nachrichtenrate (einzelne Proben, dann gleichmäßig knapp unter der angenommenen Menge) und zählt dabei Empfänger, nicht Nachrichten. Die Nachricht wird erneut versucht; das zählt nicht als Zustellversuch."
         } else {
             "Too many recipients per time: mailvalve learns the provider's recipient rate as it learns a message rate (single probes, then evenly just below what was accepted), counting recipients, not messages. The message is retried; this does not count as a delivery attempt."
         }.into(),

@@ -14,25 +14,32 @@
 //!   gaps (the first after about a message's time at the pace the provider accepted,
 //!   each next one 3/4 of the time blocked so far later — so the block overruns the
 //!   provider's window by at most 3/4 of it, with about log1.75(window / first gap)
-//!   refused probes). Throttles that arrive while no probe is
-//!   out answer messages sent before the block and change nothing;
-//! - **unblocked** by the first accepted probe: the estimate is the best acceptance rate
-//!   over a trailing span that contains the whole block ([`AcceptanceLog::best_rate`]).
-//!   For a fixed or sliding window of L per W that is L/W (at most the overrun low, i.e.
-//!   never below 4/7 of it, and later probes correct it); for a
-//!   token bucket the first cycle overshoots and later ones converge on the refill rate.
-//!   Over a span that contains the block, an evenly pacing sender cannot show more than
-//!   the window allows: while it sent faster than L/W, every sub-span of the window holds
-//!   a smaller share of L than of W. The pace is then the estimate × (1 − margin), evenly
-//!   (the first paced message waits one interval after the probe, so the probe and the
-//!   paced messages never add up to more than L in the provider's next unit);
+//!   refused probes). Throttles that arrive while no probe is out answer messages sent
+//!   before the block and change nothing;
+//! - **unblocked** by the first accepted probe: the provider's window ended between the
+//!   last refused probe and this one, taken as half-way; the estimate is the best
+//!   acceptance rate over a span ending there that contains the whole block
+//!   ([`AcceptanceLog::best_rate`]),
+//!   reaching back over the cycle, the window learned before, the last 16 accepted, and
+//!   — for the blocks that end slow start — everything since the first admission (for
+//!   one window after slow start overshoots, a sliding window lets through only what
+//!   slides out, i.e. replays slow start's own history). For a fixed or sliding window
+//!   of L per W that is L/W (at most the overrun low, and later probes correct it); for
+//!   a token bucket the first cycle overshoots and later ones converge on the refill
+//!   rate. Over a span that contains the block, an evenly pacing sender cannot show
+//!   much more than the window allows: while it sent faster than L/W, every sub-span of
+//!   the window holds a smaller share of L than of W. The pace is then the estimate ×
+//!   (1 − margin), evenly (the first paced message waits one interval after the probe,
+//!   so the probe and the paced messages never add up to more than L in the provider's
+//!   next unit);
 //! - **paced**: after max(`probe_interval`, the learned window) without a throttle,
 //!   probe upward: +`step` × estimate per window (the ramp window, at least the learned
 //!   window) in which the limiter held messages back, each further increase twice the
 //!   last (gently first, so an unchanged limit costs one short block; quickly then, so a
-//!   raised one is reached within a few windows). A throttle starts the next cycle, whose estimate is again
-//!   what was accepted — so a failed probe lands just below the limit, not at half, and
-//!   never below the estimate that held for the whole probe interval before it.
+//!   raised one is reached within a few windows). A throttle starts the next cycle,
+//!   whose estimate is again what was accepted — so a failed probe lands just below the
+//!   limit, not at half, and never below the estimate that held for the whole probe
+//!   interval before it (until pacing below that is refused: the limit was lowered).
 //!
 //! [`RateLimiter`] is governor's GCRA at the message rate; [`Pacer`] spaces transactions
 //! by their recipient count (governor cannot take more cells at once than its burst).
@@ -109,8 +116,8 @@ enum Stage {
         gap: Duration,
         next_probe: Duration,
         probe_sent: Option<Duration>,
-        /// The pace in force when the throttle came: the limit is below it.
-        refused_at: Option<f64>,
+        /// When the provider last refused a probe of this block.
+        last_refused: Option<Duration>,
     },
     Paced,
 }
@@ -137,10 +144,11 @@ pub struct RateState {
     /// high, reads low), until pacing below it is refused (the provider lowered its
     /// limit).
     held: Option<f64>,
-    /// The first block of the current series (blocks less than a probe interval apart):
-    /// corrections after an overshoot read the provider's acceptance since then, not
-    /// only over their own short cycles (a sliding window refuses until the excess has
-    /// slid out, whatever the pace).
+    /// Where the series of blocks that ended slow start (blocks less than a probe
+    /// interval apart) began: the first admission. For a window after slow start's
+    /// overshoot, the provider's acceptance replays slow start's own history (a sliding
+    /// window lets through what slides out), so the corrections read the whole stretch
+    /// since the start, not only their own short cycles. `None` for later series.
     series_start: Option<Duration>,
     last_unblock: Option<Duration>,
     /// Admissions and the units (messages or recipients) they carried, to know how long
@@ -377,10 +385,10 @@ impl RateState {
             Stage::Blocked {
                 probe_sent: Some(_),
                 since,
-                refused_at,
+                last_refused,
                 ..
             } => {
-                self.unblock(now, since, refused_at);
+                self.unblock(now, since, last_refused);
                 true
             }
             _ => false,
@@ -389,8 +397,12 @@ impl RateState {
         changed
     }
 
-    fn unblock(&mut self, now: Duration, since: Duration, refused_at: Option<f64>) {
-        let block = now.saturating_sub(since);
+    fn unblock(&mut self, now: Duration, since: Duration, last_refused: Option<Duration>) {
+        // The provider's window ended between the last refused probe and this accepted
+        // one: read it as ending half-way (the probes' overrun costs the estimate half
+        // as much, on average nothing).
+        let end = last_refused.map_or(now, |r| r + (now.saturating_sub(r)) / 2);
+        let block = end.saturating_sub(since);
         let start = self.cycle_start.unwrap_or(since);
         // A cycle shorter than the window learned before (a throttle soon after the
         // last estimate: it was too high) is read over that window, not its few
@@ -403,8 +415,10 @@ impl RateState {
             .log
             .span_of_last(ESTIMATE_EVENTS, now)
             .unwrap_or(Duration::ZERO);
-        let series = now.saturating_sub(self.series_start.unwrap_or(since));
-        let cycle = now
+        let series = self
+            .series_start
+            .map_or(Duration::ZERO, |s| end.saturating_sub(s));
+        let cycle = end
             .saturating_sub(start)
             .max(before)
             .max(few)
@@ -413,14 +427,11 @@ impl RateState {
             .min(MAX_SPAN);
         let (estimate, window) = self
             .log
-            .best_rate(now, block, cycle)
+            .best_rate(end, block, cycle)
             // Nothing accepted before the block: one message per block is all we know.
             .unwrap_or((1.0 / block.as_secs_f64().max(1e-3), block));
-        // A failed upward probe: what held for a whole probe interval still holds. And
-        // the pace that was refused is above the limit, whatever the log says (a token
-        // bucket's burst makes a span look better than the refill rate).
+        // A failed upward probe: what held for a whole probe interval still holds.
         let estimate = self.held.map_or(estimate, |h| estimate.max(h));
-        let estimate = refused_at.map_or(estimate, |r| estimate.min(r));
         let before = self.rate;
         let mut pace = (estimate * (1.0 - self.p.margin)).max(self.p.floor);
         if let Some(c) = self.p.cap {
@@ -452,9 +463,10 @@ impl RateState {
                 gap,
                 next_probe,
                 probe_sent,
-                ..
+                last_refused,
             } => {
                 if probe_sent.take().is_some() {
+                    *last_refused = Some(now);
                     // The probe was refused: the next one 3/4 of the block later.
                     self.refused_probes += 1;
                     let elapsed = now.saturating_sub(*since);
@@ -464,6 +476,7 @@ impl RateState {
                 false
             }
             Stage::SlowStart | Stage::Paced => {
+                let was_slow_start = self.stage == Stage::SlowStart;
                 // About a message's time at the pace the provider accepted in this
                 // cycle (a sliding or short window frees up that soon), at least the
                 // holdoff; later blocks, whose window is known, start at a 64th of it
@@ -498,7 +511,7 @@ impl RateState {
                     gap,
                     next_probe: now.saturating_add(gap),
                     probe_sent: None,
-                    refused_at: self.rate,
+                    last_refused: None,
                 };
                 if self.cycle_start.is_none() {
                     self.cycle_start = Some(now);
@@ -506,8 +519,14 @@ impl RateState {
                 let apart = self
                     .last_unblock
                     .is_none_or(|u| now.saturating_sub(u) >= self.p.probe_interval);
-                if apart || self.series_start.is_none() {
-                    self.series_start = Some(now);
+                if apart {
+                    // Only a series that ends slow start reaches back: a later one would
+                    // remember a limit the provider may just have lowered.
+                    self.series_start = if was_slow_start {
+                        self.cycle_start.or(Some(now))
+                    } else {
+                        None
+                    };
                 }
                 self.blocks += 1;
                 self.hold_until = None;

@@ -70,7 +70,7 @@ const AUTH_TEXT: &str = r"authentication (is )?required|requires? authentication
 const BASIC_AUTH_OFF: &str = r"basic auth";
 /// Google's "Please log in via your web browser and then try again" (5.7.14).
 const WEB_LOGIN: &str = r"log ?in (via|with|using|through) (your |a )?(web )?browser";
-const CONN_TEXT: &str = r"too many (concurrent |simultaneous |parallel |open |smtp |active )*(connections|sessions)|concurrent connections|connection limit|too many (login|authentication|auth) (attempts|failures)|zu viele (gleichzeitige |parallele )?verbindungen";
+const CONN_TEXT: &str = r"too many (concurrent |simultaneous |parallel |open |smtp |active |new |tls )*(connections|sessions)|concurrent connections|connection limit|too many (login|authentication|auth) (attempts|failures)|zu viele (gleichzeitige |parallele )?verbindungen";
 /// The recipient's own receive limit (Microsoft ReceivingRatePerm, Gmail "receiving
 /// mail at a rate"): retry this recipient later, the account is fine.
 const RCPT_RATE: &str = r"receivingrateperm|recipientthresholdexceeded|receiving (mail )?(at a rate|too quickly)|receive (rate )?limit|(incoming|receiving) rate|recipient has exceeded";

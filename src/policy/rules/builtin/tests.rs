@@ -374,6 +374,27 @@ fn postfix_rate_limits_are_told_apart_from_the_transaction_limit() {
         ),
         DEF
     );
+    // smtpd_client_new_tls_session_rate_limit: a limit on new connections' TLS
+    // sessions, answered to STARTTLS (and as 421 in wrapper mode).
+    let tc = Verdict::Throttle(crate::policy::verdict::ThrottleKind::Connections);
+    assert_eq!(
+        v(
+            StartTls,
+            454,
+            "4.7.0",
+            "4.7.0 Error: too many new TLS sessions from 127.0.0.1"
+        ),
+        tc
+    );
+    assert_eq!(
+        v(
+            Greeting,
+            421,
+            "4.7.0",
+            "4.7.0 mx.example Error: too many new TLS sessions from 127.0.0.1"
+        ),
+        tc
+    );
     // The rule name round-trips for config rules.
     assert_eq!(tr_rcpt.name(), "throttle-recipients");
 }
