@@ -188,3 +188,90 @@ fn learned_state_survives_kill_9_and_an_auth_pause_only_with_the_same_credential
     );
     assert!(!log.contains(PASSWORD_RIGHT) && !log.contains(PASSWORD_WRONG));
 }
+
+/// In process, passthrough: a rate learned from the provider's "450 4.7.1 too much
+/// mail" is in the state file at `<queue.dir>/quota.json` after a stop, and the next
+/// start begins at that rate instead of unlimited; `queue status`'s text says what was
+/// learned and how long ago.
+#[test]
+fn a_learned_rate_is_restored_in_passthrough_too() {
+    use mailvalve::config::{Config, Mode};
+    use mailvalve::relay::Relay;
+    use tokio_util::sync::CancellationToken;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let provider = rt.block_on(
+        Provider::builder()
+            .mail_reply("450 4.7.1 Error: too much mail, slow down")
+            .start(),
+    );
+    let dir = tempdir();
+    let mut cfg = Config {
+        mode: Mode::Passthrough,
+        upstream: provider.upstream_config(),
+        ..Config::default()
+    };
+    cfg.upstream.profile = "local".into();
+    cfg.queue.dir = dir.path().join("state");
+    cfg.suppression.path = dir.path().join("suppression.redb");
+    cfg.server.shutdown_grace = Duration::from_millis(500);
+    let start = |cfg: Config| {
+        rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let mut cfg = cfg;
+            cfg.server.listen = listener.local_addr().unwrap();
+            Relay::new(cfg)
+                .unwrap()
+                .start(listener, CancellationToken::new())
+                .await
+                .unwrap()
+        })
+    };
+
+    let relay = start(cfg.clone());
+    let controller = relay.handle().policy().controller.clone();
+    assert_eq!(controller.rate(), None, "local: no rate known at first");
+    let port = relay.local_addr().port();
+    let deadline = Instant::now() + WAIT;
+    while controller.rate().is_none() {
+        assert!(Instant::now() < deadline, "no rate learned");
+        let mut c = Client::session(port).unwrap();
+        let r = c
+            .send(
+                "news@example.org",
+                "reader@example.net",
+                "Subject: x\r\n\r\nx\r\n",
+            )
+            .unwrap();
+        assert_eq!(r.0, 450, "{r:?}");
+        let _ = c.cmd("QUIT");
+    }
+    let learned = controller.rate().unwrap();
+    rt.block_on(async { tokio::time::timeout(WAIT, relay.stop()).await })
+        .unwrap()
+        .unwrap();
+    let text = fs::read_to_string(dir.path().join("state").join("quota.json")).unwrap();
+    assert!(text.contains("\"learned\""), "{text}");
+
+    let relay = start(cfg);
+    let rate = relay.handle().policy().controller.rate();
+    let restored = rate.expect("the learned rate is restored, not unlimited");
+    assert!(
+        (restored - learned).abs() <= learned * 0.5,
+        "restored {restored} vs learned {learned}"
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let status = mailvalve::queue::control::learned_text(&dir.path().join("state"), now);
+    assert!(status.starts_with("learned (saved "), "{status}");
+    assert!(status.contains("  rate: "), "{status}");
+    rt.block_on(async { tokio::time::timeout(WAIT, relay.stop()).await })
+        .unwrap()
+        .unwrap();
+}

@@ -280,6 +280,13 @@ pub async fn execute(hooks: &dyn Hooks, cmd: Command) -> Result<String, String> 
     if cmd == Command::Reload {
         return off_runtime(|| hooks.reload());
     }
+    if cmd == Command::Status && hooks.spool().is_none() {
+        // Passthrough: no queue, but the state file says what was learned.
+        return Ok(format!(
+            "{NO_QUEUE}\n{}",
+            learned_text(hooks.dir(), now_ms())
+        ));
+    }
     let (spool, dir) = (hooks.spool().ok_or(NO_QUEUE)?, hooks.dir());
     let now = now_ms();
     match cmd {
@@ -616,6 +623,83 @@ fn human(ms: u64) -> String {
 mod tests {
     use super::*;
     use crate::smtp::Envelope;
+
+    /// A passthrough instance: no spool.
+    struct NoQueue(PathBuf);
+
+    impl Hooks for NoQueue {
+        fn spool(&self) -> Option<&Spool> {
+            None
+        }
+        fn dir(&self) -> &Path {
+            &self.0
+        }
+        fn set_paused(&self, _: bool) -> Result<(), String> {
+            Err(NO_QUEUE.into())
+        }
+        fn retry(&self, _: Which) -> BoxFuture<'_, Result<usize, String>> {
+            Box::pin(async { Err(NO_QUEUE.into()) })
+        }
+        fn delete(&self, _: QueueId) -> BoxFuture<'_, Result<(), String>> {
+            Box::pin(async { Err(NO_QUEUE.into()) })
+        }
+        fn live(&self) -> Option<LiveStatus> {
+            None
+        }
+    }
+
+    /// `status` says what the state file holds, with ages, in passthrough too; other
+    /// queue commands are refused there.
+    #[tokio::test]
+    async fn status_shows_what_was_learned_and_when() {
+        use crate::policy::memory::{
+            ConnectionMemory, LearnedState, PauseMemory, PausedFor, RateMemory,
+        };
+        use crate::queue::quota::{Ledger, SavedLearning};
+        let dir = tempfile::tempdir().unwrap();
+        let hooks = NoQueue(dir.path().to_path_buf());
+        let out = execute(&hooks, Command::Status).await.unwrap();
+        assert!(out.contains("learned: nothing saved yet"), "{out}");
+        assert_eq!(execute(&hooks, Command::Pause).await.unwrap_err(), NO_QUEUE);
+        let now = now_ms();
+        let mut ledger = Ledger::default();
+        ledger.learned = Some(SavedLearning {
+            saved_unix_ms: now - 120_000,
+            credentials: None,
+            state: LearnedState {
+                rate: Some(RateMemory {
+                    rate: Some(0.5),
+                    ceiling: Some(1.0),
+                    ceiling_age_ms: Some(60_000),
+                    window_ms: Some(60_000),
+                }),
+                connections: Some(ConnectionMemory {
+                    limit: 2,
+                    ceiling: Some(3),
+                    ceiling_age_ms: None,
+                    open_interval_ms: None,
+                }),
+                pause: Some(PauseMemory {
+                    scope: PausedFor::Quota,
+                    remaining_ms: Some(3_780_000),
+                }),
+                ..LearnedState::default()
+            },
+        });
+        ledger.save(dir.path()).unwrap();
+        let out = execute(&hooks, Command::Status).await.unwrap();
+        assert!(out.contains("learned (saved 2m ago):"), "{out}");
+        assert!(
+            out.contains("rate: 30.0/min; ceiling 60.0/min, learned 3m ago; provider's window 1m"),
+            "{out}"
+        );
+        assert!(out.contains("connections: 2; ceiling 3"), "{out}");
+        assert!(out.contains("pause: quota spent, ends in 1h 0m"), "{out}");
+        std::fs::write(Ledger::path(dir.path()), b"nope").unwrap();
+        let out = execute(&hooks, Command::Status).await.unwrap();
+        assert!(out.contains("quota.json is unreadable"), "{out}");
+        assert!(Ledger::path(dir.path()).exists(), "status only reads");
+    }
 
     #[test]
     fn command_lines_round_trip_and_bad_ones_are_refused() {
