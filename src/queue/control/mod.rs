@@ -678,6 +678,7 @@ mod tests {
                     ceiling: Some(3),
                     ceiling_age_ms: None,
                     open_interval_ms: None,
+                    ..ConnectionMemory::default()
                 }),
                 pause: Some(PauseMemory {
                     scope: PausedFor::Quota,
