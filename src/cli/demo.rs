@@ -455,3 +455,71 @@ pub fn main(args: &DemoArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::demo::CampaignTotals;
+    use crate::policy::memory::{ConnectionMemory, LearnedState, RateMemory};
+
+    /// The queue show's summary: the hand-over, the drained queue, and what was learned
+    /// (rate, the provider's window, connections) in words.
+    #[test]
+    fn queue_summary_says_what_was_learned() {
+        let r = DemoReport {
+            options: DemoOptions::default(),
+            campaign: CampaignTotals {
+                messages: 1000,
+                sent: 1000,
+                elapsed: Duration::from_millis(1100),
+                ..CampaignTotals::default()
+            },
+            second: CampaignTotals::default(),
+            second_reached_provider: 0,
+            valid: 980,
+            delivered_once: 980,
+            delivered_twice_or_more: 0,
+            missing: 0,
+            unknown: 20,
+            provider: Default::default(),
+            provider_max_sessions: 3,
+            provider_refused: 1,
+            suppressed: 20,
+            controller: Default::default(),
+            final_rate: Some(55.0),
+            max_connections_used: 3,
+            learned: LearnedState {
+                rate: Some(RateMemory {
+                    rate: Some(55.0),
+                    ceiling: Some(60.0),
+                    ceiling_age_ms: Some(1000),
+                    window_ms: Some(5000),
+                }),
+                connections: Some(ConnectionMemory {
+                    limit: 3,
+                    ceiling: Some(3),
+                    ..ConnectionMemory::default()
+                }),
+                ..LearnedState::default()
+            },
+            drained: Some(Duration::from_secs(20)),
+            delivering: Duration::from_secs(20),
+            left_in_queue: 0,
+            elapsed: Duration::from_secs(22),
+        };
+        let text = summary(&r);
+        assert!(
+            text.contains("handed over to mailvalve's queue in 1.1 s"),
+            "{text}"
+        );
+        assert!(text.contains("empty after 20.0 s"), "{text}");
+        assert!(
+            text.contains(
+                "learned               rate 3300/min (ceiling 3600/min), provider's window 5.0 s, connections 3 (ceiling 3)"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("300 messages per 5 s window"), "{text}");
+        assert!(r.completed());
+    }
+}
