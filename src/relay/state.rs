@@ -345,6 +345,7 @@ mod tests {
                 ceiling: Some(2),
                 ceiling_age_ms: Some(5),
                 open_interval_ms: None,
+                ..ConnectionMemory::default()
             }),
             pause: Some(PauseMemory {
                 scope: PausedFor::Quota,
