@@ -458,7 +458,9 @@ pub fn run(sc: &Scenario) -> Outcome {
             if working(&conns) == 0 && connecting > 0 {
                 break;
             }
-            if let Some(w) = ctl.connect_wait() {
+            // Takes the right to open (the connect backoff and the learned gap between
+            // opens) and counts the attempt.
+            if let Err(w) = ctl.begin_connect() {
                 wake = Some(wake.map_or(now + w, |x: Duration| x.min(now + w)));
                 break;
             }
