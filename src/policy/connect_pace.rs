@@ -41,6 +41,10 @@ pub struct ConnectPacer {
     gap: Option<Duration>,
     /// When it was learned (or last refused): probing waits `probe_interval` from here.
     learned_at: Option<Duration>,
+    /// The provider's window as the last cycle showed it, and the last probe step: one
+    /// step per window, so a probe costs at most one window's refusals.
+    window: Duration,
+    last_step: Duration,
     /// The last open attempted (the gap counts from attempts: a refused one counted with
     /// the provider too).
     last_attempt: Option<Duration>,
@@ -50,8 +54,9 @@ pub struct ConnectPacer {
     /// The last accepted open: a cycle starts afresh after a quiet spell longer than
     /// [`MAX_GAP`] (opens that far apart say nothing about a window).
     last_opened: Option<Duration>,
-    /// A refused open since the last accepted one.
+    /// A refused open since the last accepted one, and when the last one was refused.
     blocked: bool,
+    refused_at: Option<Duration>,
     /// Opens attempted since the block began. An open accepted while blocked that was
     /// attempted before the refusal (set up in parallel) does not end the block.
     attempts_in_block: u32,
@@ -67,11 +72,14 @@ impl ConnectPacer {
             params,
             gap: None,
             learned_at: None,
+            window: Duration::ZERO,
+            last_step: Duration::ZERO,
             last_attempt: None,
             cycle_start: None,
             accepted: 0,
             last_opened: None,
             blocked: false,
+            refused_at: None,
             attempts_in_block: 0,
             tracks_attempts: false,
             refusals: 0,
@@ -128,9 +136,13 @@ impl ConnectPacer {
             // The block ends: the cycle that ends here says what the provider allows.
             self.blocked = false;
             // The provider's window ended somewhere between the last refused attempt
-            // and this accepted one; the cycle is taken to end here, the cautious end
-            // (opens a little slower than allowed rather than refused ones).
-            let cycle = now.saturating_sub(start);
+            // and this accepted one: the middle (the connect backoff's retry gaps would
+            // otherwise stretch every cycle; a refusal while paced keeps the old gap as
+            // the floor, probing is one step per window).
+            let end = self
+                .refused_at
+                .map_or(now, |r| r + now.saturating_sub(r) / 2);
+            let cycle = end.saturating_sub(start);
             if self.accepted > 0 && !cycle.is_zero() {
                 let per = cycle.as_secs_f64() / f64::from(self.accepted);
                 let margin = 1.0 + self.params.margin.clamp(0.0, 1.0);
@@ -143,15 +155,20 @@ impl ConnectPacer {
                 let gap = gap.clamp(MIN_GAP, MAX_GAP);
                 self.gap = Some(gap);
                 self.learned_at = Some(now);
+                self.window = cycle;
             }
             self.cycle_start = Some(now);
             self.accepted = 1;
             return;
         }
         self.accepted = self.accepted.saturating_add(1);
-        // Probing: a gap that held for probe_interval shrinks a little per open.
+        // Probing: a gap that held for probe_interval shrinks a step, at most one step
+        // per window.
         if let (Some(gap), Some(at)) = (self.gap, self.learned_at) {
-            if now >= at.saturating_add(self.params.probe_interval) {
+            if now >= at.saturating_add(self.params.probe_interval)
+                && now >= self.last_step.saturating_add(self.window)
+            {
+                self.last_step = now;
                 let next = gap.mul_f64(1.0 - self.params.step.clamp(0.0, 0.9));
                 self.gap = (next >= MIN_GAP).then_some(next);
             }
@@ -167,6 +184,7 @@ impl ConnectPacer {
             self.attempts_in_block = 0;
         }
         self.blocked = true;
+        self.refused_at = Some(now);
         self.learned_at = Some(now);
         self.last_attempt = Some(self.last_attempt.map_or(now, |t| t.max(now)));
     }
@@ -222,8 +240,11 @@ mod tests {
         p.on_attempt(s(1.0));
         p.on_refused(s(1.0));
         assert!(p.is_pacing());
-        // Refused retries while the window lasts learn nothing.
+        // Refused retries while the window lasts learn nothing; the window ended between
+        // the last refusal and the accepted open (here: at the same instant).
         p.on_refused(s(20.0));
+        p.on_attempt(s(60.0));
+        p.on_refused(s(60.0));
         p.on_attempt(s(60.0));
         p.on_opened(s(60.0));
         assert_eq!(p.gap(), Some(s(6.0)));
@@ -253,8 +274,8 @@ mod tests {
         p.on_refused(s(0.1));
         p.on_opened(s(0.2)); // attempted at 0.0
         assert_eq!(p.gap(), None, "still blocked");
-        p.on_attempt(s(0.5));
-        p.on_refused(s(0.5));
+        p.on_attempt(s(1.2));
+        p.on_refused(s(1.2));
         p.on_attempt(s(1.2));
         p.on_opened(s(1.2));
         // 3 accepted from 0.1 to 1.2.
@@ -262,6 +283,19 @@ mod tests {
     }
 
     /// Refused while paced at a gap: the new gap is never shorter than that one.
+    /// The window ended between the last refused attempt and the accepted one: the
+    /// middle is taken, so the connect backoff's growing retry gaps do not stretch it.
+    #[test]
+    fn the_cycle_ends_between_the_last_refusal_and_the_accepted_open() {
+        let mut p = pacer();
+        p.on_opened(s(0.0));
+        p.on_opened(s(0.0));
+        p.on_refused(s(0.5));
+        p.on_refused(s(50.0));
+        p.on_opened(s(70.0));
+        assert_eq!(p.gap(), Some(s(30.0)), "(50 + 70) / 2 = 60 s for 2 opens");
+    }
+
     #[test]
     fn a_refusal_while_paced_never_shortens_the_gap() {
         let mut p = pacer();
@@ -283,7 +317,7 @@ mod tests {
         p.on_opened(s(0.0));
         p.on_opened(s(1000.0));
         p.on_opened(s(1001.0));
-        p.on_refused(s(1002.0));
+        p.on_refused(s(1010.0));
         p.on_opened(s(1010.0));
         assert_eq!(p.gap(), Some(s(5.0)), "two opens from 1000 to 1010");
     }
@@ -293,12 +327,15 @@ mod tests {
         let mut p = pacer();
         p.on_opened(s(0.0));
         p.on_refused(s(1.0));
+        p.on_refused(s(10.0));
         p.on_opened(s(10.0));
         assert_eq!(p.gap(), Some(s(10.0)));
         p.on_opened(s(700.0));
         assert_eq!(p.gap(), Some(s(9.0)), "one step after probe_interval");
-        for i in 0..200 {
-            p.on_opened(s(701.0 + f64::from(i)));
+        p.on_opened(s(701.0));
+        assert_eq!(p.gap(), Some(s(9.0)), "one step per window (10 s here)");
+        for i in 0..400 {
+            p.on_opened(s(711.0 + 10.0 * f64::from(i)));
         }
         assert_eq!(p.gap(), None, "a lifted limit ends pacing");
     }

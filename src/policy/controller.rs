@@ -1275,17 +1275,22 @@ mod tests {
         let s = c.stats();
         assert_eq!((s.concurrency_limit, s.concurrency_ceiling), (3, None));
         assert_eq!(s.open_rate_refusals, 1);
-        // The window ends at t = 30: an open is accepted, 3 per 30 s learned.
+        // Refused once more just before the window ends at t = 30; then an open is
+        // accepted: 3 per 30 s learned.
         clock.advance(Duration::from_secs(29));
+        c.on_reply(Phase::Greeting, &refused(), ctx(2, 2));
+        clock.advance(Duration::from_secs(1));
         assert_eq!(c.begin_connect(), Ok(()));
         c.on_reply(Phase::Greeting, &Verdict::Accept, ctx(2, 2));
-        assert_eq!(c.stats().open_gap, Some(Duration::from_secs(10)));
-        assert_eq!(c.connect_wait(), Some(Duration::from_secs(10)));
+        // The window ended between the refusal at 30 and the open at 31: 30.5 s / 3.
+        let gap = Duration::from_secs_f64(30.5 / 3.0);
+        assert_eq!(c.stats().open_gap, Some(gap));
+        assert_eq!(c.connect_wait(), Some(gap));
         assert_eq!(
             c.idle_keepalive(Duration::from_secs(60)),
             c.params().paced_keepalive
         );
-        clock.advance(Duration::from_secs(10));
+        clock.advance(gap);
         assert_eq!(c.begin_connect(), Ok(()));
         assert!(c.begin_connect().is_err(), "one open per gap");
     }

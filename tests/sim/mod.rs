@@ -458,8 +458,8 @@ pub fn run(sc: &Scenario) -> Outcome {
             if working(&conns) == 0 && connecting > 0 {
                 break;
             }
-            // Like the pool: take the right to open (the learned gap between opens of a
-            // connection-rate limit and the connect backoff), counted at once.
+            // Takes the right to open (the connect backoff and the learned gap between
+            // opens) and counts the attempt.
             if let Err(w) = ctl.begin_connect() {
                 wake = Some(wake.map_or(now + w, |x: Duration| x.min(now + w)));
                 break;
