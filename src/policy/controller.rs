@@ -572,6 +572,24 @@ impl<C: Clock> Controller<C> {
         }
     }
 
+    /// The provider's own "come back in" with a rate or recipient-rate throttle (the
+    /// reply's retry hint): the learner's next probe waits at least that long. Feed the
+    /// reply through [`Controller::on_reply`] first. Other kinds ignore it (a refused
+    /// connection already waits for the upstream-wide connect backoff).
+    pub fn on_throttle_hint(&self, kind: ThrottleKind, wait: Duration) {
+        let now = self.clock.now();
+        let mut st = self.lock();
+        match kind {
+            ThrottleKind::Rate => {
+                st.rate.on_hint(now, wait);
+            }
+            ThrottleKind::Recipients => {
+                st.rcpt.on_hint(now, wait);
+            }
+            ThrottleKind::Connections => {}
+        }
+    }
+
     /// Takes the right to open one new connection now, or says how long to wait: what
     /// [`Controller::connect_wait`] says, and when it says "now", the attempt is counted
     /// at once (the gap to the next one starts here), so callers that ask together do
@@ -994,6 +1012,32 @@ mod tests {
     /// Today's bug (issue 10): against a fixed window the rate halved and then crawled
     /// at about a message a minute. The rate after a throttle is what the provider
     /// accepted over its window, just below it, not half of the pace before.
+    #[test]
+    fn a_throttles_come_back_hint_holds_the_next_probe() {
+        let (c, clock) = ctl(ControllerParams {
+            rate_per_second: Some(f64::INFINITY),
+            seed: Some(1),
+            ..ControllerParams::default()
+        });
+        for _ in 0..10 {
+            assert!(c.admit().is_ok());
+            c.on_reply(Phase::DataEnd, &Verdict::Accept, ctx(1, 1));
+            clock.advance(Duration::from_millis(100));
+        }
+        let slow = Verdict::Throttle(ThrottleKind::Rate);
+        c.on_reply(Phase::Mail, &slow, ctx(1, 1));
+        // Without a hint the first probe would go within a second or so.
+        c.on_throttle_hint(ThrottleKind::Rate, Duration::from_secs(45));
+        match c.admit() {
+            Err(Wait::Rate(w)) => assert_eq!(w, Duration::from_secs(45)),
+            other => panic!("{other:?}"),
+        }
+        clock.advance(Duration::from_secs(45));
+        assert!(c.admit().is_ok(), "the probe goes when the provider said");
+        // A hint for connections changes nothing here.
+        c.on_throttle_hint(ThrottleKind::Connections, Duration::from_secs(999));
+    }
+
     #[test]
     fn a_rate_throttle_paces_just_below_what_the_window_accepted() {
         let (c, clock) = ctl(ControllerParams {

@@ -455,6 +455,28 @@ impl RateState {
         self.probing = false;
     }
 
+    /// The provider said when to come back with its throttle ("try again in 60 seconds"):
+    /// the next probe of the block waits at least that long (capped like any gap). Call
+    /// it after [`RateState::on_throttle`] for the same reply. Returns true if the next
+    /// probe moved.
+    pub fn on_hint(&mut self, now: Duration, wait: Duration) -> bool {
+        match &mut self.stage {
+            Stage::Blocked {
+                next_probe,
+                probe_sent: None,
+                ..
+            } => {
+                let at = now.saturating_add(wait.min(MAX_GAP));
+                if at > *next_probe {
+                    *next_probe = at;
+                    return true;
+                }
+                false
+            }
+            _ => false,
+        }
+    }
+
     /// A rate throttle at `now`. Returns true if admission changed (a block began).
     pub fn on_throttle(&mut self, now: Duration) -> bool {
         match &mut self.stage {

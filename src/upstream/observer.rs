@@ -175,6 +175,13 @@ impl Observer for PolicyObserver {
         }
         self.controller
             .on_reply(phase, &verdict, self.ctx(verdict != Verdict::Accept));
+        // A rate throttle that says when to come back: the learner's next probe waits
+        // that long (the reply's hint, as for a deferral).
+        if let Verdict::Throttle(kind) = verdict {
+            if let Some(wait) = crate::policy::classify::reply_hint(reply) {
+                self.controller.on_throttle_hint(kind, wait);
+            }
+        }
         if let (Some(list), Some(rcpt)) = (&self.suppression, rcpt) {
             let res = match verdict {
                 Verdict::Suppress => list.hard(rcpt, reply, now_secs()).map(|_| true),
