@@ -90,9 +90,16 @@ fn run_prints_the_dashboard_and_sighup_and_reload_reread_the_config() {
     let dir = tempfile::tempdir().unwrap();
     let (mut proc, file, smtp, http) = run_in(dir.path());
     let listen = format!("127.0.0.1:{http}");
+    // The line is printed just after the port is bound: wait for it (bounded), the port
+    // may answer a moment before the line is written.
+    let line = format!("dashboard http://127.0.0.1:{http}/");
+    let deadline = Instant::now() + STARTUP;
+    while !proc.output().contains(&line) && Instant::now() < deadline {
+        sleep(Duration::from_millis(50));
+    }
     let out = proc.output();
     assert!(
-        out.contains(&format!("dashboard http://127.0.0.1:{http}/")),
+        out.contains(&line),
         "run prints the dashboard's address: {out}"
     );
     assert!(get(http, "/metrics").contains("mailvalve_build_info"));

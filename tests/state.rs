@@ -189,8 +189,8 @@ fn learned_state_survives_kill_9_and_an_auth_pause_only_with_the_same_credential
     assert!(!log.contains(PASSWORD_RIGHT) && !log.contains(PASSWORD_WRONG));
 }
 
-/// In process, passthrough: a rate learned from the provider's "450 4.7.1 too much
-/// mail" is in the state file at `<queue.dir>/quota.json` after a stop, and the next
+/// In process, passthrough: a rate learned from a provider's "450 4.7.1 too much
+/// mail" (fed to the controller) is in the state file at `<queue.dir>/quota.json` after a stop, and the next
 /// start begins at that rate instead of unlimited; `queue status`'s text says what was
 /// learned and how long ago.
 #[test]
@@ -235,21 +235,30 @@ fn a_learned_rate_is_restored_in_passthrough_too() {
     let relay = start(cfg.clone());
     let controller = relay.handle().policy().controller.clone();
     assert_eq!(controller.rate(), None, "local: no rate known at first");
-    let port = relay.local_addr().port();
-    let deadline = Instant::now() + WAIT;
-    while controller.rate().is_none() {
-        assert!(Instant::now() < deadline, "no rate learned");
-        let mut c = Client::session(port).unwrap();
-        let r = c
-            .send(
-                "news@example.org",
-                "reader@example.net",
-                "Subject: x\r\n\r\nx\r\n",
-            )
-            .unwrap();
-        assert_eq!(r.0, 450, "{r:?}");
-        let _ = c.cmd("QUIT");
+    // The learning itself is the controller's (tests/simulation.rs, the interop tests);
+    // here it is fed the replies of a provider that took 20 messages and then said
+    // "450 4.7.1 too much mail" until a probe was accepted again.
+    {
+        use mailvalve::policy::controller::FeedbackCtx;
+        use mailvalve::policy::verdict::{Phase, ThrottleKind, Verdict};
+        let ctx = FeedbackCtx {
+            in_flight_connections: 1,
+            working_connections: 1,
+        };
+        for _ in 0..20 {
+            assert!(controller.admit().is_ok());
+            controller.on_reply(Phase::DataEnd, &Verdict::Accept, ctx);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        controller.on_reply(Phase::Mail, &Verdict::Throttle(ThrottleKind::Rate), ctx);
+        let deadline = Instant::now() + WAIT;
+        while controller.admit().is_err() {
+            assert!(Instant::now() < deadline, "no probe admitted");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        controller.on_reply(Phase::DataEnd, &Verdict::Accept, ctx);
     }
+    assert!(controller.rate().is_some(), "a rate was learned");
     let learned = controller.rate().unwrap();
     rt.block_on(async { tokio::time::timeout(WAIT, relay.stop()).await })
         .unwrap()
