@@ -12,14 +12,13 @@ use super::support::postfix::anvil;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-/// Long-run delivery rate at least this share of the provider's nominal `limit /
-/// anvil_rate_time_unit`. The issue asks ≥ 90% in simulated time; against real anvil
-/// 10 points go to two things a client cannot do anything about: anvil's unit is
-/// effectively up to a second longer than configured (it keeps integer-second
-/// timestamps and resets only when `start + unit < now`, i.e. a 10 s unit lasts 10–11 s:
-/// the real ceiling is 91–100% of nominal), and the events are seen by polling the log
-/// (±0.1 s) on a machine whose 2 cores run several test binaries.
-pub const MIN_SHARE_OF_LIMIT: f64 = 0.80;
+/// Long-run delivery rate at least this share of what the provider lets through
+/// (`Scenario::limit_per_second`: anvil's limit per its effective window, one second
+/// longer than configured). The issue asks ≥ 90% in simulated time; 5 points go to what
+/// a real provider on this machine adds: events are seen by polling the log (±0.1 s),
+/// the unit's start depends on when anvil saw the client's first event (whole seconds),
+/// and the 2 cores run Postfix, mailvalve and other test binaries at once.
+pub const MIN_SHARE_OF_LIMIT: f64 = 0.85;
 
 /// Refusals at most this share of the delivered units, plus [`REFUSALS_PER_WINDOW`]
 /// per elapsed window. The issue asks ≤ 2% in simulation. A fixed-window limiter's
@@ -168,7 +167,8 @@ pub fn table(outcomes: &[Outcome]) -> String {
     let mut s = String::from(
         "units = recipients to deliver; submit = time the mailer needed (queue mode); \
          elapsed = until the provider delivered the last one (+: gave up); at limit = \
-         units at exactly the provider's limit; long-run = delivered per second after the \
+         units at exactly the provider's limit (per anvil's effective window, W + 1 s); % limit = \
+         long-run / that limit; long-run = delivered per second after the \
          first window; refusals = anvil's 4xx (MAIL, RCPT, greetings); conn refd = refused \
          connection attempts; errs = sessions Postfix closed for too many errors\n",
     );
