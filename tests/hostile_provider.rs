@@ -25,6 +25,8 @@ mod support;
 
 #[path = "hostile_provider/broken_replies.rs"]
 mod broken_replies;
+#[path = "hostile_provider/connections.rs"]
+mod connections;
 #[path = "hostile_provider/out_of_place.rs"]
 mod out_of_place;
 #[path = "hostile_provider/per_message.rs"]

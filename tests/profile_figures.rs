@@ -4,6 +4,8 @@
 //! `upstream.max_messages_per_connection`) and `max_message_size` (the smallest of
 //! mailvalve's own, the profile's and the provider's EHLO `SIZE`, advertised and
 //! enforced with `552 5.3.4` at MAIL and at the end of DATA).
+//! Quotas in the provider's unit (issue 10 point 4): `recipients_per_day` counts
+//! recipients, in queue mode across a restart and in passthrough.
 //! Over real loopback TCP against the scripted provider; every wait is bounded.
 
 mod support;
@@ -156,6 +158,36 @@ impl Session {
         self.reply().await.join("\n")
     }
 
+    /// One message from `a@example.org` to `rcpts`: every reply, the last being the one
+    /// to the end of DATA (or the first refusal of MAIL / all RCPTs / DATA).
+    async fn send_to(&mut self, rcpts: &[&str]) -> Vec<String> {
+        let mut out = vec![self.cmd("MAIL FROM:<a@example.org>").await];
+        if !out[0].starts_with("250") {
+            return out;
+        }
+        let mut any = false;
+        for r in rcpts {
+            let reply = self.cmd(&format!("RCPT TO:<{r}>")).await;
+            any |= reply.starts_with("250");
+            out.push(reply);
+        }
+        if !any {
+            out.push(self.cmd("RSET").await);
+            return out;
+        }
+        let r = self.cmd("DATA").await;
+        if !r.starts_with("354") {
+            out.push(r);
+            return out;
+        }
+        self.s
+            .write_all(b"Subject: quota\r\n\r\nhello\r\n.\r\n")
+            .await
+            .unwrap();
+        out.push(self.reply().await.join("\n"));
+        out
+    }
+
     /// The SIZE the EHLO reply advertises.
     async fn ehlo_size(&mut self) -> usize {
         let r = self.cmd("EHLO mailer.test").await;
@@ -262,5 +294,92 @@ async fn the_pool_closes_a_connection_after_the_profiles_messages_per_connection
     }
     assert_eq!(p.messages().len(), 5);
     assert_eq!(p.connections_total(), 3, "2 + 2 + 1 messages");
+    timeout(WAIT, relay.stop()).await.unwrap().unwrap();
+}
+
+/// Waits (bounded) until `cond` holds.
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// RCPT TO lines the provider received.
+fn rcpts_received(p: &Provider) -> usize {
+    p.lines()
+        .iter()
+        .filter(|l| l.to_ascii_uppercase().starts_with("RCPT TO:"))
+        .count()
+}
+
+/// Queue mode: a daily quota counted in recipients takes each message's recipients
+/// (3 + 2 spend a quota of 5), is saved in the ledger, and a restart does not hand the
+/// spent quota out again: a message to one more recipient stays queued.
+#[tokio::test]
+async fn a_daily_recipient_quota_counts_recipients_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Provider::builder().start().await;
+    let mut cfg = config(dir.path(), &p, "office365");
+    cfg.mode = Mode::Queue;
+    cfg.upstream.limits.recipients_per_day = Some(5);
+    cfg.upstream.admission_wait = Duration::from_millis(300);
+    let relay = start(cfg.clone()).await;
+    let mut s = Session::open(relay.local_addr()).await;
+    s.cmd("EHLO mailer.test").await;
+    let r = s
+        .send_to(&["r1@example.net", "r2@example.net", "r3@example.net"])
+        .await;
+    assert!(r.last().unwrap().starts_with("250"), "{r:?}");
+    let r = s.send_to(&["r4@example.net", "r5@example.net"]).await;
+    assert!(r.last().unwrap().starts_with("250"), "{r:?}");
+    eventually("five recipients delivered", || rcpts_received(&p) == 5).await;
+    timeout(WAIT, relay.stop()).await.unwrap().unwrap(); // saves the ledger
+    let ledger = std::fs::read_to_string(dir.path().join("spool/quota.json")).unwrap();
+    assert!(ledger.contains("\"recipients\""), "{ledger}");
+
+    let relay = start(cfg).await;
+    let mut s = Session::open(relay.local_addr()).await;
+    s.cmd("EHLO mailer.test").await;
+    let r = s.send_to(&["r6@example.net"]).await;
+    assert!(r.last().unwrap().starts_with("250"), "queued: {r:?}");
+    // Several admission waits pass: the recipient quota is spent, the message waits.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        p.messages().len(),
+        2,
+        "a restart must not hand out the spent quota"
+    );
+    assert_eq!(rcpts_received(&p), 5);
+    let spool = relay.handle().spool().unwrap().clone();
+    assert_eq!(spool.len(), 1, "the sixth recipient stays queued");
+    timeout(WAIT, relay.stop()).await.unwrap().unwrap();
+}
+
+/// Passthrough: the lease takes the recipients pipelined with MAIL (none here: the
+/// mailer waits for each reply), each later RCPT its own; a recipient the quota has no
+/// room for gets 451 4.7.0 and never reaches the provider.
+#[tokio::test]
+async fn passthrough_recipients_count_against_the_recipient_quota() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Provider::builder().start().await;
+    let mut cfg = config(dir.path(), &p, "office365");
+    cfg.upstream.limits.recipients_per_day = Some(3);
+    cfg.upstream.admission_wait = Duration::from_millis(300);
+    let relay = start(cfg).await;
+    let mut s = Session::open(relay.local_addr()).await;
+    s.cmd("EHLO mailer.test").await;
+    let r = s.send_to(&["r1@example.net", "r2@example.net"]).await;
+    assert!(r.last().unwrap().starts_with("250"), "{r:?}");
+    let r = s.send_to(&["r3@example.net", "r4@example.net"]).await;
+    assert!(r[1].starts_with("250"), "the third fits: {r:?}");
+    assert!(r[2].starts_with("451 4.7.0"), "the fourth does not: {r:?}");
+    assert!(r.last().unwrap().starts_with("250"), "{r:?}");
+    assert_eq!(rcpts_received(&p), 3);
+    // The quota is spent: the next transaction cannot even be admitted.
+    let r = s.send_to(&["r5@example.net"]).await;
+    assert!(r[0].starts_with("451"), "{r:?}");
+    assert_eq!(rcpts_received(&p), 3);
     timeout(WAIT, relay.stop()).await.unwrap().unwrap();
 }

@@ -92,6 +92,12 @@ fn render(loaded: &Loaded) -> CheckOutput {
         c.upstream.port,
         tls_name(c)
     ));
+    if let Some(Ok(p)) = config::profile::builtin(&c.upstream.profile) {
+        stdout.push_str(&format!(
+            "# limits: {}\n",
+            crate::relay::limits::describe(c, &p)
+        ));
+    }
     stdout.push_str(&super::oauth::check_report(loaded));
     stdout.push_str("# effective settings follow; passwords are shown as \"***\"\n\n");
     stdout.push_str(&settings);
@@ -160,6 +166,10 @@ mod tests {
         assert!(!text.contains(USER_PASSWORD), "{text}");
         assert!(text.contains("password = \"***\""), "{text}");
         assert!(text.contains("# provider profile: gmail"), "{text}");
+        assert!(
+            text.contains("# limits: rate starts at 20/min, learned upward"),
+            "{text}"
+        );
         assert!(text.contains("MAILVALVE__UPSTREAM__PORT"), "{text}");
         assert!(text.contains("port = 465"), "{text}");
         assert!(text.contains(&path.display().to_string()), "{text}");

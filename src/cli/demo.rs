@@ -5,22 +5,39 @@
 //! It must never run the demo anywhere but loopback (the engine's promise) and never
 //! exit the process: [`main`] returns the error.
 
+use crate::config::Mode;
 use crate::demo::{run_demo_watched, DemoOptions, DemoReport, Progress, Watch};
 use anyhow::Context;
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// Which show `mailvalve demo` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DemoMode {
+    /// Store-and-forward, as `mailvalve run` does by default: the mailer hands the whole
+    /// campaign over in seconds, mailvalve paces it out to a provider that counts in
+    /// fixed windows.
+    Queue,
+    /// Every transaction relayed live: mailvalve slows the mailer's threads down.
+    Passthrough,
+}
+
 /// `mailvalve demo` options.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoArgs {
-    /// Messages in the campaign (one reader each).
-    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
-    pub messages: u64,
+    /// queue (the default mode of `mailvalve run`) or passthrough.
+    #[arg(long, value_enum, default_value_t = DemoMode::Queue)]
+    pub mode: DemoMode,
+    /// Messages in the campaign (one reader each). Default: 1000 in queue mode, 2000 in
+    /// passthrough.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub messages: Option<u64>,
     /// Stop the campaign after this many seconds even if it is not finished (the
-    /// suppression check and shutdown take a few seconds more).
-    #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u64).range(5..=3600))]
-    pub seconds_max: u64,
+    /// suppression check and shutdown take a few seconds more). Default: 120 in queue
+    /// mode, 90 in passthrough.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(5..=3600))]
+    pub seconds_max: Option<u64>,
 }
 
 /// How the live status line is shown.
@@ -54,8 +71,11 @@ fn per_minute(rate: Option<f64>) -> String {
 
 /// The live status line.
 fn line(p: &Progress) -> String {
+    let queued = p
+        .queued
+        .map_or_else(String::new, |q| format!("  queued {q}"));
     format!(
-        "[{:5.1}s] sent {}/{}  deferred {}  suppressed {}  connections {}/{}  rate {}  pauses {}  refused {}",
+        "[{:5.1}s] sent {}/{}{queued}  deferred {}  suppressed {}  connections {}/{}  rate {}  pauses {}  refused {}",
         p.elapsed.as_secs_f64(),
         p.delivered,
         p.messages,
@@ -121,17 +141,41 @@ pub fn summary(r: &DemoReport) -> String {
         r.elapsed.as_secs_f64()
     ));
     out.push_str(&format!(
-        "  provider (simulated)  {} connections at once, {}/min, {} unknown recipients, greylisting\n",
+        "  provider (simulated)  {} connections at once, {}, {} unknown recipients, greylisting\n",
         o.provider_connections,
-        o.provider_rate_per_minute,
+        provider_limit(o),
         r.unknown
     ));
-    out.push_str(&format!(
-        "  campaign              {} messages from {} sender threads, in {:.1} s\n",
-        c.messages,
-        o.senders,
-        c.elapsed.as_secs_f64()
-    ));
+    match o.mode {
+        Mode::Queue => {
+            out.push_str(&format!(
+                "  campaign              {} messages from {} sender threads, handed over to mailvalve's queue in {:.1} s\n",
+                c.messages,
+                o.senders,
+                c.elapsed.as_secs_f64()
+            ));
+            out.push_str(&format!(
+                "  queue                 {}\n",
+                r.drained.map_or_else(
+                    || format!(
+                        "{} messages still queued when the demo stopped after {:.1} s",
+                        r.left_in_queue,
+                        r.delivering.as_secs_f64()
+                    ),
+                    |d| format!(
+                        "empty after {:.1} s: every message delivered or failed",
+                        d.as_secs_f64()
+                    )
+                )
+            ));
+        }
+        Mode::Passthrough => out.push_str(&format!(
+            "  campaign              {} messages from {} sender threads, in {:.1} s\n",
+            c.messages,
+            o.senders,
+            c.elapsed.as_secs_f64()
+        )),
+    }
     out.push_str(&format!(
         "  delivered             {} of {} valid addresses exactly once ({} twice or more, {} missing)\n",
         r.delivered_once, r.valid, r.delivered_twice_or_more, r.missing
@@ -152,7 +196,11 @@ pub fn summary(r: &DemoReport) -> String {
     ));
     out.push_str(&format!(
         "  failed (5xx)          {} unknown recipients; suppression list now holds {}\n",
-        c.failed, r.suppressed
+        match o.mode {
+            Mode::Queue => r.provider.unknown_rcpts,
+            Mode::Passthrough => c.failed,
+        },
+        r.suppressed
     ));
     out.push_str(&format!(
         "  second campaign       {} messages to the unknown addresses: {} answered by mailvalve, {} reached the provider\n",
@@ -175,10 +223,100 @@ pub fn summary(r: &DemoReport) -> String {
         s.rate_decreases,
         s.pauses
     ));
+    out.push_str(&format!("  learned               {}\n", learned(r)));
     out.push('\n');
-    out.push_str(&explain(r));
+    out.push_str(&match o.mode {
+        Mode::Queue => explain_queue(r),
+        Mode::Passthrough => explain(r),
+    });
     out.push('\n');
     out
+}
+
+/// The provider's message limit, in words.
+fn provider_limit(o: &DemoOptions) -> String {
+    match o.provider_window {
+        Some(w) => {
+            let per = (f64::from(o.provider_rate_per_minute) * w.as_secs_f64() / 60.0).floor();
+            format!(
+                "{per:.0} messages per {} s window ({}/min, counted like Postfix's anvil)",
+                w.as_secs(),
+                o.provider_rate_per_minute
+            )
+        }
+        None => format!("{}/min", o.provider_rate_per_minute),
+    }
+}
+
+/// What mailvalve learned, as it would save it for a restart.
+pub fn learned(r: &DemoReport) -> String {
+    let l = &r.learned;
+    let rate = l.rate.as_ref();
+    let mut parts = vec![format!(
+        "rate {} (ceiling {})",
+        per_minute(rate.and_then(|m| m.rate)),
+        rate.and_then(|m| m.ceiling)
+            .map_or_else(|| "none".to_string(), |c| per_minute(Some(c)))
+    )];
+    parts.push(match rate.and_then(|m| m.window_ms) {
+        Some(ms) => format!("provider's window {:.1} s", ms as f64 / 1000.0),
+        None => "provider's window not inferred".to_string(),
+    });
+    if let Some(c) = &l.connections {
+        parts.push(format!(
+            "connections {} (ceiling {})",
+            c.limit,
+            c.ceiling
+                .map_or_else(|| "none".to_string(), |c| c.to_string())
+        ));
+        if let Some(ms) = c.open_interval_ms {
+            parts.push(format!(
+                "a new connection at most every {:.1} s",
+                ms as f64 / 1000.0
+            ));
+        }
+    }
+    parts.join(", ")
+}
+
+/// Queue mode's paragraph: what happened, in words.
+fn explain_queue(r: &DemoReport) -> String {
+    let o = &r.options;
+    let c = &r.campaign;
+    let s = &r.controller;
+    let mut p = format!(
+        "What happened: the mailer opened {} sessions to mailvalve and handed over all {} \
+         messages in {:.1} s: mailvalve answered each with 250 once it was safe in its \
+         queue on disk, so the mailer was done long before the provider had seen them. \
+         Then mailvalve paced the queue out to the provider. ",
+        o.senders,
+        c.messages,
+        c.elapsed.as_secs_f64()
+    );
+    if r.provider.rate_refusals > 0 {
+        p.push_str(&format!(
+            "The provider counts in fixed windows: it accepted a burst, then answered \
+             \"450 4.7.1 too much mail\" until its window was over ({} refusals in all). \
+             mailvalve took each one as a rate limit ({} rate decrease{}), kept the refused \
+             messages in the queue and retried them at its own pace, paced by the same limit. ",
+            r.provider.rate_refusals,
+            s.rate_decreases,
+            if s.rate_decreases == 1 { "" } else { "s" }
+        ));
+    }
+    p.push_str(&format!(
+        "The provider accepted {:.0} messages a minute of the {} it allows. What mailvalve \
+         learned — {} — is what it saves for a restart. The {} unknown addresses were \
+         rejected by the provider once each with 550 5.1.1 and went on the suppression \
+         list, so in the second campaign mailvalve answered {} of {} of them itself.",
+        r.achieved_per_minute(),
+        o.provider_rate_per_minute,
+        learned(r),
+        r.suppressed,
+        r.second.answered_locally,
+        r.second.messages
+    ));
+    wrap(&p, 88)
 }
 
 /// One paragraph: what happened, in words.
@@ -264,15 +402,30 @@ pub fn main(args: &DemoArgs) -> anyhow::Result<()> {
     // Quiet by default: the live line and the summary tell the story. RUST_LOG=info
     // shows every provider reply and every policy decision.
     super::logging::init_tracing("error");
-    let opts = DemoOptions {
-        messages: usize::try_from(args.messages).unwrap_or(usize::MAX),
-        max_time: Duration::from_secs(args.seconds_max),
-        ..DemoOptions::default()
+    let base = match args.mode {
+        DemoMode::Queue => DemoOptions::default(),
+        DemoMode::Passthrough => DemoOptions::passthrough(),
     };
+    let opts = DemoOptions {
+        messages: args
+            .messages
+            .map_or(base.messages, |n| usize::try_from(n).unwrap_or(usize::MAX)),
+        max_time: args.seconds_max.map_or(base.max_time, Duration::from_secs),
+        ..base
+    };
+    let seconds_max = opts.max_time.as_secs();
     eprintln!(
-        "mailvalve demo: a simulated provider ({} connections, {}/min, unknown recipients, \
-         greylisting) on 127.0.0.1, mailvalve in front of it, {} messages from {} sender threads.",
-        opts.provider_connections, opts.provider_rate_per_minute, opts.messages, opts.senders
+        "mailvalve demo ({} mode): a simulated provider ({} connections, {}, unknown \
+         recipients, greylisting) on 127.0.0.1, mailvalve in front of it, {} messages from \
+         {} sender threads.",
+        match opts.mode {
+            Mode::Queue => "queue",
+            Mode::Passthrough => "passthrough",
+        },
+        opts.provider_connections,
+        provider_limit(&opts),
+        opts.messages,
+        opts.senders
     );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -296,8 +449,8 @@ pub fn main(args: &DemoArgs) -> anyhow::Result<()> {
     if !report.completed() {
         anyhow::bail!(
             "the demo stopped after --seconds-max={} with {} messages unfinished",
-            args.seconds_max,
-            report.campaign.unfinished + report.second.unfinished
+            seconds_max,
+            report.campaign.unfinished + report.second.unfinished + report.left_in_queue
         );
     }
     Ok(())

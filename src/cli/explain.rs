@@ -127,6 +127,12 @@ pub fn verdict_words(v: &Verdict, lang: Lang) -> String {
         }
         (Verdict::Throttle(ThrottleKind::Rate), false) => "too fast: send slower".to_owned(),
         (Verdict::Throttle(ThrottleKind::Rate), true) => "zu schnell: langsamer senden".to_owned(),
+        (Verdict::Throttle(ThrottleKind::Recipients), false) => {
+            "too many recipients per time: send fewer recipients per minute".to_owned()
+        }
+        (Verdict::Throttle(ThrottleKind::Recipients), true) => {
+            "zu viele Empfänger pro Zeit: weniger Empfänger pro Minute senden".to_owned()
+        }
         (Verdict::Defer { hint: None }, false) => "temporary: try again later".to_owned(),
         (Verdict::Defer { hint: None }, true) => {
             "vorübergehend: später erneut versuchen".to_owned()
@@ -200,9 +206,14 @@ pub fn action(
             "Too many connections: mailvalve drops its connection limit at once to the connections that were working (at least 1), remembers that as a ceiling, and tries one more only after probe_interval (default 10 minutes). The message is retried; this does not count as a delivery attempt. In passthrough mode the mailer gets a 4xx and retries itself."
         }.into(),
         Verdict::Throttle(ThrottleKind::Rate) => if de {
-            "Zu schnell: mailvalve halbiert seine Senderate (nicht unter die Untergrenze) und steigert sie danach um 10 % je Zeitfenster ohne Drosselung, bis knapp unter die gelernte Obergrenze. Die Nachricht wird erneut versucht; das zählt nicht als Zustellversuch."
+            "Zu schnell: mailvalve sendet nur noch einzelne Proben in wachsenden Abständen, bis der Provider wieder annimmt. Dann misst es, wie viel der Provider in seinem letzten Zeitfenster angenommen hat, sendet gleichmäßig knapp darunter und probiert erst nach probe_interval (Standard 10 Minuten) vorsichtig mehr. Die Nachricht wird erneut versucht; das zählt nicht als Zustellversuch."
         } else {
-            "Too fast: mailvalve halves its sending rate (not below the floor), then raises it by 10% per window without throttling, to just below the learned ceiling. The message is retried; this does not count as a delivery attempt."
+            "Too fast: mailvalve sends only single probes at growing gaps until the provider accepts again. It then measures what the provider accepted over its last window, paces evenly just below that, and tries more only cautiously after probe_interval (default 10 minutes). The message is retried; this does not count as a delivery attempt."
+        }.into(),
+        Verdict::Throttle(ThrottleKind::Recipients) => if de {
+            "Zu viele Empfänger pro Zeit: mailvalve lernt die Empfängerrate des Providers wie eine Nachrichtenrate (einzelne Proben, dann gleichmäßig knapp unter der angenommenen Menge) und zählt dabei Empfänger, nicht Nachrichten. Die Nachricht wird erneut versucht; das zählt nicht als Zustellversuch."
+        } else {
+            "Too many recipients per time: mailvalve learns the provider's recipient rate as it learns a message rate (single probes, then evenly just below what was accepted), counting recipients, not messages. The message is retried; this does not count as a delivery attempt."
         }.into(),
         Verdict::Defer { .. } if crate::queue::schedule::next_transaction_at_once(phase, reply) => if de {
             "Der Provider nimmt in dieser Transaktion keine weiteren Empfänger an. Die übrigen Empfänger gehen sofort in der nächsten Transaktion hinaus, wie RFC 5321 es vorsieht: ohne Wartezeit, ohne Zustellversuch zu verbrauchen. Im Passthrough-Modus bekommt das Mailprogramm diese Antwort und sendet die übrigen Empfänger selbst in einer weiteren Transaktion."

@@ -292,8 +292,9 @@ mod tests {
         assert!(matches!(
             cli.command,
             Command::Demo(demo::DemoArgs {
-                messages: 2000,
-                seconds_max: 90
+                mode: demo::DemoMode::Queue,
+                messages: None,
+                seconds_max: None
             })
         ));
         let cli = Cli::try_parse_from([
@@ -303,15 +304,19 @@ mod tests {
             "300",
             "--seconds-max",
             "30",
+            "--mode",
+            "passthrough",
         ])
         .unwrap();
         assert!(matches!(
             cli.command,
             Command::Demo(demo::DemoArgs {
-                messages: 300,
-                seconds_max: 30
+                mode: demo::DemoMode::Passthrough,
+                messages: Some(300),
+                seconds_max: Some(30)
             })
         ));
+        assert!(Cli::try_parse_from(["mailvalve", "demo", "--mode", "live"]).is_err());
         assert!(Cli::try_parse_from(["mailvalve", "demo", "--messages", "0"]).is_err());
     }
 

@@ -74,6 +74,12 @@ pub fn german(en: &str) -> Option<&'static str> {
         "the recipient receives mail too fast: retry later" => {
             "der Empfänger bekommt zu schnell Mail: später erneut versuchen"
         }
+        "4.7.x too many recipients: a recipient rate limit (Postfix smtpd_client_recipient_rate_limit)" => {
+            "4.7.x zu viele Empfänger: eine Grenze für Empfänger pro Zeit (Postfix smtpd_client_recipient_rate_limit)"
+        }
+        "too many recipients from this client: a recipient rate limit" => {
+            "zu viele Empfänger von diesem Absender-Rechner: eine Grenze für Empfänger pro Zeit"
+        }
         "x.5.3 too many recipients: send the rest in another transaction" => {
             "x.5.3 zu viele Empfänger: die übrigen sofort in einer weiteren Transaktion senden"
         }

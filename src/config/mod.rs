@@ -101,6 +101,7 @@ mod shipped_file_tests {
             per_minute: Some(1),
             per_hour: Some(1),
             per_day: Some(1),
+            recipients_per_day: Some(1),
         };
         c
     }

@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-use super::limits::Limits;
+use super::limits::{LimitKey, Limits};
 use super::schema::TlsMode;
 use crate::policy::rules::RuleSpec;
 
@@ -62,6 +62,14 @@ pub struct Profile {
     pub tls: Option<TlsMode>,
     #[serde(default)]
     pub limits: Limits,
+    /// `[limit_sources]`: which `[limits]` figures are published.
+    ///
+    /// The `[limits]` keys whose figure is not the provider's published one (a cautious
+    /// guess): a starting point that probing may raise (unless
+    /// `upstream.learn_above_profile = false`). Every other figure is published and a
+    /// hard cap. A test checks this list against each line's source comment.
+    #[serde(default)]
+    pub limit_sources: LimitSources,
     /// Provider-specific reply rules, tried before the built-in defaults; the same
     /// schema as the user's `[[rules]]` (`hint` for defer, `until` for pause-*).
     #[serde(default)]
@@ -70,6 +78,11 @@ pub struct Profile {
     /// here what it leaves out).
     #[serde(default)]
     pub oauth2: Option<super::oauth::ProfileOAuth2>,
+    /// Nothing is paced before the server objects: with no rate figure, the rate starts
+    /// unlimited instead of cautiously (a server the user runs, `local`). Replies are
+    /// still obeyed and learned from.
+    #[serde(default)]
+    pub unpaced_start: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +90,22 @@ pub struct Profile {
 pub struct ProfileError {
     name: String,
     source: toml::de::Error,
+}
+
+/// `[limit_sources]` of a profile (right after its `[limits]`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitSources {
+    /// The `[limits]` keys whose figure is a guess (`# unverified` in its comment).
+    pub unverified: Vec<LimitKey>,
+}
+
+impl Profile {
+    /// Whether the profile's figure for `key` is the provider's published one (a hard
+    /// cap), not a guess marked `unverified`.
+    pub fn is_published(&self, key: LimitKey) -> bool {
+        self.limits.is_set(key) && !self.limit_sources.unverified.contains(&key)
+    }
 }
 
 /// Names of all built-in profiles, in display order.
@@ -144,6 +173,59 @@ mod tests {
         }
     }
 
+    /// `[limit_sources] unverified` is the data the comments state: a key whose comment
+    /// says "unverified" is listed, a key with a published source is not, and nothing
+    /// is listed that the profile does not set.
+    #[test]
+    fn unverified_list_matches_the_source_comments() {
+        for (name, text) in BUILTIN {
+            let p = parse(name, text).unwrap();
+            let mut in_limits = false;
+            let mut said = std::collections::BTreeSet::new();
+            for line in text.lines() {
+                let line = line.trim();
+                if line.starts_with('[') {
+                    in_limits = line == "[limits]";
+                    continue;
+                }
+                let Some((key, rest)) = line.split_once('=') else {
+                    continue;
+                };
+                if !in_limits || key.trim_start().starts_with('#') {
+                    continue;
+                }
+                let key: LimitKey = toml::Value::String(key.trim().to_string())
+                    .try_into()
+                    .unwrap_or_else(|e| panic!("{name}: {line}: {e}"));
+                let comment = rest.split_once('#').map(|x| x.1).unwrap_or("");
+                assert_eq!(
+                    comment.contains("unverified"),
+                    p.limit_sources.unverified.contains(&key),
+                    "{name}: {} marked {}, comment: {comment}",
+                    key.name(),
+                    if p.is_published(key) {
+                        "published"
+                    } else {
+                        "unverified"
+                    },
+                );
+                said.insert(key);
+            }
+            for k in &p.limit_sources.unverified {
+                assert!(said.contains(k), "{name}: {} listed but not set", k.name());
+            }
+        }
+    }
+
+    #[test]
+    fn an_unknown_key_in_the_unverified_list_is_an_error_naming_it() {
+        let e = toml::from_str::<Profile>(
+            "name = \"x\"\ndescription = \"x\"\n[limit_sources]\nunverified = [\"messages_per_week\"]\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("messages_per_week"), "{e}");
+    }
+
     #[test]
     fn known_figures() {
         let o = builtin("office365").unwrap().unwrap();
@@ -153,9 +235,13 @@ mod tests {
         assert_eq!(g.limits.messages_per_day, Some(2000));
         let s = builtin("amazon-ses").unwrap().unwrap();
         assert_eq!(
-            (s.limits.messages_per_second, s.limits.messages_per_day),
-            (Some(1), Some(200))
+            (s.limits.messages_per_second, s.limits.recipients_per_day),
+            (Some(1), Some(200)),
+            "SES's sending quota counts recipients"
         );
+        assert!(s.is_published(LimitKey::MessagesPerSecond));
+        assert!(!s.is_published(LimitKey::MaxConnections));
+        assert!(o.is_published(LimitKey::RecipientsPerDay));
         assert!(builtin("nope").is_none());
     }
 

@@ -258,8 +258,15 @@ pub struct UpstreamConfig {
     pub reachability_interval: Duration,
     pub rate: RateConfig,
     pub timeouts: UpstreamTimeouts,
-    /// Overrides of the provider profile's limits, key by key.
+    /// Overrides of the provider profile's limits, key by key (each one you set is a
+    /// hard cap).
     pub limits: super::limits::Limits,
+    /// `true` (default): a profile figure marked unverified (a guess: every figure of
+    /// `generic` and `local`) for messages per second / minute or connections is where
+    /// mailvalve starts, and probing may go above it (never above
+    /// `upstream.max_connections`, `[upstream.rate]`, `[upstream.limits]` or a published
+    /// figure). `false`: every profile figure is a hard cap.
+    pub learn_above_profile: bool,
     /// Sign in with OAuth2 (XOAUTH2 / OAUTHBEARER) instead of a password.
     pub oauth2: Option<super::oauth::OAuth2Config>,
 }
@@ -284,6 +291,7 @@ impl Default for UpstreamConfig {
             rate: RateConfig::default(),
             timeouts: UpstreamTimeouts::default(),
             limits: super::limits::Limits::default(),
+            learn_above_profile: true,
             oauth2: None,
         }
     }
@@ -297,6 +305,9 @@ pub struct RateConfig {
     pub per_minute: Option<u32>,
     pub per_hour: Option<u32>,
     pub per_day: Option<u32>,
+    /// A daily quota counted in recipients (a message to 3 recipients takes 3), as
+    /// Amazon SES and Microsoft 365 count theirs.
+    pub recipients_per_day: Option<u32>,
 }
 
 /// RFC 5321 4.5.3.2 client timeouts, plus connect.

@@ -11,6 +11,7 @@
 //! and their PEM sections decoded, nothing is connected to and no certificate is
 //! verified here.
 
+use super::limits::LimitKey;
 use super::profile;
 use super::schema::{Config, TlsMode};
 use crate::policy::classify::Classifier;
@@ -286,6 +287,32 @@ pub fn warnings(config: &Config) -> Vec<ValidationError> {
         _ => {}
     }
     if let Some(Ok(prof)) = profile::builtin(&config.upstream.profile) {
+        if !up.learn_above_profile && !prof.limit_sources.unverified.is_empty() {
+            let guesses: Vec<&str> = prof
+                .limit_sources
+                .unverified
+                .iter()
+                .filter(|k| {
+                    matches!(
+                        k,
+                        LimitKey::MaxConnections
+                            | LimitKey::MessagesPerSecond
+                            | LimitKey::MessagesPerMinute
+                    ) && !up.limits.is_set(**k)
+                })
+                .map(|k| k.name())
+                .collect();
+            if !guesses.is_empty() {
+                p.push(
+                    "upstream.learn_above_profile",
+                    format!(
+                        "is false: the guesses of profile {} ({}) are hard caps, and                          mailvalve never learns whether the provider allows more; set the                          provider's real figures in [upstream.limits] or leave this true",
+                        prof.name,
+                        guesses.join(", ")
+                    ),
+                );
+            }
+        }
         let known: Vec<&str> = prof
             .host
             .iter()
@@ -457,6 +484,7 @@ fn upstream(config: &Config, p: &mut Problems) {
         ("per_minute", u.rate.per_minute),
         ("per_hour", u.rate.per_hour),
         ("per_day", u.rate.per_day),
+        ("recipients_per_day", u.rate.recipients_per_day),
     ] {
         if value == Some(0) {
             p.push(

@@ -1,8 +1,14 @@
 //! The demo's engine: a simulated provider ([`provider`]), mailvalve in front of it (the
-//! same `relay::Relay` as `mailvalve run`, in passthrough mode, with the controller on
-//! demo timescales), and a newsletter campaign through it ([`campaign`]), all over real
-//! TCP on loopback. [`run_demo`] returns a [`DemoReport`] so tests can check the numbers;
-//! `cli::demo` prints the live line and the summary.
+//! same `relay::Relay` as `mailvalve run`, with the controller on demo timescales), and
+//! a newsletter campaign through it ([`campaign`]), all over real TCP on loopback.
+//! [`run_demo`] returns a [`DemoReport`] so tests can check the numbers; `cli::demo`
+//! prints the live line and the summary.
+//!
+//! Two shows: **queue mode** (the default, as `mailvalve run` runs): the mailer hands the
+//! whole campaign over in seconds, then mailvalve paces it out against a provider that
+//! counts in fixed windows (as Postfix's anvil does), and says what it learned;
+//! **passthrough** (`--mode passthrough`): every transaction relayed live against a
+//! token-bucket provider, the mailer's threads slowed down by mailvalve's admission.
 //!
 //! It must never contact anything but loopback (`127.0.0.1`, ephemeral ports), never
 //! touch the user's configuration, spool or suppression list (it uses fresh ones in a
@@ -21,6 +27,7 @@ use crate::config::limits::Limits;
 use crate::config::profile::Profile;
 use crate::config::{Config, Mode, TlsMode};
 use crate::policy::controller::{ControllerParams, ControllerStats};
+use crate::policy::memory::LearnedState;
 use crate::relay::{limits, Relay, RelayHandle};
 use crate::server::SessionStats;
 use anyhow::Context;
@@ -37,6 +44,8 @@ use tokio_util::sync::CancellationToken;
 /// Everything the demo can be tuned with.
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
+    /// Queue (store-and-forward, the default) or passthrough.
+    pub mode: Mode,
     pub messages: usize,
     /// The campaign stops after this.
     pub max_time: Duration,
@@ -44,6 +53,9 @@ pub struct DemoOptions {
     pub provider_connections: usize,
     /// The provider's rate (R), messages per minute, before 450 4.7.1.
     pub provider_rate_per_minute: u32,
+    /// The provider counts in fixed windows of this length (R scaled to the window per
+    /// window, as anvil does); `None`: a token bucket.
+    pub provider_window: Option<Duration>,
     /// How long the provider takes per message.
     pub provider_latency: Duration,
     /// mailvalve's connection limit starts here ...
@@ -57,12 +69,28 @@ pub struct DemoOptions {
 }
 
 impl Default for DemoOptions {
+    /// Queue mode: 1000 messages against a provider with a fixed window of 5 s.
     fn default() -> Self {
         Self {
+            mode: Mode::Queue,
+            messages: 1000,
+            max_time: Duration::from_secs(120),
+            provider_window: Some(Duration::from_secs(5)),
+            ..Self::passthrough()
+        }
+    }
+}
+
+impl DemoOptions {
+    /// The passthrough show: a token-bucket provider, every transaction relayed live.
+    pub fn passthrough() -> Self {
+        Self {
+            mode: Mode::Passthrough,
             messages: 2000,
             max_time: Duration::from_secs(90),
             provider_connections: 3,
             provider_rate_per_minute: 3600,
+            provider_window: None,
             provider_latency: Duration::from_millis(20),
             initial_connections: 2,
             max_connections: 8,
@@ -147,21 +175,39 @@ pub struct DemoReport {
     pub final_rate: Option<f64>,
     /// Most provider connections mailvalve held at once, a refused attempt included.
     pub max_connections_used: usize,
+    /// What mailvalve learned, as it would save it for a restart (rate and its ceiling,
+    /// the provider's window when inferred, connections).
+    pub learned: LearnedState,
+    /// Queue mode: from the start of the campaign until the spool was empty (every
+    /// message delivered or failed); `None` in passthrough or when it never emptied.
+    pub drained: Option<Duration>,
+    /// Queue mode: from the start until the spool was empty or the demo stopped.
+    pub delivering: Duration,
+    /// Queue mode: messages still in the spool when the demo stopped.
+    pub left_in_queue: usize,
     /// The whole demo, both campaigns included.
     pub elapsed: Duration,
 }
 
 impl DemoReport {
-    /// True when the campaign finished before `max_time`.
+    /// True when the campaign finished before `max_time` (queue mode: and the spool
+    /// was emptied).
     pub fn completed(&self) -> bool {
-        self.campaign.unfinished == 0 && self.second.unfinished == 0
+        self.campaign.unfinished == 0
+            && self.second.unfinished == 0
+            && (self.options.mode == Mode::Passthrough || self.drained.is_some())
     }
 
-    /// Messages delivered per minute during the main campaign.
+    /// Messages delivered per minute during the main campaign (queue mode: until the
+    /// spool was empty).
     pub fn achieved_per_minute(&self) -> f64 {
-        let secs = self.campaign.elapsed.as_secs_f64();
+        let (n, d) = match self.options.mode {
+            Mode::Passthrough => (self.campaign.sent, self.campaign.elapsed),
+            Mode::Queue => (self.provider.delivered, self.delivering),
+        };
+        let secs = d.as_secs_f64();
         if secs > 0.0 {
-            self.campaign.sent as f64 * 60.0 / secs
+            n as f64 * 60.0 / secs
         } else {
             0.0
         }
@@ -191,15 +237,18 @@ impl Drop for TempDir {
     }
 }
 
-/// mailvalve's configuration for the demo: passthrough, upstream = the simulated provider
-/// (plain SMTP on loopback), the generic profile with room to grow above the provider's
-/// limit; the suppression list and the control socket in the demo's own directory.
+/// mailvalve's configuration for the demo: the chosen mode, upstream = the simulated
+/// provider (plain SMTP on loopback), the generic profile with room to grow above the
+/// provider's limit; the spool, the suppression list and the control socket in the
+/// demo's own directory. Queue mode sends no bounce reports (they would go to the
+/// simulated provider too).
 fn demo_config(opts: &DemoOptions, provider: SocketAddr, dir: &TempDir) -> Config {
     let mut cfg = Config {
-        mode: Mode::Passthrough,
+        mode: opts.mode,
         ..Config::default()
     };
     cfg.queue.dir = dir.0.join("spool");
+    cfg.queue.bounces = false;
     cfg.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     cfg.server.shutdown_grace = Duration::from_secs(2);
     let up = &mut cfg.upstream;
@@ -275,6 +324,8 @@ pub struct Progress {
     pub pauses: u64,
     /// Sessions the provider refused with 421.
     pub refused: u64,
+    /// Queue mode: messages in the spool.
+    pub queued: Option<usize>,
 }
 
 impl Watch {
@@ -291,6 +342,7 @@ impl Watch {
             rate: self.relay.policy().controller.rate(),
             pauses: limits.controller.pauses,
             refused: self.provider_sessions.refused(),
+            queued: self.relay.spool().map(|s| s.len()),
         }
     }
 }
@@ -345,6 +397,7 @@ pub async fn run_demo_watched(
         connections: opts.provider_connections.max(1),
         rate_per_minute: opts.provider_rate_per_minute.max(1),
         burst: 5,
+        window: opts.provider_window,
         data_latency: opts.provider_latency,
     })
     .await
@@ -393,9 +446,29 @@ pub async fn run_demo_watched(
     )
     .await;
 
+    // Queue mode: the mailer is done; mailvalve paces the spool out to the provider.
+    let drained = match handle.spool() {
+        Some(spool) if opts.mode == Mode::Queue => {
+            let spool = spool.clone();
+            loop {
+                if spool.is_empty() {
+                    break Some(started.elapsed());
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    break None;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        _ => None,
+    };
+
     // The controller as the campaign left it (idle, its rate would go on ramping up).
     let controller = policy.controller.stats();
     let final_rate = policy.controller.rate();
+    let learned = policy.controller.memory();
+    let delivering = drained.unwrap_or_else(|| started.elapsed());
+    let left_in_queue = handle.spool().map_or(0, |s| s.len());
 
     // The next campaign goes to the same list: the unknown addresses must now be
     // answered by mailvalve itself, without reaching the provider.
@@ -432,6 +505,10 @@ pub async fn run_demo_watched(
         controller,
         final_rate,
         max_connections_used: policy.admission.limit().max_in_use(),
+        learned,
+        drained,
+        delivering,
+        left_in_queue,
         elapsed: Duration::ZERO,
         options: opts,
     };

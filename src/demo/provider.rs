@@ -8,8 +8,11 @@
 //! The model:
 //! - **connections**: `max_sessions = K`, so the server answers the K+1st connection with
 //!   `421 4.3.2 Too many connections, try later` (a real connection limit over TCP);
-//! - **rate**: a token bucket of `rate_per_minute` with a small burst; a MAIL FROM without
-//!   a token gets `450 4.7.1 Error: too much mail, slow down`;
+//! - **rate**: a token bucket of `rate_per_minute` with a small burst, or — with a
+//!   `window` — a fixed window as Postfix's anvil counts one (the unit starts at the first
+//!   MAIL after the previous one ended; up to `rate_per_minute × window` MAILs pass, every
+//!   further one, refused ones counted too, is refused until the unit is over); a MAIL
+//!   FROM over the limit gets `450 4.7.1 Error: too much mail, slow down`;
 //! - **unknown recipients**: every [`UNKNOWN_EVERY`]th reader (`n % 50 == 7`) gets
 //!   `550 5.1.1 <addr>: Recipient address rejected: User unknown`;
 //! - **greylisting**: the first RCPT of every [`GREYLIST_EVERY`]th reader (`n % 97 == 3`)
@@ -79,6 +82,9 @@ pub struct ProviderSpec {
     pub rate_per_minute: u32,
     /// Token-bucket burst.
     pub burst: u32,
+    /// A fixed counting window instead of the token bucket (`rate_per_minute` scaled to
+    /// it is the number of MAILs per window).
+    pub window: Option<Duration>,
     /// How long the provider takes to accept a message after the data.
     pub data_latency: Duration,
 }
@@ -133,9 +139,57 @@ impl Bucket {
     }
 }
 
+/// A fixed window as anvil counts one: the unit starts at the first event after the
+/// previous unit ended and lasts `len`; every event counts, refused ones too.
+#[derive(Debug)]
+struct Window {
+    len: Duration,
+    limit: u64,
+    start: Option<Instant>,
+    count: u64,
+}
+
+impl Window {
+    fn new(per_minute: u32, len: Duration) -> Self {
+        let limit = (f64::from(per_minute.max(1)) * len.as_secs_f64() / 60.0).floor();
+        Self {
+            len,
+            // Saturating float-to-int: at least one per window.
+            limit: (limit as u64).max(1),
+            start: None,
+            count: 0,
+        }
+    }
+
+    fn take(&mut self, now: Instant) -> bool {
+        match self.start {
+            Some(s) if now.saturating_duration_since(s) < self.len => {}
+            _ => (self.start, self.count) = (Some(now), 0),
+        }
+        self.count += 1;
+        self.count <= self.limit
+    }
+}
+
+/// The provider's message limit.
+#[derive(Debug)]
+enum Limiter {
+    Bucket(Bucket),
+    Window(Window),
+}
+
+impl Limiter {
+    fn take(&mut self, now: Instant) -> bool {
+        match self {
+            Limiter::Bucket(b) => b.take(now),
+            Limiter::Window(w) => w.take(now),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct State {
-    bucket: Bucket,
+    bucket: Limiter,
     greylist_seen: HashSet<u64>,
     delivered: HashMap<String, u32>,
     stats: ProviderStats,
@@ -188,7 +242,10 @@ impl SimProvider {
             inner: Arc::new(Inner {
                 data_latency: spec.data_latency,
                 state: Mutex::new(State {
-                    bucket: Bucket::new(spec.rate_per_minute, spec.burst),
+                    bucket: match spec.window {
+                        Some(len) => Limiter::Window(Window::new(spec.rate_per_minute, len)),
+                        None => Limiter::Bucket(Bucket::new(spec.rate_per_minute, spec.burst)),
+                    },
                     greylist_seen: HashSet::new(),
                     delivered: HashMap::new(),
                     stats: ProviderStats::default(),
@@ -386,12 +443,28 @@ mod tests {
         assert!(!b.take(t0 + Duration::from_millis(150)));
     }
 
+    /// anvil's fixed unit: a burst up to the limit, then refusals (counted) until the
+    /// unit that began with the first MAIL is over; the next MAIL starts a new one.
+    #[test]
+    fn fixed_window_passes_a_burst_then_refuses_until_it_ends() {
+        let t0 = Instant::now();
+        let mut w = Window::new(60, Duration::from_secs(5)); // 5 per 5 s
+        for _ in 0..5 {
+            assert!(w.take(t0));
+        }
+        assert!(!w.take(t0 + Duration::from_secs(1)));
+        assert!(!w.take(t0 + Duration::from_millis(4999)));
+        assert!(w.take(t0 + Duration::from_secs(5)), "a new unit");
+        assert!(w.take(t0 + Duration::from_secs(9)));
+    }
+
     #[tokio::test]
     async fn model_replies() {
         let p = SimProvider::new(&ProviderSpec {
             connections: 1,
             rate_per_minute: 60,
             burst: 1,
+            window: None,
             data_latency: Duration::ZERO,
         });
         let rcpts = vec![reader(1), reader(7), reader(3)];

@@ -96,6 +96,16 @@ impl ConnectBackoff {
         d
     }
 
+    /// A new connection was refused by a provider that is otherwise working (other
+    /// connections carry transactions): the next attempt waits as after a failure, but
+    /// the provider is not unreachable (`since` is not started).
+    pub fn on_refused(&mut self, now: Duration, rng: &mut StdRng) -> Duration {
+        let d = self.backoff.delay(self.failures, None, rng);
+        self.failures = self.failures.saturating_add(1);
+        self.blocked_until = self.blocked_until.max(now.saturating_add(d));
+        d
+    }
+
     /// A connection was established: the upstream is reachable again.
     pub fn on_success(&mut self) {
         self.failures = 0;
@@ -206,5 +216,9 @@ mod tests {
         assert!(c.wait(now).is_some_and(|w| w <= Duration::from_secs(300)));
         c.on_success();
         assert_eq!(c.wait(now), None);
+        // Refused while others work: a wait, but not unreachable.
+        let d = c.on_refused(now, &mut r);
+        assert!(c.wait(now).is_some() || d.is_zero());
+        assert_eq!(c.since(), None);
     }
 }

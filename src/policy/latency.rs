@@ -121,6 +121,16 @@ impl LatencyTracker {
         b.observe(sample, &self.params)
     }
 
+    /// The reply never came in time (a timeout stepped concurrency down already): the
+    /// episode is counted, so the next slow sample of it does not step down again; the
+    /// trigger re-arms once latency recovers.
+    pub fn disarm(&mut self, kind: LatencyKind) {
+        match kind {
+            LatencyKind::To354 => self.to_354.armed = false,
+            LatencyKind::ToFinal => self.to_final.armed = false,
+        }
+    }
+
     pub fn baseline(&self, kind: LatencyKind) -> Option<Duration> {
         match kind {
             LatencyKind::To354 => self.to_354.baseline(&self.params),
@@ -155,6 +165,23 @@ mod tests {
             t.observe(LatencyKind::To354, ms(300));
         }
         assert!(t.observe(LatencyKind::To354, ms(8000)));
+    }
+
+    #[test]
+    fn a_timeout_counts_as_the_episode() {
+        let mut t = LatencyTracker::new(LatencyParams::default());
+        for _ in 0..30 {
+            t.observe(LatencyKind::ToFinal, ms(300));
+        }
+        t.disarm(LatencyKind::ToFinal);
+        assert!(
+            !t.observe(LatencyKind::ToFinal, ms(9000)),
+            "already stepped down"
+        );
+        for _ in 0..100 {
+            t.observe(LatencyKind::ToFinal, ms(300));
+        }
+        assert!(t.observe(LatencyKind::ToFinal, ms(9000)), "a new episode");
     }
 
     #[test]

@@ -10,13 +10,16 @@
 //! limit for admission to enforce. This module imports nothing of the crate but `smtp`.
 //! It must never touch a socket or a file, nor read the time but through `clock`.
 
+pub mod acceptance;
 pub mod backoff;
 pub mod classify;
 pub mod clock;
 pub mod concurrency;
+pub mod connect_pace;
 pub mod controller;
 pub mod latency;
 mod literals;
+pub mod memory;
 pub mod pause;
 pub mod rate;
 pub mod rules;

@@ -88,6 +88,10 @@ pub enum ThrottleKind {
     Connections,
     /// Too many messages per time: lower the rate.
     Rate,
+    /// Too many recipients per time (Postfix `450 4.7.1 Error: too many recipients
+    /// from ...`, `smtpd_client_recipient_rate_limit`): lower the recipient rate. Not
+    /// x.5.3 "too many recipients" in one transaction, which is a per-transaction limit.
+    Recipients,
 }
 
 /// Why the whole account must stop sending.
@@ -134,6 +138,7 @@ impl Verdict {
             Self::Accept => "accept",
             Self::Throttle(ThrottleKind::Connections) => "throttle-connections",
             Self::Throttle(ThrottleKind::Rate) => "throttle-rate",
+            Self::Throttle(ThrottleKind::Recipients) => "throttle-recipients",
             Self::Defer { .. } => "defer",
             Self::Suppress => "suppress",
             Self::SoftBounce => "soft-bounce",

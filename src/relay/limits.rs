@@ -5,8 +5,15 @@
 //! The precedence of limits, in one place: the profile's limits, overridden key by key
 //! by `[upstream.limits]`; `upstream.max_connections` and `[upstream.rate]` are hard caps
 //! on top. It must never raise a limit above what the user configured.
+//!
+//! A profile figure's provenance decides what it becomes (issue 10): a *published*
+//! per-second / per-minute rate or connection count is a hard cap; an *unverified* one
+//! (a guess, e.g. every figure of `generic`) is where the controller starts, and probing
+//! may go above it — up to `upstream.max_connections` and with no rate ceiling but the
+//! user's — unless `upstream.learn_above_profile = false`. Hourly and daily quotas are
+//! caps whatever their provenance: overrunning one can cost a day of sending.
 
-use crate::config::limits::Limits;
+use crate::config::limits::{LimitKey, Limits};
 use crate::config::profile::Profile;
 use crate::config::{Config, RateConfig};
 use crate::policy::classify::Classifier;
@@ -24,26 +31,162 @@ fn min_opt<T: Ord>(a: Option<T>, b: Option<T>) -> Option<T> {
     }
 }
 
-/// Controller parameters: connections between the profile's initial and maximum (never
-/// above `upstream.max_connections`); the adaptive rate's ceiling from the tightest
-/// per-second / per-minute limit.
-pub fn controller_params(cfg: &Config, profile: &Profile) -> ControllerParams {
+/// Whether the effective figure for `key` is a hard cap: the user set it in
+/// `[upstream.limits]`, or the profile publishes it, or learning above the profile is
+/// off. Otherwise it is an unverified guess: a starting point.
+fn is_cap(cfg: &Config, profile: &Profile, key: LimitKey) -> bool {
+    cfg.upstream.limits.is_set(key)
+        || profile.is_published(key)
+        || !cfg.upstream.learn_above_profile
+}
+
+/// The adaptive message rate's bounds, in messages per second.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateBounds {
+    /// Where the rate starts: the tightest figure of all (`None`: unknown, the
+    /// controller starts cautiously).
+    pub start: Option<f64>,
+    /// The hard ceiling, never exceeded: published figures, `[upstream.limits]`,
+    /// `[upstream.rate]`, and every figure when `learn_above_profile = false`
+    /// (`None`: no ceiling).
+    pub cap: Option<f64>,
+}
+
+/// The per-second / per-minute figures, split into caps and starting points.
+pub fn rate_bounds(cfg: &Config, profile: &Profile) -> RateBounds {
     let l = limits(cfg, profile);
-    let cap = cfg.upstream.max_connections.max(1);
-    let max = l.max_connections.unwrap_or(cap).clamp(1, cap);
-    let initial = l.initial_connections.unwrap_or(1).clamp(1, max);
-    let per_sec = [
-        min_opt(l.messages_per_second, cfg.upstream.rate.per_second).map(f64::from),
-        min_opt(l.messages_per_minute, cfg.upstream.rate.per_minute).map(|m| f64::from(m) / 60.0),
+    let u = &cfg.upstream.rate;
+    let mut caps = Vec::new();
+    let mut starts = Vec::new();
+    for (key, figure, user, per) in [
+        (
+            LimitKey::MessagesPerSecond,
+            l.messages_per_second,
+            u.per_second,
+            1.0,
+        ),
+        (
+            LimitKey::MessagesPerMinute,
+            l.messages_per_minute,
+            u.per_minute,
+            60.0,
+        ),
+    ] {
+        if let Some(f) = figure {
+            let f = f64::from(f) / per;
+            if is_cap(cfg, profile, key) {
+                caps.push(f);
+            } else {
+                starts.push(f);
+            }
+        }
+        caps.extend(user.map(|f| f64::from(f) / per));
+    }
+    let cap = caps.into_iter().reduce(f64::min);
+    let start = starts.into_iter().chain(cap).reduce(f64::min);
+    // A server of one's own (`unpaced_start`) is not paced before it objects.
+    let start = start.or(profile.unpaced_start.then_some(f64::INFINITY));
+    RateBounds { start, cap }
+}
+
+/// The connection limit's bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionBounds {
+    /// Connections to start with (the profile's `initial_connections`, within the cap).
+    pub initial: usize,
+    /// An unverified `max_connections` figure (within `initial..=cap`): where the
+    /// learned ceiling starts; probing may go above it. `None` when the figure is a cap
+    /// or there is none.
+    pub start_ceiling: Option<usize>,
+    /// The hard cap: `upstream.max_connections`, and a published (or user-set, or —
+    /// with `learn_above_profile = false` — any) `max_connections` below it.
+    pub cap: usize,
+}
+
+/// The connection figures, split into the cap and the starting points.
+pub fn connection_bounds(cfg: &Config, profile: &Profile) -> ConnectionBounds {
+    let l = limits(cfg, profile);
+    let user = cfg.upstream.max_connections.max(1);
+    let hard = is_cap(cfg, profile, LimitKey::MaxConnections);
+    let cap = match l.max_connections {
+        Some(m) if hard => m.clamp(1, user),
+        _ => user,
+    };
+    let initial = l.initial_connections.unwrap_or(1).clamp(1, cap);
+    let start_ceiling = l
+        .max_connections
+        .filter(|_| !hard)
+        .map(|m| m.clamp(initial, cap));
+    ConnectionBounds {
+        initial,
+        start_ceiling,
+        cap,
+    }
+}
+
+/// What the limits mean, in one line for `mailvalve check`: where the rate and the
+/// connections start and what caps them.
+pub fn describe(cfg: &Config, profile: &Profile) -> String {
+    let r = rate_bounds(cfg, profile);
+    let c = connection_bounds(cfg, profile);
+    let per_min = |v: f64| format!("{}/min", (v * 60.0 * 100.0).round() / 100.0);
+    let rate = match (r.start, r.cap) {
+        (None, None) => "rate learned from the provider's replies, no ceiling".to_string(),
+        (Some(s), None) if s.is_infinite() => {
+            "rate not paced until the server objects, then learned, no ceiling".to_string()
+        }
+        (Some(s), None) => format!("rate starts at {}, learned upward, no ceiling", per_min(s)),
+        (Some(s), Some(c)) if s < c => {
+            format!(
+                "rate starts at {}, learned upward, at most {}",
+                per_min(s),
+                per_min(c)
+            )
+        }
+        (_, Some(c)) => format!("rate at most {} (hard cap)", per_min(c)),
+    };
+    let conns = match c.start_ceiling {
+        Some(s) if s < c.cap => format!(
+            "connections start at {}, learned upward from {s} up to {}",
+            c.initial, c.cap
+        ),
+        _ => format!("connections start at {}, at most {}", c.initial, c.cap),
+    };
+    let f = fixed_rates(cfg, profile);
+    let quotas: Vec<String> = [
+        (f.per_hour, "messages/hour"),
+        (f.per_day, "messages/day"),
+        (f.recipients_per_day, "recipients/day"),
     ]
     .into_iter()
-    .flatten()
-    .reduce(f64::min);
+    .filter_map(|(v, unit)| v.map(|v| format!("{v} {unit}")))
+    .collect();
+    let quotas = if quotas.is_empty() {
+        "no quota".to_string()
+    } else {
+        format!("quotas {}", quotas.join(", "))
+    };
+    let learn = if cfg.upstream.learn_above_profile {
+        "learn_above_profile = true"
+    } else {
+        "learn_above_profile = false: every profile figure is a cap"
+    };
+    format!("{rate}; {conns}; {quotas} ({learn})")
+}
+
+/// Controller parameters: connections from the profile's initial count up to the
+/// [`connection_bounds`] cap; the adaptive rate from [`rate_bounds`].
+pub fn controller_params(cfg: &Config, profile: &Profile) -> ControllerParams {
+    let conns = connection_bounds(cfg, profile);
+    let rate = rate_bounds(cfg, profile);
+    let per_sec = rate.start;
     let defaults = ControllerParams::default();
     ControllerParams {
-        initial_connections: initial,
-        max_connections: max,
+        initial_connections: conns.initial,
+        max_connections: conns.cap,
+        unverified_connections: conns.start_ceiling,
         rate_per_second: per_sec,
+        rate_cap: rate.cap,
         rate_floor: defaults.rate_floor.min(per_sec.unwrap_or(f64::MAX)),
         // An unreachable provider is tried again at least every reachability_interval.
         connect_backoff_max: defaults
@@ -54,7 +197,8 @@ pub fn controller_params(cfg: &Config, profile: &Profile) -> ControllerParams {
 }
 
 /// The fixed limits enforced besides the adaptive rate: hourly and daily quotas (the
-/// tighter of profile and user), and the user's own per-second / per-minute caps.
+/// tighter of profile and user; caps whatever their provenance), the daily recipient
+/// quota, and the user's own per-second / per-minute caps.
 pub fn fixed_rates(cfg: &Config, profile: &Profile) -> RateConfig {
     let l = limits(cfg, profile);
     let u = &cfg.upstream.rate;
@@ -63,6 +207,7 @@ pub fn fixed_rates(cfg: &Config, profile: &Profile) -> RateConfig {
         per_minute: u.per_minute,
         per_hour: min_opt(l.messages_per_hour, u.per_hour),
         per_day: min_opt(l.messages_per_day, u.per_day),
+        recipients_per_day: min_opt(l.recipients_per_day, u.recipients_per_day),
     }
 }
 
@@ -114,6 +259,131 @@ mod tests {
 
     fn office() -> Profile {
         profile::builtin("office365").unwrap().unwrap()
+    }
+
+    fn named(name: &str) -> Profile {
+        profile::builtin(name).unwrap().unwrap()
+    }
+
+    /// Published figures are caps; unverified ones are starts, with no rate ceiling and
+    /// `upstream.max_connections` as the only connection cap.
+    #[test]
+    fn unverified_figures_are_starting_points() {
+        let cfg = Config::default();
+        let g = named("generic");
+        let r = rate_bounds(&cfg, &g);
+        assert_eq!(r.cap, None, "generic: no fixed rate ceiling");
+        assert!((r.start.unwrap() - 0.5).abs() < 1e-9, "starts at 30/min");
+        let c = connection_bounds(&cfg, &g);
+        assert_eq!((c.initial, c.start_ceiling, c.cap), (1, Some(3), 10));
+        let p = controller_params(&cfg, &g);
+        assert_eq!(p.max_connections, 10, "up to upstream.max_connections");
+        // Office 365: 30/min and 3 connections are published, so caps.
+        let o = office();
+        let r = rate_bounds(&cfg, &o);
+        assert!((r.cap.unwrap() - 0.5).abs() < 1e-9);
+        assert_eq!(r.start, r.cap);
+        let c = connection_bounds(&cfg, &o);
+        assert_eq!((c.initial, c.start_ceiling, c.cap), (2, None, 3));
+        // SES: 1/s published; its connection figures are guesses.
+        let ses = named("amazon-ses");
+        assert_eq!(rate_bounds(&cfg, &ses).cap, Some(1.0));
+        assert_eq!(connection_bounds(&cfg, &ses).cap, 10);
+        // Gmail: 20/min unverified, so a start only.
+        let r = rate_bounds(&cfg, &named("gmail"));
+        assert_eq!(r.cap, None);
+        assert!((r.start.unwrap() - 20.0 / 60.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_server_of_ones_own_starts_unpaced_an_unknown_provider_cautiously() {
+        let cfg = Config::default();
+        let local = controller_params(&cfg, &named("local"));
+        assert_eq!(local.rate_per_second, Some(f64::INFINITY));
+        assert_eq!(local.rate_cap, None);
+        let generic = controller_params(&cfg, &named("generic"));
+        assert!(generic.rate_per_second.is_some_and(f64::is_finite));
+        assert_eq!(
+            generic.rate_cap, None,
+            "generic learns upward without a ceiling"
+        );
+        assert!(generic.unverified_connections.is_some());
+        let office = controller_params(&cfg, &named("office365"));
+        assert_eq!(office.rate_cap, Some(0.5), "published: 30/min is a cap");
+    }
+
+    #[test]
+    fn describe_says_what_is_learned_and_what_is_capped() {
+        let mut cfg = Config::default();
+        let d = describe(&cfg, &named("generic"));
+        assert!(
+            d.contains("rate starts at 30/min, learned upward, no ceiling"),
+            "{d}"
+        );
+        assert!(
+            d.contains("connections start at 1, learned upward from 3 up to 10"),
+            "{d}"
+        );
+        let d = describe(&cfg, &office());
+        assert!(d.contains("rate at most 30/min (hard cap)"), "{d}");
+        assert!(d.contains("quotas 10000 recipients/day"), "{d}");
+        cfg.upstream.learn_above_profile = false;
+        let d = describe(&cfg, &named("generic"));
+        assert!(d.contains("connections start at 1, at most 3"), "{d}");
+    }
+
+    /// `upstream.learn_above_profile = false`: every profile figure is a hard cap.
+    #[test]
+    fn learning_above_the_profile_can_be_turned_off() {
+        let mut cfg = Config::default();
+        cfg.upstream.learn_above_profile = false;
+        let g = named("generic");
+        let r = rate_bounds(&cfg, &g);
+        assert!((r.cap.unwrap() - 0.5).abs() < 1e-9);
+        assert_eq!(r.start, r.cap);
+        let c = connection_bounds(&cfg, &g);
+        assert_eq!((c.initial, c.start_ceiling, c.cap), (1, None, 3));
+        assert_eq!(controller_params(&cfg, &g).max_connections, 3);
+    }
+
+    /// The user's own figures are caps on top, whatever the profile says.
+    #[test]
+    fn user_figures_are_caps() {
+        let mut cfg = Config::default();
+        cfg.upstream.rate.per_minute = Some(120);
+        cfg.upstream.max_connections = 2;
+        let g = named("generic");
+        let r = rate_bounds(&cfg, &g);
+        assert_eq!(r.cap, Some(2.0), "[upstream.rate] per_minute = 120");
+        assert!(
+            (r.start.unwrap() - 0.5).abs() < 1e-9,
+            "still starts at the guess"
+        );
+        let c = connection_bounds(&cfg, &g);
+        assert_eq!((c.initial, c.start_ceiling, c.cap), (1, Some(2), 2));
+        let mut cfg = Config::default();
+        cfg.upstream.limits.messages_per_minute = Some(90);
+        cfg.upstream.limits.max_connections = Some(4);
+        let r = rate_bounds(&cfg, &g);
+        assert_eq!(r.cap, Some(1.5), "[upstream.limits] is the user's: a cap");
+        assert_eq!(connection_bounds(&cfg, &g).cap, 4);
+    }
+
+    /// Hourly and daily quotas stay caps even when unverified; recipient quotas go to
+    /// the fixed limits too.
+    #[test]
+    fn quotas_stay_caps_and_count_recipients_where_the_provider_does() {
+        let cfg = Config::default();
+        assert_eq!(fixed_rates(&cfg, &named("gmx")).per_hour, Some(100));
+        assert_eq!(
+            fixed_rates(&cfg, &office()).recipients_per_day,
+            Some(10_000)
+        );
+        let ses = fixed_rates(&cfg, &named("amazon-ses"));
+        assert_eq!((ses.per_day, ses.recipients_per_day), (None, Some(200)));
+        let mut cfg = Config::default();
+        cfg.upstream.rate.recipients_per_day = Some(50);
+        assert_eq!(fixed_rates(&cfg, &office()).recipients_per_day, Some(50));
     }
 
     #[test]
@@ -232,7 +502,7 @@ mod tests {
         let cfg = Config::default();
         let ses = profile::builtin("amazon-ses").unwrap().unwrap();
         let r = fixed_rates(&cfg, &ses);
-        assert_eq!(r.per_day, Some(200));
+        assert_eq!(r.recipients_per_day, Some(200));
         assert_eq!(
             r.per_second, None,
             "per-second is the adaptive rate's ceiling"

@@ -30,6 +30,7 @@ pub mod policy;
 pub mod queue_mode;
 pub mod queue_relay;
 pub mod reload;
+pub mod state;
 pub mod transport;
 
 pub use handle::RelayHandle;
@@ -118,6 +119,13 @@ impl Relay {
         } = self;
         let running = reload::Running::new(config.clone(), source);
         let metrics = policy.metrics.clone();
+        // Before the first delivery: the quotas spent and what was learned before a
+        // restart; kept up to date until the relay has stopped.
+        let keeper = state::StateKeeper::start(
+            &config,
+            policy.controller.clone(),
+            policy.admission.rates().clone(),
+        );
         let server = Arc::new(config.server.clone());
         let (handle, task) = match config.mode {
             Mode::Passthrough => {
@@ -136,7 +144,9 @@ impl Relay {
                 ));
                 let s = shutdown.clone();
                 let task = tokio::spawn(async move {
-                    crate::server::serve(listener, server, relay, s).await?;
+                    let served = crate::server::serve(listener, server, relay, s).await;
+                    keeper.finish().await;
+                    served?;
                     Ok(())
                 });
                 (handle, task)
@@ -157,6 +167,7 @@ impl Relay {
                 let task = tokio::spawn(async move {
                     let served = crate::server::serve(listener, server, relay, s).await;
                     queue.stop().await;
+                    keeper.finish().await;
                     served?;
                     Ok(())
                 });

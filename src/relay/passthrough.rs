@@ -13,9 +13,15 @@
 //! relayed), in a [`BufferedBody`] counted against one [`BufferBudget`] for all sessions
 //! (`server.passthrough_buffer`): memory stays bounded however many mailers send large
 //! messages at once.
+//!
+//! Recipient quotas (`recipients_per_day`): the lease takes the recipients pipelined
+//! with MAIL; each later RCPT takes its own from the quota without waiting, and one the
+//! quota has no room for gets `451 4.7.0` and is not sent upstream.
 
 use crate::server::relay::{BufferBudget, BufferedBody, Relay, RelayTransaction};
+use crate::smtp::EnhancedCode;
 use crate::smtp::{Envelope, Reply};
+use crate::upstream::rate_limit::RateLimits;
 use crate::upstream::{Admission, Lease};
 use std::sync::Arc;
 
@@ -47,6 +53,19 @@ impl Passthrough {
 pub struct PassthroughTx {
     lease: Lease,
     buffer: Arc<BufferBudget>,
+    rates: Arc<RateLimits>,
+    /// Recipients the lease already took from the recipient quotas but the transaction
+    /// has not used yet (a lease takes at least one).
+    prepaid: usize,
+}
+
+/// The reply for a recipient over the provider's daily recipient quota.
+fn recipient_quota_spent() -> Reply {
+    Reply::new(
+        451,
+        EnhancedCode::new(4, 7, 0),
+        "The provider's daily recipient quota is spent; try this recipient again later",
+    )
 }
 
 /// What identifies a passthrough message to the feedback path (a mailbox-full reply
@@ -74,13 +93,22 @@ impl Relay for Passthrough {
         env: Envelope,
         rcpts: Vec<String>,
     ) -> Result<(PassthroughTx, Reply, Vec<Reply>), Reply> {
-        let mut lease = self.admission.lease().await.map_err(|e| e.to_reply())?;
+        let mut lease = self
+            .admission
+            .lease_for(rcpts.len())
+            .await
+            .map_err(|e| e.to_reply())?;
         lease.set_message_identity(Some(&envelope_identity(&env)));
         match lease.envelope(&env, &rcpts).await {
             Ok((mail, replies)) if mail.class() == 2 => {
-                let buffer = Arc::clone(&self.buffer);
+                let tx = PassthroughTx {
+                    lease,
+                    buffer: Arc::clone(&self.buffer),
+                    rates: Arc::clone(self.admission.rates()),
+                    prepaid: usize::from(rcpts.is_empty()),
+                };
                 let replies = replies.into_iter().map(Reply::from).collect();
-                Ok((PassthroughTx { lease, buffer }, mail.reply, replies))
+                Ok((tx, mail.reply, replies))
             }
             Ok((mail, _)) => {
                 // The provider refused MAIL: the connection is fine, give it back.
@@ -97,6 +125,14 @@ impl RelayTransaction for PassthroughTx {
     type Body = BufferedBody;
 
     async fn rcpt(&mut self, rcpts: Vec<String>) -> Result<Vec<Reply>, Reply> {
+        let prepaid = self.prepaid.min(rcpts.len());
+        self.prepaid -= prepaid;
+        let more = u32::try_from(rcpts.len() - prepaid).unwrap_or(u32::MAX);
+        if !self.rates.try_recipients(more) {
+            // Nothing was taken: refuse the batch, the mailer retries these recipients.
+            self.prepaid += prepaid;
+            return Ok(vec![recipient_quota_spent(); rcpts.len()]);
+        }
         match self.lease.rcpt(&rcpts).await {
             Ok(replies) => Ok(replies.into_iter().map(Reply::from).collect()),
             Err(e) => Err(e.to_reply()),

@@ -1,12 +1,11 @@
 //! Queue mode's running parts: the spool (opened and recovered), the inbound relay that
-//! fills it ([`QueueRelay`]), the delivery engine that empties it through the admission
-//! stack ([`AdmissionTransport`]), and the quota ledger that keeps hourly and daily
-//! quotas across restarts.
+//! fills it ([`QueueRelay`]) and the delivery engine that empties it through the
+//! admission stack ([`AdmissionTransport`]). The quotas and what was learned are restored
+//! before this starts (`relay::state`, both modes).
 //!
 //! Time is the controller's injected clock, for the engine and the ledger alike.
 //!
-//! It must never start delivering before the spool is recovered and the quota ledger is
-//! counted in, and never lose the ledger's last minutes at shutdown.
+//! It must never start delivering before the spool is recovered.
 
 use super::limits;
 use super::policy::Policy;
@@ -14,16 +13,12 @@ use super::queue_relay::QueueRelay;
 use super::transport::AdmissionTransport;
 use crate::config::profile::Profile;
 use crate::config::Config;
-use crate::policy::clock::Clock;
 use crate::policy::controller::Controller;
 use crate::queue::deliver::{Delivery, DeliveryParams, SuppressedFn};
 use crate::queue::delivery_log::DeliveryLog;
-use crate::queue::quota::Ledger;
 use crate::queue::webhook::Webhook;
 use crate::queue::{control, Spool};
-use crate::upstream::rate_limit::RateLimits;
 use anyhow::Context;
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -70,7 +65,9 @@ impl QueueMode {
         let spool = Arc::new(spool);
         let limits = limits::limits(config, profile);
         let params = DeliveryParams {
-            workers: policy.controller.params().max_connections,
+            // Only a fallback: the engine's slots follow the controller's connection
+            // limit (`Pacing::slots`), within the reloadable maximum.
+            workers: policy.controller.max_connections(),
             rcpts_per_message: limits.recipients_per_message.unwrap_or(100).max(1),
             max_age: qc.max_age,
             bounces: qc.bounces,
@@ -110,27 +107,6 @@ impl QueueMode {
             tracing::warn!("queue: delivery paused by operator (mailvalve queue resume)");
         }
         delivery.hold_flag().store(paused, Ordering::Release);
-        // Before the first delivery: messages sent before a restart count against the
-        // hourly and daily quotas.
-        let ledger = Ledger::load(&qc.dir);
-        let rates = policy.admission.rates().clone();
-        let now = policy.controller.clock().unix_ms();
-        let (hour, day) = (ledger.last_hour(now), ledger.last_day(now));
-        if hour > 0 || day > 0 {
-            tracing::info!(
-                last_hour = hour,
-                last_day = day,
-                "quota: counting messages sent before the restart"
-            );
-        }
-        rates.preload(hour, day);
-        tokio::spawn(keep_quota_ledger(
-            ledger,
-            qc.dir.clone(),
-            rates,
-            policy.controller.clone(),
-            shutdown.clone(),
-        ));
         let relay = QueueRelay::new(spool, delivery.waker())
             .with_size_limit(policy.admission.pool().settings().message_size.clone());
         let task = tokio::spawn(delivery.clone().run(shutdown, config.server.shutdown_grace));
@@ -145,38 +121,6 @@ impl QueueMode {
     pub async fn stop(self) {
         if let Err(e) = self.task.await {
             tracing::error!("delivery engine ended abnormally: {e}");
-        }
-    }
-}
-
-/// Saves what was sent every 5 s (and at shutdown) into the quota ledger.
-async fn keep_quota_ledger(
-    mut ledger: Ledger,
-    dir: PathBuf,
-    rates: Arc<RateLimits>,
-    clock: Arc<Controller>,
-    shutdown: CancellationToken,
-) {
-    let mut seen = rates.taken();
-    loop {
-        let stop = tokio::select! {
-            _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => false,
-            _ = shutdown.cancelled() => true,
-        };
-        let taken = rates.taken();
-        let n = u32::try_from(taken.saturating_sub(seen)).unwrap_or(u32::MAX);
-        seen = taken;
-        if n > 0 {
-            ledger.add(clock.clock().unix_ms(), n);
-            let (l, d) = (ledger.clone(), dir.clone());
-            match tokio::task::spawn_blocking(move || l.save(&d)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!("quota ledger not saved: {e}"),
-                Err(e) => tracing::warn!("quota ledger not saved: {e}"),
-            }
-        }
-        if stop {
-            break;
         }
     }
 }

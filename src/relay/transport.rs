@@ -126,7 +126,8 @@ pub fn message_identity(env: &Envelope, message: &[u8]) -> String {
 impl Transport for AdmissionTransport {
     async fn deliver(&self, env: &Envelope, rcpts: &[String], message: &[u8]) -> Vec<RcptOutcome> {
         let all = |o: RcptOutcome| vec![o; rcpts.len()];
-        let mut lease = match self.admission.lease().await {
+        // Quotas the provider counts in recipients take this message's recipients.
+        let mut lease = match self.admission.lease_for(rcpts.len()).await {
             Ok(l) => l,
             Err(e) => return all(outcome(&e)),
         };

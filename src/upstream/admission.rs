@@ -40,6 +40,8 @@ pub struct Admission {
     limit: Arc<ConcurrencyLimit>,
     rates: Arc<RateLimits>,
     wait: Duration,
+    /// The policy in front (a refused greeting makes the next open wait), if any.
+    controller: Option<Arc<Controller>>,
 }
 
 impl std::fmt::Debug for Admission {
@@ -84,7 +86,7 @@ impl Admission {
             Some(c) => Pool::with_backoff(settings.clone(), c.clone()),
             None => Pool::new(settings.clone()),
         };
-        let gate = controller.map(PolicyGateLayer::new);
+        let gate = controller.clone().map(PolicyGateLayer::new);
         if tokio::runtime::Handle::try_current().is_ok() {
             pool.spawn_reaper();
         }
@@ -99,6 +101,7 @@ impl Admission {
             limit,
             rates,
             wait,
+            controller,
         }
     }
 
@@ -107,12 +110,15 @@ impl Admission {
     ///
     /// A new connection greeted with "too many connections" (421 / 432) while other
     /// connections are working (leased or idle in the pool) is our surplus connection
-    /// being refused, not the caller's transaction: the observer has already lowered the
-    /// limit to the working connections, so the caller waits (within the same deadline)
-    /// for one of them instead of getting `451` — a mailer such as smtp-source gives up
-    /// the whole run on a 4xx at MAIL. Each further refusal lowers the limit again, so
-    /// this converges; the deadline bounds it. With no other connection working, the
+    /// being refused, not the caller's transaction: the controller has already taken the
+    /// refusal (a lower limit, or — when fewer work than have worked — a limit on the
+    /// rate of new connections) and set the connect backoff, so the caller waits (within
+    /// the same deadline) for one of the working connections to come back to the pool,
+    /// or for the backoff to end, instead of getting `451` — a mailer such as smtp-source
+    /// gives up the whole run on a 4xx at MAIL. The next open is never at once after a
+    /// refusal; the deadline bounds it all. With no other connection working, the
     /// provider refuses us altogether and the error goes to the caller as before.
+    /// (Without the policy nothing would space the opens: no retry then.)
     pub async fn lease(&self) -> Result<Lease, UpstreamError> {
         self.lease_for(1).await
     }
@@ -122,10 +128,20 @@ impl Admission {
     pub async fn lease_for(&self, recipients: usize) -> Result<Lease, UpstreamError> {
         let req = AdmissionRequest::new(self.wait).with_recipients(recipients);
         loop {
+            // No new connection allowed before the deadline and none to reuse or to come
+            // back: say so now, before a rate slot or a quota slot is spent on a
+            // transaction that cannot go out.
+            if let Some(w) = self.controller.as_ref().and_then(|c| c.connect_wait()) {
+                let nothing_to_reuse = self.pool.idle_count() == 0 && self.pool.out() == 0;
+                if nothing_to_reuse && Instant::now() + w > req.deadline {
+                    return Err(UpstreamError::Backoff(w));
+                }
+            }
             let res = self.svc.clone().oneshot(req).await;
             match &res {
                 Err(UpstreamError::Greeting(r))
-                    if matches!(r.code, 421 | 432)
+                    if self.controller.is_some()
+                        && matches!(r.code, 421 | 432)
                         && (self.limit.in_use() > 0 || self.pool.idle_count() > 0)
                         && Instant::now() < req.deadline =>
                 {

@@ -92,6 +92,7 @@ impl DerefMut for Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         if self.conn.take().is_some() {
+            self.pool.dropped();
             tracing::debug!("lease dropped without release; provider connection closed");
         }
         // The permit (if any) drops after the connection.
@@ -120,10 +121,10 @@ impl Service<AdmissionRequest> for PoolService {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, _req: AdmissionRequest) -> Self::Future {
+    fn call(&mut self, req: AdmissionRequest) -> Self::Future {
         let pool = self.pool.clone();
         Box::pin(async move {
-            let conn = pool.take().await?;
+            let conn = pool.take_until(Some(req.deadline)).await?;
             Ok(Lease::new(conn, pool))
         })
     }

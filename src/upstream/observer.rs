@@ -8,10 +8,15 @@
 //! A transaction accepted at the end of DATA is counted once, by the reply itself
 //! (`Controller::on_reply(DataEnd, Accept)`); there is no second "delivered" signal.
 //! Connection setup that fails — refused, TLS failure or a stalled handshake, no
-//! greeting or EHLO in time, a protocol violation before MAIL, or a refused greeting
-//! while no other connection is open — backs the whole upstream off
-//! (`Controller::on_connect_failure`), so a provider that answers `421` forever is not
-//! reconnected to in a loop.
+//! greeting or EHLO in time, a close or a protocol violation before MAIL — backs the
+//! whole upstream off (`Controller::on_connect_failure`) when no other connection works;
+//! a refused greeting always makes the next open wait (the controller does that with the
+//! reply), so a provider that answers `421` is never reconnected to in a loop. A new TLS
+//! session refused while others work (a 4xx to STARTTLS, a handshake failing right
+//! after it) is fed to the controller like a refused greeting. A connection lost without
+//! a reply in a transaction is a fault (`Controller::on_connection_lost`), never a limit;
+//! no 354 or final reply in time steps the limit down by one
+//! (`Controller::on_reply_timeout`).
 //!
 //! It must never block or do I/O on the caller's path: the suppression list records in
 //! memory at once and leaves the durable write to its store's writer thread
@@ -23,7 +28,7 @@ use crate::policy::classify::Classifier;
 use crate::policy::controller::{Controller, FeedbackCtx};
 use crate::policy::latency::LatencyKind;
 use crate::policy::suppression::Recorder;
-use crate::policy::verdict::{Phase, Verdict};
+use crate::policy::verdict::{Phase, ThrottleKind, Verdict};
 use crate::smtp::Reply;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -102,6 +107,33 @@ impl PolicyObserver {
         let wait = self.controller.on_connect_failure();
         tracing::warn!(error = %error, backoff = ?wait, "provider connection failed");
     }
+
+    /// A new session refused without a "too many connections" reply (see `failure`).
+    fn session_refused(&self, error: &UpstreamError) {
+        let ctx = self.ctx(true);
+        if ctx.working_connections == 0 && ctx.in_flight_connections <= 1 {
+            return self.connect_failed(error);
+        }
+        tracing::info!(error = %error, "provider refused a new session while others work");
+        self.controller.on_reply(
+            Phase::StartTls,
+            &Verdict::Throttle(ThrottleKind::Connections),
+            ctx,
+        );
+    }
+
+    /// Connection setup broke off (closed, timed out, garbled) before MAIL: with nothing
+    /// else working the provider is unreachable for us; otherwise the next new connection
+    /// waits (no limit is learned from a setup without a refusal).
+    fn setup_broke(&self, error: &UpstreamError) {
+        let ctx = self.ctx(true);
+        if ctx.working_connections == 0 && ctx.in_flight_connections <= 1 {
+            self.connect_failed(error);
+        } else {
+            self.controller.on_connect_refused(ctx);
+            tracing::debug!(error = %error, "provider connection setup broke off; next open waits");
+        }
+    }
 }
 
 fn now_secs() -> u64 {
@@ -160,10 +192,26 @@ impl Observer for PolicyObserver {
 
     fn failure(&self, phase: Option<Phase>, error: &UpstreamError) {
         let setup = matches!(
-            error.phase(),
+            error.phase().or(phase),
             Some(Phase::Greeting | Phase::Ehlo | Phase::StartTls | Phase::Auth)
         );
         match error {
+            // A refused greeting: the reply itself went through `reply` and the
+            // controller has already decided (count or rate of connections) and set the
+            // connect backoff — nothing more here.
+            UpstreamError::Greeting(_) => {}
+            // A new TLS session refused (a 4xx to STARTTLS: Postfix's limit on new TLS
+            // sessions) or the handshake failing right after STARTTLS while other
+            // connections work: the provider refuses new sessions, like a refused
+            // greeting (count or rate, by what works). With nothing else working, the
+            // connection could not be set up at all: the upstream backs off.
+            UpstreamError::StartTls(Some(a))
+                if a.reply.class() == 4
+                    && a.verdict != Some(Verdict::Throttle(ThrottleKind::Connections)) =>
+            {
+                self.session_refused(error)
+            }
+            UpstreamError::Tls(_) if self.limit.in_use() > 1 => self.session_refused(error),
             // The connection could not be set up: the upstream as a whole backs off.
             UpstreamError::Connect(_) | UpstreamError::Tls(_) => self.connect_failed(error),
             // The token endpoint refused the refresh token (revoked, expired, wrong
@@ -181,32 +229,32 @@ impl Observer for PolicyObserver {
                 );
             }
             UpstreamError::OAuth(_) => self.connect_failed(error),
+            // Closed, timed out or garbled before MAIL: the connection could not be set
+            // up; never reconnected at once (a wait only, while others work).
             UpstreamError::Timeout { .. }
             | UpstreamError::Unexpected { .. }
             | UpstreamError::Unsolicited { .. }
+            | UpstreamError::Closed
                 if setup =>
             {
-                self.connect_failed(error)
+                self.setup_broke(error)
             }
-            // A refused greeting (421 "too many connections") while other connections
-            // are open is our surplus connection; the reply itself already lowered the
-            // limit. With nothing else open, the provider refuses us altogether: back
-            // off as after any failed connect, instead of reconnecting at once.
-            UpstreamError::Greeting(_) if self.limit.in_use() <= 1 => self.connect_failed(error),
-            // No 354 in time, or the connection dropped between DATA and the final
-            // reply: the "too many threads" case, a connection throttle.
+            // No 354 in time, or no final reply in time: the "too many threads" case —
+            // one connection fewer (the controller holds it until the next probe).
             UpstreamError::Timeout {
-                phase: Phase::Data | Phase::DataEnd,
-            }
-            | UpstreamError::Closed
-                if matches!(phase, Some(Phase::Data | Phase::DataEnd)) =>
-            {
-                self.controller.on_reply(
-                    Phase::Data,
-                    &Verdict::Throttle(crate::policy::verdict::ThrottleKind::Connections),
-                    self.ctx(true),
+                phase: p @ (Phase::Data | Phase::DataEnd),
+            } => {
+                let fewer = self.controller.on_reply_timeout(*p);
+                tracing::info!(
+                    phase = p.name(),
+                    fewer,
+                    "provider reply timed out (one connection fewer when `fewer`)"
                 );
             }
+            // Closed without a reply in a transaction (a provider restart, a killed
+            // server): a fault to retry, not a limit. The next connection's greeting says
+            // whether the provider is back; only a refusal there lowers anything.
+            UpstreamError::Closed => self.controller.on_connection_lost(phase),
             // Garbage, a reply the protocol does not allow, replies nobody asked for.
             UpstreamError::Protocol(_)
             | UpstreamError::Unexpected { .. }
@@ -221,6 +269,7 @@ impl Observer for PolicyObserver {
 
     fn connect_started(&self) {
         self.connecting.fetch_add(1, Ordering::AcqRel);
+        self.controller.on_connect_attempt();
     }
 
     fn connect_finished(&self, ok: bool) {

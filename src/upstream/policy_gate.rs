@@ -1,6 +1,6 @@
 //! The policy gate at the front of the admission stack: asks the controller whether the
-//! account may send now (its pause gate, `policy::pause::PauseGate`, then its adaptive
-//! rate). Paused (credentials refused, quota spent, repeated policy
+//! account may send now (its pause gate, `policy::pause::PauseGate`, then its learned
+//! message and recipient rates, the latter counted in the request's recipients). Paused (credentials refused, quota spent, repeated policy
 //! blocks) → fails at once with [`UpstreamError::Paused`], so the mailer hears why
 //! instead of hanging; the adaptive rate says "wait d" → waits, but never past the
 //! request's deadline (then `Busy`, the same 451 as any admission timeout).
@@ -9,7 +9,7 @@
 
 use super::error::UpstreamError;
 use super::request::AdmissionRequest;
-use crate::policy::controller::{Controller, Wait};
+use crate::policy::controller::{Controller, Reachability, Wait};
 use futures::future::BoxFuture;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -64,7 +64,7 @@ where
             // Bounded: each round either returns or sleeps until a time before the
             // deadline, and the rate limiter's wait is finite.
             loop {
-                match controller.admit() {
+                match controller.admit_n(req.recipients) {
                     Ok(()) => break,
                     Err(Wait::Paused { scope, remaining }) => {
                         return Err(UpstreamError::Paused { scope, remaining })
@@ -78,10 +78,14 @@ where
                     }
                 }
             }
-            // Connection failures back the whole upstream off: don't connect again
-            // before the backoff has run out.
-            if let Some(d) = controller.connect_wait() {
-                return Err(UpstreamError::Backoff(d));
+            // Connection failures with nothing else open back the whole upstream off:
+            // don't try before the backoff has run out. A wait after a refused new
+            // connection while others work is the pool's to keep (it still hands out
+            // idle connections, and waits for one to come back within the deadline).
+            if matches!(controller.reachability(), Reachability::Unreachable { .. }) {
+                if let Some(d) = controller.connect_wait() {
+                    return Err(UpstreamError::Backoff(d));
+                }
             }
             inner.oneshot(req).await
         })

@@ -4,10 +4,15 @@
 //!
 //! A connection goes back only if it is usable, was RSET cleanly and is under
 //! `max_messages_per_connection`; idle ones older than `idle_timeout` are closed with
-//! QUIT when found or by the reaper. With the policy in front (`Pool::with_backoff`), no
-//! new connection is opened while the controller backs the upstream off after failed
-//! connects — checked right before connecting, so callers that were already waiting for
-//! a permit when the backoff began do not each open one more.
+//! QUIT when found or by the reaper (kept longer while the controller paces new
+//! connections: each one kept is an open the provider does not count). With the policy
+//! in front (`Pool::with_backoff`), no new connection is opened while the controller
+//! says wait — the connect backoff after failed or refused connects, or the learned gap
+//! between opens — checked right before connecting and taken in one step
+//! (`Controller::begin_connect`), so callers that were already waiting for a permit do
+//! not each open one more. A caller with a deadline ([`Pool::take_until`]) then waits,
+//! within it, for a connection to come back to the pool or for the wait to end; an idle
+//! connection is always usable, whatever the backoff says.
 //!
 //! A reload replaces the settings ([`Pool::replace_settings`]: host, port, TLS,
 //! credentials, timeouts) for the next connection: each connection remembers the
@@ -25,6 +30,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use std::time::Instant;
+use tokio::sync::Notify;
 
 struct Idle {
     conn: Connection,
@@ -39,6 +45,10 @@ pub struct Pool {
     connects: AtomicUsize,
     /// Whose connect backoff a new connection waits for.
     backoff: Option<Arc<Controller>>,
+    /// Connections handed out and not yet back (put, closed or dropped).
+    out: AtomicUsize,
+    /// Woken when a connection goes back to the idle list.
+    returned: Notify,
 }
 
 impl std::fmt::Debug for Pool {
@@ -57,6 +67,8 @@ impl Pool {
             idle: Mutex::new(Vec::new()),
             connects: AtomicUsize::new(0),
             backoff: None,
+            out: AtomicUsize::new(0),
+            returned: Notify::new(),
         })
     }
 
@@ -68,6 +80,8 @@ impl Pool {
             idle: Mutex::new(Vec::new()),
             connects: AtomicUsize::new(0),
             backoff: Some(controller),
+            out: AtomicUsize::new(0),
+            returned: Notify::new(),
         })
     }
 
@@ -115,15 +129,98 @@ impl Pool {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The most recently used live idle connection, or a new one.
+    /// How long an idle connection is kept now.
+    fn keepalive(&self, settings: &Settings) -> std::time::Duration {
+        let configured = settings.config.idle_timeout;
+        match &self.backoff {
+            Some(c) => c.idle_keepalive(configured),
+            None => configured,
+        }
+    }
+
+    /// Connections handed out and not yet back.
+    pub fn out(&self) -> usize {
+        self.out.load(Ordering::Acquire)
+    }
+
+    fn back(&self) {
+        let _ = self
+            .out
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                Some(n.saturating_sub(1))
+            });
+    }
+
+    /// A leased connection was dropped without going back (closed with its lease).
+    pub(crate) fn dropped(&self) {
+        self.back();
+    }
+
+    /// The most recently used live idle connection, or a new one; while the controller
+    /// says wait, `Err(Backoff)` at once.
     pub async fn take(&self) -> Result<Connection, UpstreamError> {
-        let (generation, settings) = self.current();
-        let max_idle = settings.config.idle_timeout;
+        self.take_until(None).await
+    }
+
+    /// [`Pool::take`], but while the controller says wait, waits until `deadline` for
+    /// a connection to come back or for the wait to end — when that can happen in time:
+    /// other connections are out, or the wait ends before the deadline and the provider
+    /// is not unreachable.
+    pub async fn take_until(
+        &self,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<Connection, UpstreamError> {
         loop {
-            let item = self.lock().pop();
-            let Some(Idle { mut conn, since }) = item else {
-                break;
+            // Registered before looking, so a connection put back meanwhile wakes us.
+            let returned = self.returned.notified();
+            tokio::pin!(returned);
+            returned.as_mut().enable();
+            if let Some(conn) = self.take_idle().await {
+                self.out.fetch_add(1, Ordering::AcqRel);
+                return Ok(conn);
+            }
+            let wait = match self.backoff.as_ref().map(|c| c.begin_connect()) {
+                None | Some(Ok(())) => break,
+                Some(Err(w)) => w,
             };
+            let now = tokio::time::Instant::now();
+            let Some(deadline) = deadline.filter(|d| *d > now) else {
+                return Err(UpstreamError::Backoff(wait));
+            };
+            let unreachable = self.backoff.as_ref().is_some_and(|c| {
+                matches!(
+                    c.reachability(),
+                    crate::policy::controller::Reachability::Unreachable { .. }
+                )
+            });
+            let ends_in_time = now + wait <= deadline && !unreachable;
+            if !ends_in_time && self.out() == 0 {
+                return Err(UpstreamError::Backoff(wait));
+            }
+            tokio::select! {
+                _ = returned => {}
+                _ = tokio::time::sleep_until((now + wait).min(deadline)) => {
+                    if now + wait > deadline {
+                        return Err(UpstreamError::Backoff(wait));
+                    }
+                }
+            }
+        }
+        let (generation, settings) = self.current();
+        let mut conn = Connection::connect(&settings).await?;
+        conn.generation = generation;
+        self.connects.fetch_add(1, Ordering::Relaxed);
+        self.out.fetch_add(1, Ordering::AcqRel);
+        Ok(conn)
+    }
+
+    /// The most recently used live idle connection, if any (dead and outdated ones are
+    /// closed on the way).
+    async fn take_idle(&self) -> Option<Connection> {
+        let (generation, settings) = self.current();
+        let max_idle = self.keepalive(&settings);
+        loop {
+            let Idle { mut conn, since } = self.lock().pop()?;
             if since.elapsed() >= max_idle {
                 tracing::debug!("closing idle provider connection (idle_timeout)");
                 conn.quit().await;
@@ -138,22 +235,16 @@ impl Pool {
             }
             if conn.probe_idle() {
                 tracing::trace!("reusing pooled provider connection");
-                return Ok(conn);
+                return Some(conn);
             }
             tracing::debug!("pooled provider connection was closed by the provider");
         }
-        if let Some(d) = self.backoff.as_ref().and_then(|c| c.connect_wait()) {
-            return Err(UpstreamError::Backoff(d));
-        }
-        let mut conn = Connection::connect(&settings).await?;
-        conn.generation = generation;
-        self.connects.fetch_add(1, Ordering::Relaxed);
-        Ok(conn)
     }
 
     /// Gives a connection back after a transaction: RSET if one was begun, then keep it
     /// if still usable and under the per-connection message limit, else QUIT/close.
     pub async fn put(&self, mut conn: Connection) {
+        self.back();
         if conn.is_usable() && conn.in_transaction() {
             let _ = conn.rset().await;
         }
@@ -181,10 +272,12 @@ impl Pool {
             conn,
             since: Instant::now(),
         });
+        self.returned.notify_waiters();
     }
 
     /// Ends the transaction politely and closes the connection (QUIT if usable).
     pub async fn close(&self, conn: Connection) {
+        self.back();
         if conn.is_usable() {
             conn.quit().await;
         }
@@ -192,7 +285,7 @@ impl Pool {
 
     /// Closes (QUIT) every idle connection older than `idle_timeout`. Returns how many.
     pub async fn reap(&self) -> usize {
-        let max_idle = self.settings().config.idle_timeout;
+        let max_idle = self.keepalive(&self.settings());
         let expired: Vec<Idle> = {
             let mut idle = self.lock();
             let (old, keep): (Vec<Idle>, Vec<Idle>) =

@@ -5,6 +5,8 @@
 //! sleeping, no tokio. Every reply goes through the real `policy::classify` (built-in
 //! rules) and then the real `Controller`.
 
+pub mod limiter;
+pub mod matrix;
 pub mod provider;
 
 use std::cmp::Reverse;
@@ -34,18 +36,24 @@ pub struct Scenario {
     pub expect: BTreeMap<String, Range>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ControllerSpec {
     pub initial_connections: Option<usize>,
     pub max_connections: Option<usize>,
     pub probe_interval_secs: Option<u64>,
     pub rate_per_second: Option<f64>,
+    /// `true`: the message rate starts unlimited (`rate_per_second = inf`).
+    #[serde(default)]
+    pub rate_unlimited_start: bool,
+    pub rate_cap: Option<f64>,
+    pub recipient_rate_per_second: Option<f64>,
+    pub recipient_rate_cap: Option<f64>,
     pub ramp_window_secs: Option<u64>,
     pub quota_pause_secs: Option<u64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunSpec {
     pub messages: usize,
@@ -59,6 +67,15 @@ pub struct RunSpec {
     pub resume_at_secs: Option<u64>,
     #[serde(default)]
     pub seed: u64,
+    /// Recipients per message.
+    #[serde(default = "one_rcpt")]
+    pub recipients: usize,
+    /// Transactions per connection before it is closed (default: no limit).
+    pub messages_per_connection: Option<usize>,
+}
+
+fn one_rcpt() -> usize {
+    1
 }
 
 fn service() -> u64 {
@@ -88,7 +105,14 @@ impl Scenario {
             probe_interval: c
                 .probe_interval_secs
                 .map_or(d.probe_interval, Duration::from_secs),
-            rate_per_second: c.rate_per_second,
+            rate_per_second: if c.rate_unlimited_start {
+                Some(f64::INFINITY)
+            } else {
+                c.rate_per_second
+            },
+            rate_cap: c.rate_cap,
+            recipient_rate_per_second: c.recipient_rate_per_second,
+            recipient_rate_cap: c.recipient_rate_cap,
             ramp_window: c
                 .ramp_window_secs
                 .map_or(d.ramp_window, Duration::from_secs),
@@ -118,15 +142,31 @@ struct Msg {
 
 #[derive(Debug)]
 enum ConnState {
-    Connecting { done: Duration },
-    Idle,
-    Busy { done: Duration, msg: usize },
+    Connecting {
+        done: Duration,
+    },
+    /// `used`: transactions this connection carried.
+    Idle {
+        used: usize,
+    },
+    Busy {
+        done: Duration,
+        msg: usize,
+        used: usize,
+    },
 }
 
 /// What a run measured.
 #[derive(Debug, Default)]
 pub struct Outcome {
     pub metrics: BTreeMap<String, f64>,
+    /// When each message was delivered.
+    pub deliveries: Vec<Duration>,
+    /// When the provider refused something (a rate or recipient throttle, a quota
+    /// reply, a refused connection).
+    pub refusals: Vec<Duration>,
+    /// (time, message rate in force or 0 while blocked), after every admission round.
+    pub pace: Vec<(Duration, f64)>,
 }
 
 const MAX_STEPS: u64 = 20_000_000;
@@ -169,6 +209,10 @@ pub fn run(sc: &Scenario) -> Outcome {
     let mut reached_k: Option<Duration> = None;
     let mut max_working = 0usize;
     let mut steps = 0u64;
+    let mut rcpt_throttles = 0u64;
+    let mut deliveries: Vec<Duration> = Vec::new();
+    let mut refusals: Vec<Duration> = Vec::new();
+    let mut pace: Vec<(Duration, f64)> = Vec::new();
 
     while steps < MAX_STEPS {
         steps += 1;
@@ -206,14 +250,15 @@ pub fn run(sc: &Scenario) -> Outcome {
                         in_flight_connections: busy(&conns),
                         working_connections: working(&conns),
                     };
-                    match prov.connect() {
+                    match prov.connect(now) {
                         Ok(()) => {
                             ctl.on_reply(Phase::Greeting, &Verdict::Accept, ctx);
-                            conns[i] = ConnState::Idle;
+                            conns[i] = ConnState::Idle { used: 0 };
                         }
                         Err((phase, reply)) => {
                             if reply.code == 421 {
                                 refused += 1;
+                                refusals.push(now);
                             }
                             if phase == Phase::Auth {
                                 auth_attempts += 1;
@@ -234,7 +279,7 @@ pub fn run(sc: &Scenario) -> Outcome {
 
         // 2. Transactions that finished.
         for i in 0..conns.len() {
-            let ConnState::Busy { done, msg } = conns[i] else {
+            let ConnState::Busy { done, msg, used } = conns[i] else {
                 continue;
             };
             if done > now {
@@ -244,17 +289,27 @@ pub fn run(sc: &Scenario) -> Outcome {
                 in_flight_connections: busy(&conns),
                 working_connections: working(&conns),
             };
-            conns[i] = ConnState::Idle;
-            let tr = prov.transaction(now, msg);
+            conns[i] = ConnState::Idle { used: used + 1 };
+            let tr = prov.transaction(now, msg, sc.run.recipients);
             let mut disposition = Disposition::Proceed;
             for (phase, reply) in &tr.replies {
                 let v = classify(*phase, reply);
                 match v {
-                    Verdict::Throttle(ThrottleKind::Rate) => rate_throttles += 1,
+                    Verdict::Throttle(ThrottleKind::Rate) => {
+                        rate_throttles += 1;
+                        refusals.push(now);
+                    }
+                    Verdict::Throttle(ThrottleKind::Recipients) => {
+                        rcpt_throttles += 1;
+                        refusals.push(now);
+                    }
                     Verdict::Pause {
                         scope: PauseScope::Quota,
                         ..
-                    } => quota_replies += 1,
+                    } => {
+                        quota_replies += 1;
+                        refusals.push(now);
+                    }
                     Verdict::Defer { .. } => defers += 1,
                     _ => {}
                 }
@@ -272,6 +327,7 @@ pub fn run(sc: &Scenario) -> Outcome {
             match disposition {
                 Disposition::Proceed => {
                     delivered += 1;
+                    deliveries.push(now);
                     last_delivery = now;
                     if first_pause.is_some() && first_delivery_after_pause.is_none() {
                         first_delivery_after_pause = Some(now);
@@ -303,12 +359,23 @@ pub fn run(sc: &Scenario) -> Outcome {
             first_pause = Some(now);
         }
 
-        // 3. Close idle connections above the limit.
+        // 3. Close connections that carried their share, and idle ones above the limit.
+        if let Some(per) = sc.run.messages_per_connection {
+            let mut j = 0;
+            while j < conns.len() {
+                if matches!(conns[j], ConnState::Idle { used } if used >= per) {
+                    conns.swap_remove(j);
+                    prov.disconnect();
+                } else {
+                    j += 1;
+                }
+            }
+        }
         let limit = ctl.concurrency_limit();
         let mut open = conns.len();
         let mut j = 0;
         while open > limit && j < conns.len() {
-            if matches!(conns[j], ConnState::Idle) {
+            if matches!(conns[j], ConnState::Idle { .. }) {
                 conns.swap_remove(j);
                 prov.disconnect();
                 open -= 1;
@@ -341,16 +408,17 @@ pub fn run(sc: &Scenario) -> Outcome {
             if ready.is_empty() {
                 break;
             }
-            if !matches!(c, ConnState::Idle) {
+            let ConnState::Idle { used } = *c else {
                 continue;
-            }
-            match ctl.admit() {
+            };
+            match ctl.admit_n(u32::try_from(sc.run.recipients).unwrap_or(u32::MAX)) {
                 Ok(()) => {
                     if ctl.is_paused() {
                         while_paused += 1;
                     }
                     if let Some(id) = ready.pop_front() {
                         *c = ConnState::Busy {
+                            used,
                             done: now + service,
                             msg: id,
                         };
@@ -367,10 +435,20 @@ pub fn run(sc: &Scenario) -> Outcome {
             }
         }
 
+        let st = ctl.stats();
+        let now_pace = if st.rate_blocked || st.pauses > 0 && ctl.is_paused() {
+            0.0
+        } else {
+            st.rate.unwrap_or(f64::INFINITY)
+        };
+        if pace.last().is_none_or(|(_, p)| *p != now_pace) {
+            pace.push((now, now_pace));
+        }
+
         // 6. Open connections while there is work and room.
         let idle = conns
             .iter()
-            .filter(|c| matches!(c, ConnState::Idle))
+            .filter(|c| matches!(c, ConnState::Idle { .. }))
             .count();
         let mut want = ready.len().saturating_sub(idle);
         while want > 0 && conns.len() < ctl.concurrency_limit() && !ctl.is_paused() {
@@ -398,7 +476,7 @@ pub fn run(sc: &Scenario) -> Outcome {
         for c in &conns {
             match c {
                 ConnState::Connecting { done } | ConnState::Busy { done, .. } => consider(*done),
-                ConnState::Idle => {}
+                ConnState::Idle { .. } => {}
             }
         }
         if let Some(Reverse((t, _))) = delayed.peek() {
@@ -424,6 +502,10 @@ pub fn run(sc: &Scenario) -> Outcome {
     let stats = ctl.stats();
     let mut m = BTreeMap::new();
     m.insert("steps".into(), steps as f64);
+    m.insert(
+        "sim_end_secs".into(),
+        clock.now().as_secs_f64().min(end.as_secs_f64()),
+    );
     m.insert("elapsed_secs".into(), elapsed);
     m.insert("delivered".into(), delivered as f64);
     m.insert("delivered_ratio".into(), delivered as f64 / n);
@@ -441,9 +523,10 @@ pub fn run(sc: &Scenario) -> Outcome {
         m.insert("throughput_ratio".into(), ideal / elapsed);
     }
     m.insert("rate_throttles".into(), rate_throttles as f64);
+    m.insert("recipient_throttles".into(), rcpt_throttles as f64);
     m.insert(
         "deferral_ratio".into(),
-        (rate_throttles + defers) as f64 / n,
+        (rate_throttles + rcpt_throttles + defers) as f64 / n,
     );
     if let Some(r) = sc.provider.rate_per_minute {
         m.insert(
@@ -500,7 +583,12 @@ pub fn run(sc: &Scenario) -> Outcome {
         stats.rate.map_or(-1.0, |r| r * 60.0),
     );
     m.insert("pauses".into(), stats.pauses as f64);
-    Outcome { metrics: m }
+    Outcome {
+        metrics: m,
+        deliveries,
+        refusals,
+        pace,
+    }
 }
 
 /// Loads `tests/scenarios/<name>.toml`, runs it, prints the figures, checks the ranges.

@@ -6,6 +6,39 @@ use std::time::Duration;
 use mailvalve::smtp::{EnhancedCode, Reply};
 use serde::Deserialize;
 
+use super::limiter::{Kind, Limiter};
+
+/// What a limiter counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Counts {
+    Messages,
+    Recipients,
+}
+
+/// One rate limiter of the provider (`[[provider.limiters]]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimiterSpec {
+    pub kind: Kind,
+    pub counts: Counts,
+    /// Events per window.
+    pub limit: f64,
+    pub window_secs: f64,
+    /// Token bucket depth (default: the limit).
+    pub burst: Option<f64>,
+}
+
+/// New connections allowed per window (`smtpd_client_connection_rate_limit`: attempts
+/// are counted, refused ones too, in a fixed unit); beyond it, `421 4.7.0` at the
+/// greeting with the same text as a concurrency limit.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionRateSpec {
+    pub limit: f64,
+    pub window_secs: f64,
+}
+
 /// Provider limits, from a scenario file's `[provider]` table.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -18,13 +51,24 @@ pub struct ProviderSpec {
     /// Token bucket depth.
     #[serde(default = "one")]
     pub rate_burst: f64,
+    /// Rate limiters: fixed window (anvil), sliding window, token bucket; in messages
+    /// (refused at MAIL: `450 4.7.1 Error: too much mail from ...`) or recipients
+    /// (refused at RCPT: `450 4.7.1 Error: too many recipients from ...`).
+    #[serde(default)]
+    pub limiters: Vec<LimiterSpec>,
+    /// A limit on new connections per window.
+    pub connection_rate: Option<ConnectionRateSpec>,
     /// Every n-th message goes to an unknown recipient (`550 5.1.1`); 0 = none.
     #[serde(default)]
     pub unknown_every: usize,
-    /// Messages per quota window; beyond it, `550 5.4.5` at MAIL FROM.
+    /// Messages per quota window; beyond it, `550 5.4.5` at MAIL FROM (a daily quota's
+    /// words) or, with `quota_hourly`, `451 4.7.0 Hourly send quota exceeded`; both say
+    /// when the window resets.
     pub quota: Option<u64>,
     #[serde(default = "hour")]
     pub quota_window_secs: u64,
+    #[serde(default)]
+    pub quota_hourly: bool,
     /// AUTH fails with `535 5.7.8` until the operator fixes it (`run.resume_at_secs`).
     #[serde(default)]
     pub wrong_password: bool,
@@ -39,6 +83,10 @@ pub struct Change {
     pub at_secs: u64,
     pub max_connections: Option<usize>,
     pub rate_per_minute: Option<f64>,
+    /// A new limit for `limiters[limiter]` (default: the first).
+    pub limit: Option<f64>,
+    #[serde(default)]
+    pub limiter: usize,
 }
 
 fn one() -> f64 {
@@ -59,6 +107,8 @@ pub struct Provider {
     quota_used: u64,
     password_ok: bool,
     next_change: usize,
+    limiters: Vec<(Counts, Limiter)>,
+    conn_rate: Option<Limiter>,
 }
 
 /// What a transaction got, reply by reply, until the first refusal.
@@ -82,6 +132,18 @@ impl Provider {
             password_ok: !spec.wrong_password,
             open: 0,
             next_change: 0,
+            limiters: spec
+                .limiters
+                .iter()
+                .map(|l| {
+                    let w = Duration::from_secs_f64(l.window_secs);
+                    (l.counts, Limiter::new(l.kind, l.limit, w, l.burst))
+                })
+                .collect(),
+            conn_rate: spec.connection_rate.as_ref().map(|c| {
+                let w = Duration::from_secs_f64(c.window_secs);
+                Limiter::new(Kind::Fixed, c.limit, w, None)
+            }),
             spec,
         }
     }
@@ -99,6 +161,9 @@ impl Provider {
             if c.rate_per_minute.is_some() {
                 self.rate_per_minute = c.rate_per_minute;
             }
+            if let (Some(l), Some((_, lim))) = (c.limit, self.limiters.get_mut(c.limiter)) {
+                lim.set_limit(l);
+            }
             self.next_change += 1;
         }
         None
@@ -114,9 +179,13 @@ impl Provider {
     }
 
     /// A new connection: greeting, then AUTH. `Ok` = the session is ready.
-    pub fn connect(&mut self) -> Result<(), (mailvalve::policy::verdict::Phase, Reply)> {
+    pub fn connect(
+        &mut self,
+        now: Duration,
+    ) -> Result<(), (mailvalve::policy::verdict::Phase, Reply)> {
         use mailvalve::policy::verdict::Phase;
-        if self.max_connections.is_some_and(|k| self.open >= k) {
+        let rate_ok = self.conn_rate.as_mut().is_none_or(|l| l.attempt(now));
+        if !rate_ok || self.max_connections.is_some_and(|k| self.open >= k) {
             return Err((
                 Phase::Greeting,
                 Reply::plain(
@@ -140,7 +209,12 @@ impl Provider {
     }
 
     /// One message transaction at `now`.
-    pub fn transaction(&mut self, now: Duration, msg_id: usize) -> TransactionReplies {
+    pub fn transaction(
+        &mut self,
+        now: Duration,
+        msg_id: usize,
+        recipients: usize,
+    ) -> TransactionReplies {
         use mailvalve::policy::verdict::Phase;
         let mut replies = Vec::with_capacity(4);
         // Quota window.
@@ -154,16 +228,36 @@ impl Provider {
                 // Say when the window resets, as some providers do; the classifier reads
                 // the time from the text (without it, a 5.4.5 pauses for 24 hours).
                 let reset = (w + 1) * self.spec.quota_window_secs.max(1) - now.as_secs();
-                replies.push((
-                    Phase::Mail,
+                let r = if self.spec.quota_hourly {
+                    reply(
+                        451,
+                        (4, 7, 0),
+                        &format!("Hourly send quota exceeded, try again in {reset} seconds"),
+                    )
+                } else {
                     reply(
                         550,
                         (5, 4, 5),
                         &format!("Daily user sending quota exceeded, try again in {reset} seconds"),
-                    ),
-                ));
+                    )
+                };
+                replies.push((Phase::Mail, r));
                 return TransactionReplies { replies };
             }
+        }
+        // Message-rate limiters count MAIL commands (refused ones too, where they do).
+        let mut mail_ok = true;
+        for (counts, l) in &mut self.limiters {
+            if *counts == Counts::Messages && !l.attempt(now) {
+                mail_ok = false;
+            }
+        }
+        if !mail_ok {
+            replies.push((
+                Phase::Mail,
+                reply(450, (4, 7, 1), "Error: too much mail from 127.0.0.1"),
+            ));
+            return TransactionReplies { replies };
         }
         // Rate: token bucket.
         if let Some(r) = self.rate_per_minute {
@@ -194,7 +288,22 @@ impl Provider {
             ));
             return TransactionReplies { replies };
         }
-        replies.push((Phase::Rcpt, reply(250, (2, 1, 5), "Recipient OK")));
+        for _ in 0..recipients.max(1) {
+            let mut ok = true;
+            for (counts, l) in &mut self.limiters {
+                if *counts == Counts::Recipients && !l.attempt(now) {
+                    ok = false;
+                }
+            }
+            if !ok {
+                replies.push((
+                    Phase::Rcpt,
+                    reply(450, (4, 7, 1), "Error: too many recipients from 127.0.0.1"),
+                ));
+                return TransactionReplies { replies };
+            }
+            replies.push((Phase::Rcpt, reply(250, (2, 1, 5), "Recipient OK")));
+        }
         replies.push((Phase::Data, Reply::plain(354, "Go ahead")));
         if let Some(_r) = self.rate_per_minute {
             self.tokens -= 1.0;

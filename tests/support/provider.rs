@@ -62,6 +62,8 @@ struct Log {
     aborted_writes: usize,
     /// Lines of flood replies written so far (all connections).
     flood_lines_written: usize,
+    /// The current connection-rate unit: when it began, attempts in it.
+    rate_unit: Option<(tokio::time::Instant, usize)>,
 }
 
 /// The script. Build with [`Provider::builder`].
@@ -87,7 +89,11 @@ pub struct ProviderBuilder {
     final_reply: String,
     final_delay: Option<Duration>,
     drop_after_data: bool,
+    /// While set, close after receiving the message, without a final reply.
+    drop_switch: Option<Arc<std::sync::atomic::AtomicBool>>,
     max_connections: Option<usize>,
+    /// Connection attempts allowed per fixed window (Postfix anvil style).
+    connection_rate: Option<(usize, Duration)>,
     /// Replies that replace the scripted one for a verb (`"STARTTLS"`, `"RSET"`, ...).
     overrides: HashMap<String, String>,
     /// Verb answered with a reply of this many lines of `flood_line_len` octets each,
@@ -120,7 +126,9 @@ impl Default for ProviderBuilder {
             final_reply: "250 2.0.0 Ok: queued".into(),
             final_delay: None,
             drop_after_data: false,
+            drop_switch: None,
             max_connections: None,
+            connection_rate: None,
             overrides: HashMap::new(),
             flood: None,
             rcpt_silent: Vec::new(),
@@ -229,6 +237,20 @@ impl ProviderBuilder {
     /// Close the connection after receiving the message, without a final reply.
     pub fn drop_after_data(mut self) -> Self {
         self.drop_after_data = true;
+        self
+    }
+    /// While `switch` is set, close the connection after receiving the message, without
+    /// a final reply (a provider restart in the middle of transactions).
+    pub fn drop_after_data_while(mut self, switch: Arc<std::sync::atomic::AtomicBool>) -> Self {
+        self.drop_switch = Some(switch);
+        self
+    }
+    /// At most `n` connection attempts per `window`, counted like Postfix's
+    /// `smtpd_client_connection_rate_limit` (anvil: a fixed unit that starts with the
+    /// first attempt after the last one ended; refused attempts count too); beyond that,
+    /// Postfix's own `421 4.7.0 <host> Error: too many connections from <ip>`.
+    pub fn connection_rate(mut self, n: usize, window: Duration) -> Self {
+        self.connection_rate = Some((n, window));
         self
     }
     /// More concurrent connections than this get `421 4.7.0 Too many connections`.

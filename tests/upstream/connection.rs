@@ -320,3 +320,60 @@ async fn rcpt_421_marks_connection_unusable() {
     assert_eq!(rr.iter().map(|r| r.code).collect::<Vec<_>>(), [421, 421]);
     assert!(!c.is_usable());
 }
+
+/// Issue 10 point 3, a limit on new TLS sessions: Postfix answers STARTTLS with
+/// `454 4.7.0 Error: too many new TLS sessions from <ip>` (smtpd.c). The next open never
+/// follows at once: with nothing else open the upstream backs off (unreachable for us);
+/// with others working the refusal is taken like a refused greeting (a wait, the
+/// provider stays reachable).
+#[tokio::test]
+async fn a_refused_new_tls_session_makes_the_next_open_wait() {
+    use mailvalve::policy::classify::Classifier;
+    use mailvalve::policy::clock::SystemClock;
+    use mailvalve::policy::controller::{Controller, ControllerParams, Reachability};
+    use mailvalve::upstream::observer::PolicyObserver;
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let p = Provider::builder()
+        .starttls(&ca)
+        .reply_to(
+            "STARTTLS",
+            "454 4.7.0 Error: too many new TLS sessions from 127.0.0.1",
+        )
+        .start()
+        .await;
+    let mut cfg = p.upstream_config();
+    cfg.ca_file = Some(ca.write_ca_file(dir.path()));
+    for others_working in [false, true] {
+        let controller = Arc::new(Controller::new(
+            ControllerParams {
+                seed: Some(9),
+                ..ControllerParams::default()
+            },
+            SystemClock::new(),
+        ));
+        let limit = ConcurrencyLimit::new(3);
+        // Permits held by other leases (connections that work), when there are any.
+        let mut held = Vec::new();
+        if others_working {
+            held.push(within(limit.acquire()).await.unwrap());
+            held.push(within(limit.acquire()).await.unwrap());
+        }
+        let obs = Arc::new(PolicyObserver::new(
+            Arc::new(Classifier::builtin().unwrap()),
+            controller.clone(),
+            None,
+            limit.clone(),
+        ));
+        let s = Settings::new(cfg.clone()).unwrap().with_observer(obs);
+        let err = within(Connection::connect(&s)).await.unwrap_err();
+        assert!(matches!(err, UpstreamError::StartTls(Some(_))), "{err}");
+        assert!(
+            controller.connect_wait().is_some(),
+            "others working: {others_working}: the next open would follow at once"
+        );
+        let reachable = controller.reachability() == Reachability::Reachable;
+        assert_eq!(reachable, others_working, "{:?}", controller.reachability());
+        drop(held);
+    }
+}

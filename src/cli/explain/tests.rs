@@ -260,6 +260,7 @@ fn all_verdicts() -> Vec<Verdict> {
         Verdict::Accept,
         Verdict::Throttle(ThrottleKind::Connections),
         Verdict::Throttle(ThrottleKind::Rate),
+        Verdict::Throttle(ThrottleKind::Recipients),
         Verdict::Defer { hint: None },
         Verdict::Defer { hint: h },
         Verdict::Suppress,

@@ -82,6 +82,30 @@ fn a_host_outside_the_profile_warns() {
     assert!(warnings(&c).is_empty());
 }
 
+/// `learn_above_profile = false` with a profile whose rate or connection figures are
+/// guesses warns, naming them; set in `[upstream.limits]`, a figure is the user's own.
+#[test]
+fn strict_caps_on_guessed_figures_warn() {
+    let mut c = Config::default();
+    c.upstream.learn_above_profile = false;
+    assert_eq!(warning_keys(&c), ["upstream.learn_above_profile"]);
+    let w = &warnings(&c)[0].message;
+    assert!(
+        w.contains("generic") && w.contains("max_connections") && w.contains("messages_per_minute"),
+        "{w}"
+    );
+    c.upstream.limits.max_connections = Some(3);
+    c.upstream.limits.messages_per_minute = Some(30);
+    assert!(warnings(&c).is_empty(), "{:?}", warnings(&c));
+    // Office 365 publishes its rate and connections: nothing is a guess there.
+    let mut c = Config::default();
+    c.upstream.learn_above_profile = false;
+    c.upstream.profile = "office365".into();
+    c.upstream.host = "smtp.office365.com".into();
+    assert!(warnings(&c).is_empty(), "{:?}", warnings(&c));
+    assert_eq!(validate(&c), Ok(()));
+}
+
 /// What `run` would refuse when opening its files: a file where a directory must
 /// be. A missing directory is fine (created at start).
 #[test]
@@ -290,6 +314,7 @@ fn upstream_numbers_and_host() {
     c.upstream.rate.per_second = Some(0);
     c.upstream.rate.per_day = Some(0);
     c.upstream.rate.per_minute = Some(1);
+    c.upstream.rate.recipients_per_day = Some(0);
     assert_eq!(
         keys(&c),
         vec![
@@ -299,6 +324,7 @@ fn upstream_numbers_and_host() {
             "upstream.max_messages_per_connection",
             "upstream.rate.per_second",
             "upstream.rate.per_day",
+            "upstream.rate.recipients_per_day",
         ]
     );
 }

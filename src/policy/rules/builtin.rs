@@ -70,10 +70,14 @@ const AUTH_TEXT: &str = r"authentication (is )?required|requires? authentication
 const BASIC_AUTH_OFF: &str = r"basic auth";
 /// Google's "Please log in via your web browser and then try again" (5.7.14).
 const WEB_LOGIN: &str = r"log ?in (via|with|using|through) (your |a )?(web )?browser";
-const CONN_TEXT: &str = r"too many (concurrent |simultaneous |parallel |open |smtp |active )*(connections|sessions)|concurrent connections|connection limit|too many (login|authentication|auth) (attempts|failures)|zu viele (gleichzeitige |parallele )?verbindungen";
+const CONN_TEXT: &str = r"too many (concurrent |simultaneous |parallel |open |smtp |active |new |tls )*(connections|sessions)|concurrent connections|connection limit|too many (login|authentication|auth) (attempts|failures)|zu viele (gleichzeitige |parallele )?verbindungen";
 /// The recipient's own receive limit (Microsoft ReceivingRatePerm, Gmail "receiving
 /// mail at a rate"): retry this recipient later, the account is fine.
 const RCPT_RATE: &str = r"receivingrateperm|recipientthresholdexceeded|receiving (mail )?(at a rate|too quickly)|receive (rate )?limit|(incoming|receiving) rate|recipient has exceeded";
+/// A limit on recipients per time of the sending client (Postfix
+/// `smtpd_client_recipient_rate_limit`: `450 4.7.1 Error: too many recipients from
+/// 192.0.2.1`).
+const RCPT_RATE_LIMIT: &str = r"too many recipients from|recipient (address )?rate limit";
 const TOO_MANY_RCPT: &str = r"too many recipients|recipient limit|recipients? per (message|transaction)|zu viele empf(ä|ae)nger";
 const GREYLIST: &str = r"gr[ae]y-?list";
 const MAILBOX_FULL: &str = r"mailbox (is )?full|mailbox (size |storage )?(quota|limit) (exceeded|reached)|over (its |the |his |her )?(storage |disk |mailbox )?quota|(mailbox|disk|storage) quota|quota (exceeded|full)|exceeded (its|the) storage|insufficient (mailbox )?quota|postfach (ist )?(voll|(ü|ue)berf(ü|ue)llt)|speicherplatz.{0,20}(ersch(ö|oe)pft|voll|(ü|ue)berschritten)";
@@ -121,6 +125,10 @@ pub(crate) const BUILTIN: &[Builtin] = &[
     b(ANY, Some("4xx,5xx"), Some("*.2.121-122"), None, "defer", Some("1h"), "4/5.2.121–122: Microsoft recipient's hourly receive limit (ReceivingRatePerm)"),
     b(ANY, Some("5xx"), None, Some(RCPT_RATE), "defer", Some("1h"), "permanent-looking reply about the recipient's receive rate: retry later"),
     b(ANY, Some("4xx"), None, Some(RCPT_RATE), "defer", None, "the recipient receives mail too fast: retry later"),
+    // Recipients per time (4.7.x, or Postfix's "too many recipients from <client>") is a
+    // rate of the account; x.5.3 is the recipients of one transaction.
+    b(ANY, Some("4xx"), Some("4.7.*"), Some(TOO_MANY_RCPT), "throttle-recipients", None, "4.7.x too many recipients: a recipient rate limit (Postfix smtpd_client_recipient_rate_limit)"),
+    b(ANY, Some("4xx"), Some("none,4.7.*"), Some(RCPT_RATE_LIMIT), "throttle-recipients", None, "too many recipients from this client: a recipient rate limit"),
     b(ANY, Some("4xx,5xx"), Some("*.5.3"), None, "defer", None, "x.5.3 too many recipients: send the rest in another transaction"),
     b(ANY, Some("4xx,5xx"), None, Some(TOO_MANY_RCPT), "defer", None, "too many recipients: send the rest in another transaction"),
     // --- temporary, specific

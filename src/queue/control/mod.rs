@@ -280,6 +280,13 @@ pub async fn execute(hooks: &dyn Hooks, cmd: Command) -> Result<String, String> 
     if cmd == Command::Reload {
         return off_runtime(|| hooks.reload());
     }
+    if cmd == Command::Status && hooks.spool().is_none() {
+        // Passthrough: no queue, but the state file says what was learned.
+        return Ok(format!(
+            "{NO_QUEUE}\n{}",
+            learned_text(hooks.dir(), now_ms())
+        ));
+    }
     let (spool, dir) = (hooks.spool().ok_or(NO_QUEUE)?, hooks.dir());
     let now = now_ms();
     match cmd {
@@ -415,6 +422,7 @@ pub async fn execute(hooks: &dyn Hooks, cmd: Command) -> Result<String, String> 
                 Some(live) => out.push_str(&live.text()),
                 None => out.push_str("instance: not running (spool opened directly)\n"),
             }
+            out.push_str(&learned_text(dir, now));
             Ok(out)
         }
         Command::Reload => hooks.reload(),
@@ -534,6 +542,68 @@ fn clip(s: &str, n: usize) -> String {
     out
 }
 
+/// What the state file says was learned, and when (for `status`; running or not).
+pub fn learned_text(dir: &Path, now: u64) -> String {
+    let saved = match super::quota::Ledger::peek(dir) {
+        Ok(Some(l)) => l.learned,
+        Ok(None) => None,
+        Err(e) => return format!("learned: state file {e}\n"),
+    };
+    let Some(saved) = saved else {
+        return "learned: nothing saved yet\n".into();
+    };
+    let since = now.saturating_sub(saved.saved_unix_ms);
+    let ago = |age: Option<u64>| {
+        age.map_or_else(String::new, |a| {
+            format!(", learned {} ago", human(a.saturating_add(since)))
+        })
+    };
+    let per_min = |r: f64| format!("{:.1}/min", r * 60.0);
+    let mut out = format!("learned (saved {} ago):\n", human(since));
+    for (name, r) in [
+        ("rate", &saved.state.rate),
+        ("recipient rate", &saved.state.recipient_rate),
+    ] {
+        let Some(r) = r else { continue };
+        let _ = writeln!(
+            out,
+            "  {name}: {}; ceiling {}{}{}",
+            r.rate.map_or("unlimited".into(), per_min),
+            r.ceiling.map_or("none".into(), per_min),
+            ago(r.ceiling_age_ms),
+            r.window_ms
+                .map_or_else(String::new, |w| format!("; provider's window {}", human(w)))
+        );
+    }
+    if let Some(c) = &saved.state.connections {
+        let _ = writeln!(
+            out,
+            "  connections: {}; ceiling {}{}{}",
+            c.limit,
+            c.ceiling.map_or("none".into(), |c| c.to_string()),
+            ago(c.ceiling_age_ms),
+            c.open_interval_ms.map_or_else(String::new, |i| format!(
+                "; a new connection at most every {}",
+                human(i)
+            ))
+        );
+    }
+    if let Some(p) = saved.state.pause {
+        let scope = match p.scope {
+            crate::policy::memory::PausedFor::Auth => "sign-in refused",
+            crate::policy::memory::PausedFor::Quota => "quota spent",
+            crate::policy::memory::PausedFor::Policy => "policy block",
+        };
+        let until = match p.remaining_ms {
+            None => "until `mailvalve queue resume`".to_string(),
+            Some(left) if left > since => format!("ends in {}", human(left - since)),
+            Some(_) => "ended".to_string(),
+        };
+        let _ = writeln!(out, "  pause: {scope}, {until}");
+    }
+    out
+}
+
 fn age(now: u64, then: u64) -> String {
     human(now.saturating_sub(then))
 }
@@ -553,6 +623,84 @@ fn human(ms: u64) -> String {
 mod tests {
     use super::*;
     use crate::smtp::Envelope;
+
+    /// A passthrough instance: no spool.
+    struct NoQueue(PathBuf);
+
+    impl Hooks for NoQueue {
+        fn spool(&self) -> Option<&Spool> {
+            None
+        }
+        fn dir(&self) -> &Path {
+            &self.0
+        }
+        fn set_paused(&self, _: bool) -> Result<(), String> {
+            Err(NO_QUEUE.into())
+        }
+        fn retry(&self, _: Which) -> BoxFuture<'_, Result<usize, String>> {
+            Box::pin(async { Err(NO_QUEUE.into()) })
+        }
+        fn delete(&self, _: QueueId) -> BoxFuture<'_, Result<(), String>> {
+            Box::pin(async { Err(NO_QUEUE.into()) })
+        }
+        fn live(&self) -> Option<LiveStatus> {
+            None
+        }
+    }
+
+    /// `status` says what the state file holds, with ages, in passthrough too; other
+    /// queue commands are refused there.
+    #[tokio::test]
+    async fn status_shows_what_was_learned_and_when() {
+        use crate::policy::memory::{
+            ConnectionMemory, LearnedState, PauseMemory, PausedFor, RateMemory,
+        };
+        use crate::queue::quota::{Ledger, SavedLearning};
+        let dir = tempfile::tempdir().unwrap();
+        let hooks = NoQueue(dir.path().to_path_buf());
+        let out = execute(&hooks, Command::Status).await.unwrap();
+        assert!(out.contains("learned: nothing saved yet"), "{out}");
+        assert_eq!(execute(&hooks, Command::Pause).await.unwrap_err(), NO_QUEUE);
+        let now = now_ms();
+        let mut ledger = Ledger::default();
+        ledger.learned = Some(SavedLearning {
+            saved_unix_ms: now - 120_000,
+            credentials: None,
+            state: LearnedState {
+                rate: Some(RateMemory {
+                    rate: Some(0.5),
+                    ceiling: Some(1.0),
+                    ceiling_age_ms: Some(60_000),
+                    window_ms: Some(60_000),
+                }),
+                connections: Some(ConnectionMemory {
+                    limit: 2,
+                    ceiling: Some(3),
+                    ceiling_age_ms: None,
+                    open_interval_ms: None,
+                    ..ConnectionMemory::default()
+                }),
+                pause: Some(PauseMemory {
+                    scope: PausedFor::Quota,
+                    remaining_ms: Some(3_780_000),
+                }),
+                ..LearnedState::default()
+            },
+        });
+        ledger.save(dir.path()).unwrap();
+        let out = execute(&hooks, Command::Status).await.unwrap();
+        assert!(out.contains("learned (saved 2m ago):"), "{out}");
+        assert!(
+            out.contains("rate: 30.0/min; ceiling 60.0/min, learned 3m ago; provider's window 1m"),
+            "{out}"
+        );
+        assert!(out.contains("connections: 2; ceiling 3"), "{out}");
+        assert!(out.contains("pause: quota spent, ends in 1h 0m"), "{out}");
+        std::fs::write(Ledger::path(dir.path()), b"nope").unwrap();
+        let out = execute(&hooks, Command::Status).await.unwrap();
+        assert!(out.contains("quota.json is unreadable"), "{out}");
+        assert!(Ledger::path(dir.path()).exists(), "status only reads");
+    }
 
     #[test]
     fn command_lines_round_trip_and_bad_ones_are_refused() {

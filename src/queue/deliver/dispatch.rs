@@ -1,8 +1,14 @@
 //! The dispatcher of the delivery engine: one loop that takes due messages from the
-//! spool into a bounded number of slots, rests while the account is paused, the upstream
-//! backs off or admission is busy, and halts while outcomes cannot be written (see the
-//! engine's docs). It never sends anything itself: each slot runs one
+//! spool into a bounded number of slots, rests while the account is paused, the provider
+//! is unreachable or admission is busy, and halts while outcomes cannot be written (see
+//! the engine's docs). It never sends anything itself: each slot runs one
 //! [`round`](super::round).
+//!
+//! The slots follow the controller's connection limit ([`Pacing::slots`]): a raised
+//! limit is used at once, a lowered one is obeyed as rounds finish (no round is cut
+//! short). A wait after a refused new connection while others work does not stop the
+//! dispatcher: the admission stack hands out the connections that work and spaces the
+//! new ones; only an unreachable provider rests it.
 //!
 //! It must never spin (every wait is on a wake-up or a bounded timer), never take a
 //! message that is in flight or backed off, and never dispatch while halted.
@@ -11,7 +17,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::{Delivery, Pacing, Round, BUSY_NAP_MS, HALT_RETRY_MAX, HALT_RETRY_MIN, PAUSE_SAVE_MS};
@@ -20,6 +25,23 @@ use crate::queue::schedule;
 use crate::queue::transport::Transport;
 use crate::queue::{QueueId, SpoolError};
 
+/// One running round's slot: counted while it lives, freed when the round ends (or its
+/// task is dropped).
+struct Slot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Slot {
+    fn take(active: &Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        active.fetch_add(1, Ordering::AcqRel);
+        Slot(active.clone())
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// How often the progress line is written while delivering.
 const PROGRESS_EVERY_MS: u64 = 60_000;
 
@@ -27,8 +49,9 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
     /// Runs until `shutdown`, then lets the transactions in flight finish (at most
     /// `grace`) and returns.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken, grace: Duration) {
-        let workers = self.params.workers.max(1);
-        let slots = Arc::new(Semaphore::new(workers));
+        let mut slots = self.pacing.slots();
+        // Rounds running now (each holds one slot).
+        let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let mut next_expiry = 0u64;
         let mut halt_retry = HALT_RETRY_MIN;
         // Paused time not yet written to the spool.
@@ -91,9 +114,11 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
             // The provider unreachable (the upstream-wide connect backoff), or admission
             // just gave up: wait, without touching the spool.
             let busy = self.busy_until.load(Ordering::Acquire);
-            let wait = self
-                .pacing
-                .connect_wait()
+            let unreachable =
+                matches!(self.pacing.reachability(), Reachability::Unreachable { .. });
+            let wait = unreachable
+                .then(|| self.pacing.connect_wait())
+                .flatten()
                 .or_else(|| (busy > now).then(|| Duration::from_millis(busy - now)));
             if let Some(remaining) = wait {
                 let nap = remaining.clamp(Duration::from_millis(10), Duration::from_secs(1));
@@ -117,15 +142,32 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
                     continue;
                 }
             }
-            let permit = tokio::select! {
-                p = slots.clone().acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
-                _ = shutdown.cancelled() => break,
-            };
+            // A free slot: fewer rounds running than the limit allows now.
+            let allowed = slots
+                .as_mut()
+                .map_or(self.params.workers, |rx| *rx.borrow_and_update())
+                .max(1);
+            if active.load(Ordering::Acquire) >= allowed {
+                // A finished round wakes us, and so does a new limit.
+                let changed = async {
+                    match slots.as_mut() {
+                        Some(rx) => {
+                            if rx.changed().await.is_err() {
+                                std::future::pending::<()>().await;
+                            }
+                        }
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = self.wake.notified() => {}
+                    _ = changed => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown.cancelled() => break,
+                }
+                continue;
+            }
             let Some((id, idxs)) = self.next_job(self.pacing.now_ms()) else {
-                drop(permit);
                 let now = self.pacing.now_ms();
                 let nap = match self.spool.next_due() {
                     Some(t) if t > now => Duration::from_millis(t - now),
@@ -137,20 +179,25 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
                 continue;
             };
             let me = Arc::clone(&self);
+            let slot = Slot::take(&active);
             tokio::spawn(async move {
                 let round = me.deliver(id, idxs).await;
                 me.after_round(id, round, me.pacing.now_ms());
                 me.lock_in_flight().remove(&id);
-                drop(permit);
+                drop(slot);
                 me.wake.notify_one();
             });
         }
         // Let transactions in flight finish so their outcomes are recorded.
-        let all = u32::try_from(workers).unwrap_or(u32::MAX);
-        if tokio::time::timeout(grace, slots.acquire_many(all))
-            .await
-            .is_err()
-        {
+        let drained = async {
+            while active.load(Ordering::Acquire) > 0 {
+                tokio::select! {
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                }
+            }
+        };
+        if tokio::time::timeout(grace, drained).await.is_err() {
             tracing::warn!("queue: deliveries still in flight at shutdown; they will be retried");
         }
         // One last try for outcomes that could not be written, and the paused time.

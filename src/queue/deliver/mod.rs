@@ -4,7 +4,7 @@
 //! report, retried on the controller's backoff, or held while the account is paused.
 //!
 //! ```text
-//! dispatcher ── one slot per concurrent transaction ──▶ deliver(id, due recipients)
+//! dispatcher ── one slot per allowed connection ──▶ deliver(id, due recipients)
 //!    ▲  wakes on: new message, finished delivery, next due time, resume     │
 //!    └──────── spool.record / remove after each transaction (durable) ◀─────┘
 //! ```
@@ -42,7 +42,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 
 use super::delivery_log::DeliveryLog;
 use super::record::{Message, RcptState, StoredReply};
@@ -71,6 +71,12 @@ pub trait Pacing: Send + Sync + 'static {
     fn reachability(&self) -> Reachability {
         Reachability::Reachable
     }
+    /// How many transactions may run at once, as it changes (the controller's learned
+    /// connection limit, itself within the reloadable `max_connections`). `None` = the
+    /// fixed [`DeliveryParams::workers`].
+    fn slots(&self) -> Option<watch::Receiver<usize>> {
+        None
+    }
 }
 
 impl<C: Clock + 'static> Pacing for Controller<C> {
@@ -95,6 +101,9 @@ impl<C: Clock + 'static> Pacing for Controller<C> {
     fn reachability(&self) -> Reachability {
         Controller::reachability(self)
     }
+    fn slots(&self) -> Option<watch::Receiver<usize>> {
+        Some(self.watch_limit())
+    }
 }
 
 /// Looks up whether an address is suppressed; `Some(reply)` is the local 550 for it.
@@ -103,7 +112,8 @@ pub type SuppressedFn = dyn Fn(&str) -> Option<Reply> + Send + Sync;
 /// Settings of the engine (from `[queue]`, the profile and `[server]`).
 #[derive(Debug, Clone)]
 pub struct DeliveryParams {
-    /// Transactions at once (the profile's maximum connections; admission narrows it).
+    /// Transactions at once when the pacing publishes no limit of its own
+    /// ([`Pacing::slots`]); with the controller, the slots follow its connection limit.
     pub workers: usize,
     /// Recipients per transaction; a message with more is split.
     pub rcpts_per_message: usize,

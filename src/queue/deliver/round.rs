@@ -269,7 +269,16 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
                                 ..
                             }
                         );
-                        busy |= is_busy;
+                        // No slot in time, or no new connection allowed yet (the
+                        // connect backoff): the dispatcher rests before the next round.
+                        busy |= is_busy
+                            || matches!(
+                                out,
+                                RcptOutcome::Local {
+                                    kind: LocalKind::Unreachable,
+                                    ..
+                                }
+                            );
                         if !is_busy && self.hold_started(msg.id, i) {
                             self.log_outcome(
                                 &msg,

@@ -24,8 +24,8 @@ use tokio::time::timeout;
 
 impl Connection {
     /// Connects and brings the session to the point where MAIL FROM can be sent.
-    /// Failures before any reply (refused, TLS) and a refused greeting are reported to
-    /// the observer here; replies and read errors are reported as they are read.
+    /// Failures before any reply (refused, TLS), a refused greeting and a refused
+    /// STARTTLS are reported to the observer here; replies and read errors are reported as they are read.
     pub async fn connect(settings: &Settings) -> Result<Connection, UpstreamError> {
         if let Some(obs) = &settings.observer {
             obs.connect_started();
@@ -33,8 +33,10 @@ impl Connection {
         let res = Self::open(settings).await;
         if let Some(obs) = &settings.observer {
             if let Err(
-                e
-                @ (UpstreamError::Connect(_) | UpstreamError::Tls(_) | UpstreamError::Greeting(_)),
+                e @ (UpstreamError::Connect(_)
+                | UpstreamError::Tls(_)
+                | UpstreamError::Greeting(_)
+                | UpstreamError::StartTls(Some(_))),
             ) = &res
             {
                 obs.failure(None, e);

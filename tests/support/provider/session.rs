@@ -22,7 +22,16 @@ pub(super) async fn serve(mut tcp: TcpStream, script: Arc<ProviderBuilder>, log:
         let mut l = log.lock().unwrap_or_else(|p| p.into_inner());
         let id = l.connections_total;
         l.connections_total += 1;
-        if script.max_connections.is_some_and(|m| l.current >= m) {
+        let over_rate = script.connection_rate.is_some_and(|(n, window)| {
+            let now = tokio::time::Instant::now();
+            let unit = match l.rate_unit {
+                Some((start, k)) if now.duration_since(start) < window => (start, k + 1),
+                _ => (now, 1),
+            };
+            l.rate_unit = Some(unit);
+            unit.1 > n
+        });
+        if over_rate || script.max_connections.is_some_and(|m| l.current >= m) {
             l.refused += 1;
             None
         } else {
@@ -32,9 +41,12 @@ pub(super) async fn serve(mut tcp: TcpStream, script: Arc<ProviderBuilder>, log:
         }
     };
     let Some(conn) = admitted else {
-        let _ = tcp
-            .write_all(b"421 4.7.0 Too many connections, try again later\r\n")
-            .await;
+        let refusal: &[u8] = if script.connection_rate.is_some() {
+            b"421 4.7.0 provider.test Error: too many connections from 127.0.0.1\r\n"
+        } else {
+            b"421 4.7.0 Too many connections, try again later\r\n"
+        };
+        let _ = tcp.write_all(refusal).await;
         let _ = tcp.shutdown().await;
         return;
     };
@@ -271,7 +283,12 @@ impl Session {
                         .unwrap_or_else(|p| p.into_inner())
                         .messages
                         .push(msg);
-                    if script.drop_after_data {
+                    if script.drop_after_data
+                        || script
+                            .drop_switch
+                            .as_ref()
+                            .is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst))
+                    {
                         return Outcome::Closed;
                     }
                     if let Some((v, lines, len)) = &script.flood {

@@ -315,3 +315,86 @@ fn every_builtin_has_a_description_and_the_table_is_exhaustive() {
         }
     }
 }
+
+/// Postfix's own replies for its anvil limits (smtpd.c, read from the source): a message
+/// rate at MAIL, a recipient rate at RCPT — both 450 4.7.1 — and the per-transaction
+/// recipient limit (`smtpd_recipient_limit`), 452 4.5.3, which stays a per-transaction
+/// defer (the rest goes in the next transaction) and must not slow the account.
+#[test]
+fn postfix_rate_limits_are_told_apart_from_the_transaction_limit() {
+    let c = builtin();
+    let tr_rcpt = Verdict::Throttle(crate::policy::verdict::ThrottleKind::Recipients);
+    let v = |phase, code, enh, text| c.classify(phase, &reply(code, enh, text)).verdict;
+    // smtpd_client_message_rate_limit
+    assert_eq!(
+        v(
+            Mail,
+            450,
+            "4.7.1",
+            "4.7.1 Error: too much mail from 127.0.0.1"
+        ),
+        TR
+    );
+    // smtpd_client_recipient_rate_limit
+    assert_eq!(
+        v(
+            Rcpt,
+            450,
+            "4.7.1",
+            "4.7.1 Error: too many recipients from 127.0.0.1"
+        ),
+        tr_rcpt
+    );
+    // The same without an enhanced code (enhanced status codes switched off).
+    assert_eq!(
+        v(Rcpt, 450, "", "Error: too many recipients from 127.0.0.1"),
+        tr_rcpt
+    );
+    // smtpd_recipient_limit: per transaction.
+    assert_eq!(
+        v(Rcpt, 452, "4.5.3", "4.5.3 Error: too many recipients"),
+        DEF
+    );
+    assert_eq!(v(Rcpt, 452, "", "Too many recipients"), DEF);
+    assert_eq!(
+        v(
+            Rcpt,
+            550,
+            "5.5.3",
+            "5.5.3 Too many recipients in this transaction"
+        ),
+        DEF
+    );
+    assert_eq!(
+        v(
+            Rcpt,
+            452,
+            "4.5.3",
+            "Too many recipients in this transaction"
+        ),
+        DEF
+    );
+    // smtpd_client_new_tls_session_rate_limit: a limit on new connections' TLS
+    // sessions, answered to STARTTLS (and as 421 in wrapper mode).
+    let tc = Verdict::Throttle(crate::policy::verdict::ThrottleKind::Connections);
+    assert_eq!(
+        v(
+            StartTls,
+            454,
+            "4.7.0",
+            "4.7.0 Error: too many new TLS sessions from 127.0.0.1"
+        ),
+        tc
+    );
+    assert_eq!(
+        v(
+            Greeting,
+            421,
+            "4.7.0",
+            "4.7.0 mx.example Error: too many new TLS sessions from 127.0.0.1"
+        ),
+        tc
+    );
+    // The rule name round-trips for config rules.
+    assert_eq!(tr_rcpt.name(), "throttle-recipients");
+}

@@ -4,6 +4,7 @@
 //! when). Every wait is bounded (`until`); no assertion is about how long anything took.
 
 mod pacing;
+mod slots;
 mod storage;
 
 use super::*;
@@ -81,9 +82,11 @@ impl Transport for Scripted {
     }
 }
 
-/// Paused until `until` (set by the test), backoff of 50 ms × 2^attempt.
+/// Paused until `until` (set by the test), backoff of 50 ms × 2^attempt; the slots a
+/// test publishes (`None`: `DeliveryParams::workers`).
 struct FakePacing {
     until: Arc<Mutex<Option<Instant>>>,
+    slots: Option<tokio::sync::watch::Receiver<usize>>,
 }
 
 impl Pacing for FakePacing {
@@ -97,6 +100,9 @@ impl Pacing for FakePacing {
     }
     fn retry_delay(&self, attempt: u32, hint: Option<Duration>) -> Duration {
         hint.unwrap_or(Duration::from_millis(50 << attempt.min(10)))
+    }
+    fn slots(&self) -> Option<tokio::sync::watch::Receiver<usize>> {
+        self.slots.clone()
     }
 }
 
@@ -139,6 +145,17 @@ fn engine_on(
     params: DeliveryParams,
     webhook: Option<Webhook>,
 ) -> (Arc<Engine>, tempfile::TempDir) {
+    engine_with_slots(dir, script, params, webhook, None)
+}
+
+/// [`engine_on`] with the slots following `slots`.
+fn engine_with_slots(
+    dir: tempfile::TempDir,
+    script: Script,
+    params: DeliveryParams,
+    webhook: Option<Webhook>,
+    slots: Option<tokio::sync::watch::Receiver<usize>>,
+) -> (Arc<Engine>, tempfile::TempDir) {
     let (spool, _) = Spool::open(&dir.path().join("spool")).unwrap();
     let pause = Arc::new(Mutex::new(None));
     let engine = Delivery::new(
@@ -154,7 +171,10 @@ fn engine_on(
             pause: pause.clone(),
             classifier: Classifier::builtin().unwrap(),
         }),
-        Arc::new(FakePacing { until: pause }),
+        Arc::new(FakePacing {
+            until: pause,
+            slots,
+        }),
         params,
     )
     .with_webhook(webhook);

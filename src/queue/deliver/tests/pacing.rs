@@ -176,7 +176,10 @@ async fn a_hold_is_logged_once_when_it_starts_and_once_when_it_ends() {
             pause: pause.clone(),
             classifier: Classifier::builtin().unwrap(),
         }),
-        Arc::new(FakePacing { until: pause }),
+        Arc::new(FakePacing {
+            until: pause,
+            slots: None,
+        }),
         DeliveryParams::default(),
     )
     .with_log(DeliveryLog::open(&log_path).unwrap());
