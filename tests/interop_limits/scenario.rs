@@ -110,7 +110,13 @@ impl Scenario {
             }
             (Kind::ConnectionRate, None) | (Kind::ConnectionCount, _) => return None,
         };
-        Some(per_window / (self.window.as_secs_f64() + 1.0))
+        Some(per_window / self.effective_window().as_secs_f64())
+    }
+
+    /// anvil's unit as it works out: a second longer than configured (see
+    /// `limit_per_second`).
+    pub fn effective_window(&self) -> Duration {
+        self.window + Duration::from_secs(1)
     }
 
     /// How long the units take at exactly the provider's limit, evenly paced (rate
@@ -215,10 +221,8 @@ pub fn run(sc: &Scenario, postfix_bin: &Path, dir: &Path) -> Outcome {
     let postfix = Postfix::start(postfix_bin, tool("script").as_deref(), dir, &sc.main_cf());
     let spool = dir.join("spool");
     let mut relay = start_mailvalve(dir, &config(sc, postfix.port, &spool), &[]);
-    // Postfix's start-up probe connection is behind us; everything from here on is the
-    // campaign's. A unit of anvil starts at the client's first event after the last one
-    // ended, so the probe's unit may still run: the first window is excluded from the
-    // long-run rate anyway.
+    // Postfix was started without connecting to it (`support::postfix::listening`), so
+    // anvil's first unit starts with mailvalve's first connection.
     let epoch = Instant::now();
     let watch = Watch::start(postfix.log.clone(), postfix.log_len() as u64, epoch);
 

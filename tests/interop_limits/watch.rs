@@ -33,6 +33,8 @@ pub struct Tally {
     pub refused: HashMap<&'static str, Vec<Duration>>,
     /// Sessions smtpd accepted (greeted or refused).
     pub connects: usize,
+    /// When the first of them was seen: anvil's first rate unit starts there.
+    pub first_connect: Option<Duration>,
     /// Sessions smtpd ended with `421 4.7.0 ... Error: too many errors` (after
     /// `smtpd_hard_error_limit` errors, 20: each anvil 450 counts as one).
     pub error_limit: usize,
@@ -64,6 +66,7 @@ impl Tally {
             }
         } else if line.contains("]: connect from ") {
             self.connects += 1;
+            self.first_connect.get_or_insert(at);
         } else if line.contains("]: too many errors after ") {
             self.error_limit += 1;
         } else {

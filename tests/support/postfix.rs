@@ -131,16 +131,11 @@ default_process_limit = 100
             "postfix start failed ({st}):\n{out}\nlog:\n{}",
             pf.log_text()
         );
-        // `postfix start` returns once master runs; wait for the smtpd socket. This
-        // connection counts for anvil like any other (the connection-rate scenario of
-        // `interop_limits` accounts for it).
+        // `postfix start` returns once master runs; wait for the smtpd socket. Without
+        // connecting where the kernel says: a connection would count for anvil and
+        // start a rate unit before the test's client makes its first move.
         let deadline = Instant::now() + STARTUP;
-        while TcpStream::connect_timeout(
-            &SocketAddr::from(([127, 0, 0, 1], port)),
-            Duration::from_millis(200),
-        )
-        .is_err()
-        {
+        while !listening(port) {
             assert!(
                 Instant::now() < deadline,
                 "Postfix not listening on {port}; log:\n{}",
@@ -243,6 +238,26 @@ impl Drop for Postfix {
                 }
             }
         }
+    }
+}
+
+/// Whether something listens on 127.0.0.1:`port`: a LISTEN entry in Linux's
+/// `/proc/net/tcp` (local address `0100007F:<port hex>`, state `0A`); where that file
+/// cannot be read, by connecting (which anvil then counts as a connection).
+pub fn listening(port: u16) -> bool {
+    match fs::read_to_string("/proc/net/tcp") {
+        Ok(table) => {
+            let local = format!("0100007F:{port:04X}");
+            table.lines().skip(1).any(|l| {
+                let mut f = l.split_whitespace();
+                f.nth(1) == Some(local.as_str()) && f.nth(1) == Some("0A")
+            })
+        }
+        Err(_) => TcpStream::connect_timeout(
+            &SocketAddr::from(([127, 0, 0, 1], port)),
+            Duration::from_millis(200),
+        )
+        .is_ok(),
     }
 }
 
