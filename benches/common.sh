@@ -21,11 +21,18 @@ need_tools() {
     done
 }
 
-# Builds the release binary and sets BIN (MAILVALVE_BIN overrides what is measured).
+# Builds the release binary and sets BIN. MAILVALVE_BIN overrides what is measured (and
+# then nothing is built: e.g. a debug build for a bench whose figures a provider's limit
+# decides, not the relay's speed).
 build_release() {
+    if [ -n "${MAILVALVE_BIN:-}" ]; then
+        BIN=$(realpath "$MAILVALVE_BIN")
+        echo "== measuring $BIN (MAILVALVE_BIN; not building)"
+        return 0
+    fi
     echo "== cargo build --release"
     cargo build --release --bin mailvalve
-    BIN=$(realpath "${MAILVALVE_BIN:-target/release/mailvalve}")
+    BIN=$(realpath target/release/mailvalve)
 }
 
 # True while the process exists and is not a zombie (a child that exited but was not
@@ -113,7 +120,8 @@ if [ "$(id -u)" = 0 ]; then
 fi
 
 # Writes a mailvalve config. MODE is passthrough or queue; SPOOL is the [queue] dir
-# (queue mode only). EXTRA_UPSTREAM / EXTRA_QUEUE: TOML lines added to those tables.
+# (queue mode only). EXTRA_UPSTREAM / EXTRA_QUEUE: TOML lines added to those tables;
+# PROFILE: upstream.profile (default local).
 write_config() { # file mode listen_port upstream_port [spool]
     {
         echo "mode = \"$2\""
@@ -130,7 +138,7 @@ listen = ""
 host = "127.0.0.1"
 port = $4
 tls = "none"
-profile = "local"
+profile = "${PROFILE:-local}"
 max_connections = $SESSIONS
 max_messages_per_connection = 1000000
 admission_wait = "60s"
@@ -164,3 +172,92 @@ start_mailvalve() { # config listen_port name
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
 
 rate() { awk -v n="$1" -v s="$2" 'BEGIN { printf "%.0f", n / s }'; }
+
+# --- private Postfix instances (need root) --------------------------------------------
+
+pf_instances=() # directories of the instances started, stopped by cleanup()
+
+# The services of Debian's /etc/postfix/master.cf, without chroot (there is no chroot
+# skeleton in a temp dir) and without the pipe transports; postlog for maillog_file.
+# One file, shared with tests/support/postfix.rs.
+PF_SERVICES=$(cat tests/data/postfix-master-services.cf)
+
+# `postfix -c DIR/conf VERB`, bounded; postfix prints its errors only to a terminal,
+# hence `script` when available. Output goes to DIR/postfix-VERB.out.
+pf_cmd() { # dir verb
+    local out="$1/postfix-$2.out"
+    if command -v script >/dev/null; then
+        timeout 60 script -qec "postfix -c $1/conf $2" /dev/null >"$out" 2>&1
+    else
+        timeout 60 postfix -c "$1/conf" "$2" >"$out" 2>&1
+    fi
+}
+
+pf_master_pid() { tr -d ' \n' <"$1/queue/pid/master.pid" 2>/dev/null || true; } # dir
+
+# Stops the instance in DIR if it runs (bounded: 10 s, then SIGKILL to its master).
+pf_stop() { # dir
+    [ -d "$1/conf" ] || return 0
+    local pid
+    pid=$(pf_master_pid "$1")
+    [ -n "$pid" ] && alive "$pid" || return 0
+    pf_cmd "$1" stop || echo "postfix stop failed: $(cat "$1/postfix-stop.out")" >&2
+    for _ in $(seq 1 100); do
+        alive "$pid" || return 0
+        sleep 0.1
+    done
+    echo "Postfix master $pid still running 10 s after stop; killing it" >&2
+    kill -KILL "$pid" 2>/dev/null || true
+}
+
+pf_stop_all() {
+    local d
+    for d in "${pf_instances[@]}"; do
+        pf_stop "$d"
+    done
+}
+cleanup_hooks+=(pf_stop_all)
+
+# Sets up and starts a Postfix in DIR (its conf, queue, data and log DIR/postfix.log)
+# with one smtpd on 127.0.0.1:PORT accepting from 127.0.0.0/8, no local domains; the
+# main.cf lines read from stdin say where mail goes (relayhost, default_transport) and
+# what is limited, and may override the base lines. Sets PF_PID (its master). Its
+# directory and $work must be searchable by user postfix (the caller's chmod).
+pf_start() { # dir port  < extra main.cf lines
+    local extra
+    extra=$(cat)
+    mkdir -p "$1/conf" "$1/queue" "$1/data"
+    chmod 711 "$work" "$1" # Postfix's daemons run as user postfix
+    # queue_directory belongs to root (Postfix makes its subdirectories for postfix),
+    # data_directory to postfix.
+    chmod 755 "$1/queue"
+    chown postfix "$1/data"
+    cat >"$1/conf/main.cf" <<CF
+compatibility_level = 3.6
+queue_directory = $1/queue
+data_directory = $1/data
+maillog_file = $1/postfix.log
+maillog_file_prefixes = $1
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mydestination =
+alias_maps =
+alias_database =
+mynetworks = 127.0.0.0/8
+smtputf8_enable = no
+$extra
+CF
+    printf '127.0.0.1:%s inet n - n - - smtpd\n%s\n' "$2" "$PF_SERVICES" >"$1/conf/master.cf"
+    pf_instances+=("$1")
+    if ! pf_cmd "$1" start; then
+        echo "postfix start failed:" >&2
+        cat "$1/postfix-start.out" >&2
+        return 1
+    fi
+    PF_PID=$(pf_master_pid "$1")
+    [ -n "$PF_PID" ] || {
+        echo "postfix start ($1): no master.pid" >&2
+        return 1
+    }
+    wait_port "$2" "$PF_PID"
+}

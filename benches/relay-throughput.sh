@@ -239,83 +239,22 @@ relay_bench() { # name relay_port relay_pid
     timed_run "$@"
 }
 
-# --- a private Postfix relay ----------------------------------------------------------
+# --- a private Postfix relay (benches/common.sh starts and stops it) -----------------
 
 pf="" # its directory, once created
-
-# The services of Debian's /etc/postfix/master.cf, without chroot (there is no chroot
-# skeleton in a temp dir) and without the pipe transports; postlog for maillog_file.
-# One file, shared with tests/interop_postfix.rs.
-PF_SERVICES=$(cat tests/data/postfix-master-services.cf)
-
-# `postfix -c DIR VERB`, bounded; postfix prints its errors only to a terminal, hence
-# `script` when available. Output goes to $pf/postfix-VERB.out.
-postfix_cmd() { # verb
-    local out="$pf/postfix-$1.out"
-    if command -v script >/dev/null; then
-        timeout 60 script -qec "postfix -c $pf/conf $1" /dev/null >"$out" 2>&1
-    else
-        timeout 60 postfix -c "$pf/conf" "$1" >"$out" 2>&1
-    fi
-}
-
-pf_master_pid() { tr -d ' \n' <"$pf/queue/pid/master.pid" 2>/dev/null || true; }
-
-stop_postfix() {
-    [ -n "$pf" ] && [ -d "$pf/conf" ] || return 0
-    local pid
-    pid=$(pf_master_pid)
-    [ -n "$pid" ] && alive "$pid" || return 0
-    postfix_cmd stop || echo "postfix stop failed: $(cat "$pf/postfix-stop.out")" >&2
-    for _ in $(seq 1 100); do
-        alive "$pid" || return 0
-        sleep 0.1
-    done
-    echo "Postfix master $pid still running 10 s after stop; killing it" >&2
-    kill -KILL "$pid" 2>/dev/null || true
-}
-cleanup_hooks+=(stop_postfix)
 
 # Sets up and starts a Postfix in $work/postfix listening on port $1 and relaying
 # everything to 127.0.0.1:$2. Durable as Postfix always is; concurrency at defaults.
 start_postfix() { # listen_port relay_to_port
     pf="$work/postfix"
-    mkdir -p "$pf/conf" "$pf/queue" "$pf/data"
-    chmod 711 "$work" "$pf" # Postfix's daemons run as user postfix
-    # queue_directory belongs to root (Postfix makes its subdirectories for postfix),
-    # data_directory to postfix.
-    chmod 755 "$pf/queue"
-    chown postfix "$pf/data"
-    cat >"$pf/conf/main.cf" <<CF
-compatibility_level = 3.6
-queue_directory = $pf/queue
-data_directory = $pf/data
-maillog_file = $pf/postfix.log
-maillog_file_prefixes = $pf
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
+    pf_start "$pf" "$1" <<CF
 myhostname = relay.bench
-mydestination =
-alias_maps =
-alias_database =
 relayhost = [127.0.0.1]:$2
-mynetworks = 127.0.0.0/8
 smtpd_relay_restrictions = permit_mynetworks, reject
-smtputf8_enable = no
 CF
-    printf '127.0.0.1:%s inet n - n - - smtpd\n%s\n' "$1" "$PF_SERVICES" >"$pf/conf/master.cf"
-    if ! postfix_cmd start; then
-        echo "postfix start failed:" >&2
-        cat "$pf/postfix-start.out" >&2
-        return 1
-    fi
-    PF_PID=$(pf_master_pid)
-    [ -n "$PF_PID" ] || {
-        echo "postfix start: no master.pid" >&2
-        return 1
-    }
-    wait_port "$1" "$PF_PID"
 }
+
+stop_postfix() { [ -z "$pf" ] || pf_stop "$pf"; }
 
 queue_bench() {
     local sink_port relay_port mv mv_s pf_s

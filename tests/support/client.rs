@@ -112,6 +112,31 @@ impl Client {
     }
 }
 
+impl Client {
+    /// One transaction to several recipients. `Ok` holds the reply that ended it: the
+    /// end-of-data reply, or the first refusal (of MAIL, any RCPT, or DATA; then the
+    /// transaction is reset). `message` must already be dot-stuffed and end with CRLF.
+    pub fn send_many(&mut self, from: &str, to: &[String], message: &str) -> io::Result<Reply> {
+        let lines = std::iter::once(format!("MAIL FROM:<{from}>"))
+            .chain(to.iter().map(|t| format!("RCPT TO:<{t}>")));
+        for line in lines {
+            let r = self.cmd(&line)?;
+            if r.0 != 250 {
+                self.cmd("RSET")?;
+                return Ok(r);
+            }
+        }
+        let r = self.cmd("DATA")?;
+        if r.0 != 354 {
+            self.cmd("RSET")?;
+            return Ok(r);
+        }
+        self.writer.write_all(message.as_bytes())?;
+        self.writer.write_all(b".\r\n")?;
+        self.reply()
+    }
+}
+
 /// Raises this process's soft limit on open files to at least `n` (children started
 /// afterwards inherit it), for tests that hold many connections at once; the default
 /// soft limit is often 1024. Panics, naming the limit, if the hard limit is lower.

@@ -57,6 +57,15 @@ pub fn need(test: &str, name: &str) -> Option<PathBuf> {
     None
 }
 
+/// For a precondition other than a tool (e.g. root): panics under
+/// `MAILVALVE_REQUIRE_TOOLS`, else says `SKIPPED: ...` so the caller can return.
+pub fn skip(test: &str, why: &str) {
+    if tools_required() {
+        panic!("{test}: {why} and MAILVALVE_REQUIRE_TOOLS is set");
+    }
+    eprintln!("SKIPPED: {test}: {why}");
+}
+
 // ------------------------------------------------------------------------------------
 // Processes
 // ------------------------------------------------------------------------------------

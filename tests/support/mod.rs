@@ -5,6 +5,7 @@ pub mod capture;
 pub mod client;
 pub mod harness;
 pub mod inbound;
+pub mod postfix;
 pub mod provider;
 pub mod replies;
 pub mod sink;
