@@ -101,6 +101,15 @@ impl Figures {
     }
 
     /// What misses the targets, one line each (empty: all met).
+    /// What must hold in every run: every recipient delivered, exactly once.
+    pub fn guarantee_misses(&self, o: &Outcome) -> Vec<String> {
+        let mut m = self.misses(o);
+        m.retain(|x| x.starts_with("delivered ") || x.contains("duplicate deliveries"));
+        m
+    }
+
+    /// Every target missed: the guarantees, and issue 10's rate, refusal and connection
+    /// targets.
     pub fn misses(&self, o: &Outcome) -> Vec<String> {
         let sc = &o.scenario;
         let mut m = Vec::new();
