@@ -12,13 +12,10 @@ mod support;
 
 use std::fs;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 use support::client::Client;
-use support::harness::{mailvalve, run, start_mailvalve, tempdir};
+use support::harness::{mailvalve_cli, start_mailvalve, tempdir};
 use support::provider::Provider;
-
-const CLI: Duration = Duration::from_secs(60);
 
 fn config(mode: &str, provider_port: u16) -> String {
     format!(
@@ -47,16 +44,12 @@ path = "suppression.redb"
     )
 }
 
-/// `mailvalve suppress -c FILE args...` in `dir`: (success, stdout + stderr).
+/// `mailvalve suppress args... -c FILE` in `dir`: (success, stdout + stderr).
 fn suppress(dir: &Path, args: &[&str]) -> (bool, String) {
-    let mut cmd = Command::new(mailvalve());
-    cmd.current_dir(dir)
-        .arg("suppress")
-        .arg("-c")
-        .arg(dir.join("mailvalve.toml"))
-        .args(args);
-    let (st, out) = run("mailvalve-suppress", &mut cmd, dir, CLI);
-    (st.success(), out)
+    let all: Vec<&str> = std::iter::once("suppress")
+        .chain(args.iter().copied())
+        .collect();
+    mailvalve_cli(dir, &all)
 }
 
 /// Waits (bounded) for the instance's control socket: the SMTP port may accept before
@@ -205,12 +198,7 @@ fn queue_commands_against_a_passthrough_instance_say_so() {
     let d = dir.path();
     let _mv = start_mailvalve(d, &config("passthrough", provider.addr().port()), &[]);
     wait_for_socket(d);
-    let mut cmd = Command::new(mailvalve());
-    cmd.current_dir(d)
-        .args(["queue", "-c"])
-        .arg(d.join("mailvalve.toml"))
-        .arg("list");
-    let (st, out) = run("mailvalve-queue", &mut cmd, d, CLI);
-    assert!(!st.success(), "{out}");
+    let (ok, out) = mailvalve_cli(d, &["queue", "list"]);
+    assert!(!ok, "{out}");
     assert!(out.contains("passthrough mode"), "{out}");
 }

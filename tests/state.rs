@@ -13,13 +13,11 @@ mod support;
 
 use std::fs;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 use support::client::Client;
-use support::harness::{mailvalve, run, start_mailvalve, tempdir, Relay};
+use support::harness::{mailvalve_cli, start_mailvalve, tempdir, Relay};
 use support::provider::Provider;
 
-const CLI: Duration = Duration::from_secs(60);
 const WAIT: Duration = Duration::from_secs(30);
 const PASSWORD_WRONG: &str = "wrong-Secret-41";
 const PASSWORD_RIGHT: &str = "right-Secret-42";
@@ -55,14 +53,10 @@ path = "suppression.redb"
 
 /// `mailvalve queue ARGS -c FILE` in `dir`: (success, stdout + stderr).
 fn queue(dir: &Path, args: &[&str]) -> (bool, String) {
-    let mut cmd = Command::new(mailvalve());
-    cmd.current_dir(dir)
-        .arg("queue")
-        .args(args)
-        .arg("-c")
-        .arg(dir.join("mailvalve.toml"));
-    let (st, out) = run("mailvalve-queue", &mut cmd, dir, CLI);
-    (st.success(), out)
+    let all: Vec<&str> = std::iter::once("queue")
+        .chain(args.iter().copied())
+        .collect();
+    mailvalve_cli(dir, &all)
 }
 
 /// Polls (bounded) until `cond` holds.

@@ -205,6 +205,20 @@ impl Drop for Proc {
     }
 }
 
+/// `mailvalve ARGS -c DIR/mailvalve.toml` run in `dir` (bounded by a minute): whether it
+/// succeeded, and its stdout + stderr. The one way the tests drive a CLI verb against a
+/// configuration in a test directory.
+pub fn mailvalve_cli(dir: &Path, args: &[&str]) -> (bool, String) {
+    let mut cmd = Command::new(mailvalve());
+    cmd.current_dir(dir)
+        .args(args)
+        .arg("-c")
+        .arg(dir.join("mailvalve.toml"));
+    let name = format!("mailvalve-{}", args.first().copied().unwrap_or("cli"));
+    let (st, out) = run(&name, &mut cmd, dir, Duration::from_secs(60));
+    (st.success(), out)
+}
+
 /// Runs a command to completion (bounded), returning its status and combined output.
 pub fn run(name: &str, cmd: &mut Command, dir: &Path, limit: Duration) -> (ExitStatus, String) {
     let log = dir.join(format!("{name}.{}.log", free_port()));
