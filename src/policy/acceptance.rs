@@ -88,17 +88,7 @@ impl AcceptanceLog {
     /// it starts inside the span).
     pub fn count(&self, from: Duration, to: Duration) -> u64 {
         let mut sum = 0u64;
-        for &(i, c) in self.fine.iter().rev() {
-            let t = start_of(i, FINE);
-            if t < from {
-                break;
-            }
-            if t < to {
-                sum = sum.saturating_add(c);
-            }
-        }
-        for &(j, c) in self.coarse.iter().rev() {
-            let t = start_of(j, COARSE);
+        for (t, c) in self.newest_first() {
             if t < from {
                 break;
             }
@@ -109,17 +99,23 @@ impl AcceptanceLog {
         sum
     }
 
-    /// How far back from `end` the last `n` accepted reach (`None`: fewer were
-    /// accepted in the log's day).
-    pub fn span_of_last(&self, n: u64, end: Duration) -> Option<Duration> {
+    /// Every bucket as (start, count), newest first: the fine ones, then the minute
+    /// ones (all older: a minute bucket holds only fine buckets already pruned).
+    fn newest_first(&self) -> impl Iterator<Item = (Duration, u64)> + '_ {
         let fine = self.fine.iter().rev().map(|&(i, c)| (start_of(i, FINE), c));
         let coarse = self
             .coarse
             .iter()
             .rev()
             .map(|&(j, c)| (start_of(j, COARSE), c));
+        fine.chain(coarse)
+    }
+
+    /// How far back from `end` the last `n` accepted reach (`None`: fewer were
+    /// accepted in the log's day).
+    pub fn span_of_last(&self, n: u64, end: Duration) -> Option<Duration> {
         let mut cum = 0u64;
-        for (t, c) in fine.chain(coarse) {
+        for (t, c) in self.newest_first() {
             if t >= end {
                 continue;
             }
@@ -150,15 +146,9 @@ impl AcceptanceLog {
         let max_span = max_span.max(min_span).min(COARSE_SPAN);
         let from = end.saturating_sub(max_span);
         let mut cum = 0u64;
-        let fine = self.fine.iter().rev().map(|&(i, c)| (start_of(i, FINE), c));
-        let coarse = self
-            .coarse
-            .iter()
-            .rev()
-            .map(|&(j, c)| (start_of(j, COARSE), c));
         // (rate, span), shortest span first.
         let mut candidates: Vec<(f64, Duration)> = Vec::new();
-        for (t, c) in fine.chain(coarse) {
+        for (t, c) in self.newest_first() {
             if t >= end {
                 continue;
             }
