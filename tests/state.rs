@@ -245,11 +245,7 @@ fn a_learned_rate_is_restored_in_passthrough_too() {
             std::thread::sleep(Duration::from_millis(10));
         }
         controller.on_reply(Phase::Mail, &Verdict::Throttle(ThrottleKind::Rate), ctx);
-        let deadline = Instant::now() + WAIT;
-        while controller.admit().is_err() {
-            assert!(Instant::now() < deadline, "no probe admitted");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_until("a probe admitted", || controller.admit().is_ok());
         controller.on_reply(Phase::DataEnd, &Verdict::Accept, ctx);
     }
     assert!(controller.rate().is_some(), "a rate was learned");
