@@ -216,6 +216,8 @@ pub struct ControllerStats {
     pub open_rate_refusals: u64,
     /// The learned least gap between opening new connections, if pacing.
     pub open_gap: Option<Duration>,
+    /// New connections the provider accepted (greeting 2xx), as the pacer counted them.
+    pub opens_accepted: u64,
     /// Connections lost without a reply (faults, not limits).
     pub connections_lost: u64,
     /// Timeouts waiting for 354 or the final reply that stepped concurrency down.
@@ -392,7 +394,13 @@ impl<C: Clock> Controller<C> {
                 let mut st = self.lock();
                 let before = st.conc.limit();
                 let kind = st.conc.on_refused_open(ctx.working_connections, now);
-                self.refused_open_backoff(&mut st, ctx, now);
+                if kind == Refusal::Count {
+                    self.refused_open_backoff(&mut st, ctx, now);
+                }
+                // A refusal for the rate of opens: the pacer's single probes at growing
+                // gaps are the upstream-wide wait (`wait_locked` takes it for every open);
+                // the connect backoff's doubling with jitter would blur where the
+                // provider's window ended, and the provider is not unreachable.
                 if st.conc.limit() != before {
                     self.publish_limit(&st);
                 }
@@ -555,6 +563,18 @@ impl<C: Clock> Controller<C> {
         let mut st = self.lock();
         st.connect.on_success();
         st.conc.pace_mut().on_opened(now);
+    }
+
+    /// A connection's setup ended (`ok` = ready for MAIL FROM). The open itself was
+    /// counted when its greeting was accepted ([`Controller::on_reply`]); counting it
+    /// here again would halve every gap the connection pacer learns. An attempt that
+    /// ended otherwise is no longer the pacer's probe.
+    pub fn on_connect_finished(&self, ok: bool) {
+        let mut st = self.lock();
+        if ok {
+            st.connect.on_success();
+        }
+        st.conc.pace_mut().on_attempt_ended();
     }
 
     /// How long until a new connection may be attempted; `None` = now: the connect
@@ -912,6 +932,7 @@ impl<C: Clock> Controller<C> {
             rate_ceiling_at: st.rate.ceiling_learned_at(),
             open_rate_refusals: st.conc.pace().refusals(),
             open_gap: st.conc.pace().gap(),
+            opens_accepted: st.conc.pace().opens(),
             connections_lost: st.connections_lost,
             reply_timeouts: st.reply_timeouts,
         }
@@ -1319,15 +1340,36 @@ mod tests {
         let s = c.stats();
         assert_eq!((s.concurrency_limit, s.concurrency_ceiling), (3, None));
         assert_eq!(s.open_rate_refusals, 1);
-        // Refused once more just before the window ends at t = 30; then an open is
-        // accepted: 3 per 30 s learned.
-        clock.advance(Duration::from_secs(29));
-        c.on_reply(Phase::Greeting, &refused(), ctx(2, 2));
-        clock.advance(Duration::from_secs(1));
-        assert_eq!(c.begin_connect(), Ok(()));
-        c.on_reply(Phase::Greeting, &Verdict::Accept, ctx(2, 2));
-        // The window ended between the refusal at 30 and the open at 31: 30.5 s / 3.
-        let gap = Duration::from_secs_f64(30.5 / 3.0);
+        // Single probes at growing gaps (1 s, then 3/4 of the time blocked) until the
+        // window ends at t = 30; the first one after that is accepted.
+        let mut last_refused = clock.now();
+        let mut probes = 0;
+        loop {
+            let w = c.connect_wait().expect("blocked: every probe waits");
+            assert!(w >= Duration::from_secs(1) || probes > 0, "{w:?}");
+            clock.advance(w);
+            assert_eq!(c.begin_connect(), Ok(()));
+            assert!(c.begin_connect().is_err(), "one probe at a time");
+            probes += 1;
+            if clock.now() < Duration::from_secs(30) {
+                c.on_reply(Phase::Greeting, &refused(), ctx(2, 2));
+                last_refused = clock.now();
+                continue;
+            }
+            c.on_reply(Phase::Greeting, &Verdict::Accept, ctx(2, 2));
+            break;
+        }
+        let accepted = clock.now();
+        assert!(probes <= 8, "{probes} probes");
+        assert!(
+            accepted <= Duration::from_secs(30) + (last_refused - Duration::from_secs(1)),
+            "accepted at {accepted:?}"
+        );
+        assert_eq!(c.stats().open_rate_refusals, probes);
+        // The window ended between the last refusal and the accepted open: 3 opens over
+        // the span from t = 0 to half-way between them.
+        let end = last_refused + (accepted - last_refused) / 2;
+        let gap = Duration::from_secs_f64(end.as_secs_f64() / 3.0);
         assert_eq!(c.stats().open_gap, Some(gap));
         assert_eq!(c.connect_wait(), Some(gap));
         assert_eq!(

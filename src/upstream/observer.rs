@@ -286,9 +286,7 @@ impl Observer for PolicyObserver {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 Some(n.saturating_sub(1))
             });
-        if ok {
-            self.controller.on_connect_success();
-        }
+        self.controller.on_connect_finished(ok);
     }
 
     fn latency(&self, kind: LatencyKind, sample: Duration) {
@@ -384,5 +382,31 @@ mod tests {
             "the commit ran on the caller's thread"
         );
         assert!(!gave_up, "the caller was blocked until the commit gave up");
+    }
+
+    /// The real client reports an open twice over: its greeting (a reply) and the end
+    /// of its setup. The connection pacer must count it once, or every gap it learns
+    /// between opens comes out half as long as the provider's window allows.
+    #[test]
+    fn an_open_is_counted_once() {
+        let controller = Arc::new(Controller::new(
+            ControllerParams::default(),
+            crate::policy::clock::SystemClock::new(),
+        ));
+        let obs = PolicyObserver::new(
+            Arc::new(Classifier::builtin().unwrap()),
+            controller.clone(),
+            None,
+            ConcurrencyLimit::new(2),
+        );
+        for _ in 0..3 {
+            obs.connect_started();
+            let greeting = Reply::new(220, EnhancedCode::new(2, 0, 0), "provider ESMTP");
+            obs.reply(Phase::Greeting, &greeting, None, None);
+            let ehlo = Reply::new(250, EnhancedCode::new(2, 0, 0), "provider");
+            obs.reply(Phase::Ehlo, &ehlo, None, None);
+            obs.connect_finished(true);
+        }
+        assert_eq!(controller.stats().opens_accepted, 3);
     }
 }
