@@ -373,6 +373,7 @@ impl<C: Clock> Controller<C> {
                         if st.rcpt.on_accept(now, 1) {
                             let r = st.rcpt.rate();
                             st.rcpt_pacer.set_rate(r, now);
+                            log_learned("recipient rate", &st.rcpt);
                         }
                     }
                     Phase::DataEnd => {
@@ -380,6 +381,7 @@ impl<C: Clock> Controller<C> {
                             let mut st = self.lock();
                             if st.rate.on_accept(now, 1) {
                                 self.limiter.set_rate(st.rate.rate());
+                                log_learned("message rate", &st.rate);
                             }
                         }
                         self.on_transaction_success(ctx);
@@ -936,6 +938,20 @@ impl<C: Clock> Controller<C> {
             connections_lost: st.connections_lost,
             reply_timeouts: st.reply_timeouts,
         }
+    }
+}
+
+/// A block ended with an estimate: what the provider was seen to accept, and the pace
+/// that follows (per second; the operator's view of what was learned).
+fn log_learned(what: &'static str, r: &RateState) {
+    if let Some(l) = r.learned() {
+        tracing::info!(
+            what,
+            accepted_per_second = l.estimate,
+            over = ?l.window,
+            pace_per_second = r.rate().unwrap_or(f64::INFINITY),
+            "learned the provider's rate from the messages it accepted"
+        );
     }
 }
 

@@ -157,6 +157,15 @@ pub struct RateState {
     admitted_units: u64,
     /// Windows of the current upward probe so far.
     probe_steps: u32,
+    /// Refinement after a block: the estimate had the provider's window ended right
+    /// after the last refused probe (the half-way reading may be up to half a probe gap
+    /// late). While set, the pace steps toward it, one step per window.
+    refine_to: Option<f64>,
+    /// The pace before the last refinement step and when the step was taken: a
+    /// throttle soon after it goes back to that pace.
+    refine_held: Option<(f64, Duration)>,
+    /// The current block began with a throttle soon after a refinement step.
+    refine_failed: bool,
     log: AcceptanceLog,
     decreases: u64,
     probes: u64,
@@ -205,6 +214,9 @@ impl RateState {
             admissions: 0,
             admitted_units: 0,
             probe_steps: 0,
+            refine_to: None,
+            refine_held: None,
+            refine_failed: false,
             log: AcceptanceLog::new(),
             decreases: 0,
             probes: 0,
@@ -437,6 +449,37 @@ impl RateState {
         if let Some(c) = self.p.cap {
             pace = pace.min(c);
         }
+        let refined = self.refine_held.take();
+        let (estimate, window, pace) = match refined {
+            // A refinement step was refused: the pace before it held for a window and
+            // is within a step of the limit. Back to it; this block's reading (its
+            // cycle is one short window) says less.
+            Some((held_pace, _)) if std::mem::take(&mut self.refine_failed) => {
+                self.refine_to = None;
+                let w = self.learned.map_or(window, |l| l.window);
+                (held_pace / (1.0 - self.p.margin), w, held_pace)
+            }
+            _ => {
+                // The window ended no earlier than the last refused probe: what the
+                // estimate would be then is how far refinement may step.
+                self.refine_to = last_refused
+                    .filter(|r| *r < end)
+                    .and_then(|r| self.log.best_rate(r, r.saturating_sub(since), cycle))
+                    .map(|(e, _)| e * (1.0 - self.p.margin))
+                    .map(|t| self.p.cap.map_or(t, |c| t.min(c)))
+                    .filter(|t| *t > pace * 1.01);
+                // Paced close to the limit, every span reads about the same rate and the
+                // best one may be short: an estimate near the last one keeps its window
+                // (the provider's window did not shrink because we paced well).
+                let window = match self.learned {
+                    Some(l) if (estimate - l.estimate).abs() <= 0.1 * l.estimate => {
+                        window.max(l.window)
+                    }
+                    _ => window,
+                };
+                (estimate, window, pace)
+            }
+        };
         self.rate = Some(pace.min(RATE_MAX));
         self.learned = Some(Learned {
             estimate,
@@ -499,6 +542,14 @@ impl RateState {
             }
             Stage::SlowStart | Stage::Paced => {
                 let was_slow_start = self.stage == Stage::SlowStart;
+                // Throttled within two windows of a refinement step: the step was too far.
+                let window = self
+                    .learned
+                    .map_or(self.p.window, |l| l.window.max(self.p.window));
+                self.refine_failed = self
+                    .refine_held
+                    .is_some_and(|(_, at)| now < at.saturating_add(window.saturating_mul(2)));
+                self.refine_to = None;
                 // About a message's time at the pace the provider accepted in this
                 // cycle (a sliding or short window frees up that soon), at least the
                 // holdoff; later blocks, whose window is known, start at a 64th of it
@@ -585,6 +636,19 @@ impl RateState {
         let cap = self.p.cap.unwrap_or(RATE_MAX);
         let next = match (self.stage, self.learned) {
             (Stage::SlowStart, _) => rate * 2.0,
+            (Stage::Paced, Some(l)) if self.refine_to.is_some() => {
+                let target = self.refine_to.unwrap_or(rate);
+                // Half the way to the earliest-end estimate (at least a probe step):
+                // within a few windows of the limit, and a refused step costs one
+                // short block and goes back to the pace that held.
+                let mut next = (rate + (target - rate) / 2.0).max(rate + self.p.step * l.estimate);
+                if next >= target * 0.97 {
+                    next = target;
+                    self.refine_to = None;
+                }
+                self.refine_held = Some((rate, now));
+                next
+            }
             (Stage::Paced, Some(l)) => {
                 let due = l.at.saturating_add(self.p.probe_interval.max(l.window));
                 if now < due {

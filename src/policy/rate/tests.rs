@@ -147,14 +147,17 @@ fn a_fixed_window_is_learned_from_what_it_accepted_not_halved() {
         .collect();
     let accepted = late.iter().filter(|(_, ok)| *ok).count();
     let refused = late.len() - accepted;
-    assert!(accepted as f64 >= 0.95 * 600.0 / 1.75, "{accepted}");
+    // The half-way reading of the window's end came out low (the accepted probe
+    // overran it); refinement stepped toward the earliest end, one step was refused
+    // and went back to the pace that held: ≥ 90% of the limit.
+    assert!(accepted as f64 >= 0.9 * 2.0 * 300.0, "{accepted}");
     assert_eq!(refused, 0, "paced below the unit: no refusals");
     // The probes while blocked: at growing gaps. Starting unlimited is the worst case:
     // the first gap is 2 ms (1000/s accepted), the unit ends 60 s after the burst, ~26
     // probes between;
-    // the second block (after the upward probe at 10 min) starts at a sixteenth of the
-    // learned window and needs a few.
-    assert!(r.blocks() == 2, "{}", r.blocks());
+    // a refused refinement step costs one short block; the last (after the upward probe
+    // at 10 min) starts at a sixty-fourth of the learned window and needs a few.
+    assert!(r.blocks() <= 3, "{}", r.blocks());
     assert!(r.refused_probes() <= 32, "{}", r.refused_probes());
 }
 

@@ -682,7 +682,9 @@ mod tests {
                 }),
                 pause: Some(PauseMemory {
                     scope: PausedFor::Quota,
-                    remaining_ms: Some(3_780_000),
+                    // 62.5 min at the save, 2 min ago: 60.5 min left, shown as 1h 0m
+                    // however many milliseconds the test takes.
+                    remaining_ms: Some(3_750_000),
                 }),
                 ..LearnedState::default()
             },
