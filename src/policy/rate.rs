@@ -122,6 +122,34 @@ enum Stage {
     Paced,
 }
 
+/// After a block, where the provider's window ended is known only to lie between the
+/// last refused probe and the accepted one; the estimate reads it half-way, which may be
+/// up to half a probe gap late (and the pace that much low). Refinement searches the
+/// pace between the one that holds (`lo`) and the one the earliest end would give
+/// (`hi`): each window a step two thirds of the way up; a step that holds becomes `lo`,
+/// one that is throttled becomes `hi` (the pace goes back to `lo`). It ends within 3%,
+/// or after two throttled steps.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Refine {
+    lo: f64,
+    hi: f64,
+    /// One step per this (the window the earliest end gives, at least a second).
+    period: Duration,
+    next: Duration,
+    /// The pace of the step in force, if one is.
+    step: Option<f64>,
+    failures: u32,
+}
+
+impl Refine {
+    const DONE_WITHIN: f64 = 0.03;
+    const MAX_FAILURES: u32 = 2;
+
+    fn done(&self) -> bool {
+        self.hi - self.lo < Self::DONE_WITHIN * self.hi || self.failures >= Self::MAX_FAILURES
+    }
+}
+
 /// The learned rate, pure arithmetic. `rate() == None` means unlimited.
 #[derive(Debug, Clone)]
 pub struct RateState {
@@ -157,14 +185,9 @@ pub struct RateState {
     admitted_units: u64,
     /// Windows of the current upward probe so far.
     probe_steps: u32,
-    /// Refinement after a block: the estimate had the provider's window ended right
-    /// after the last refused probe (the half-way reading may be up to half a probe gap
-    /// late). While set, the pace steps toward it, one step per window.
-    refine_to: Option<f64>,
-    /// The pace before the last refinement step and when the step was taken: a
-    /// throttle soon after it goes back to that pace.
-    refine_held: Option<(f64, Duration)>,
-    /// The current block began with a throttle soon after a refinement step.
+    /// Refinement of the last block's estimate, while it lasts ([`Refine`]).
+    refine: Option<Refine>,
+    /// The current block began with a throttle of a refinement step.
     refine_failed: bool,
     log: AcceptanceLog,
     decreases: u64,
@@ -214,8 +237,7 @@ impl RateState {
             admissions: 0,
             admitted_units: 0,
             probe_steps: 0,
-            refine_to: None,
-            refine_held: None,
+            refine: None,
             refine_failed: false,
             log: AcceptanceLog::new(),
             decreases: 0,
@@ -449,25 +471,35 @@ impl RateState {
         if let Some(c) = self.p.cap {
             pace = pace.min(c);
         }
-        let refined = self.refine_held.take();
-        let (estimate, window, pace) = match refined {
-            // A refinement step was refused: the pace before it held for a window and
-            // is within a step of the limit. Back to it; this block's reading (its
-            // cycle is one short window) says less.
-            Some((held_pace, _)) if std::mem::take(&mut self.refine_failed) => {
-                self.refine_to = None;
+        let (estimate, window, pace) = match self.refine {
+            // A refinement step was throttled: the pace below it held for a window.
+            // Back to it; this block's own reading (one short window) says less.
+            Some(mut r) if std::mem::take(&mut self.refine_failed) => {
+                r.hi = r.step.take().unwrap_or(r.hi);
+                r.failures += 1;
+                r.next = now.saturating_add(r.period);
+                self.refine = (!r.done()).then_some(r);
                 let w = self.learned.map_or(window, |l| l.window);
-                (held_pace / (1.0 - self.p.margin), w, held_pace)
+                (r.lo / (1.0 - self.p.margin), w, r.lo)
             }
             _ => {
-                // The window ended no earlier than the last refused probe: what the
-                // estimate would be then is how far refinement may step.
-                self.refine_to = last_refused
-                    .filter(|r| *r < end)
-                    .and_then(|r| self.log.best_rate(r, r.saturating_sub(since), cycle))
-                    .map(|(e, _)| e * (1.0 - self.p.margin))
-                    .map(|t| self.p.cap.map_or(t, |c| t.min(c)))
-                    .filter(|t| *t > pace * 1.01);
+                // The window ended no earlier than the last refused probe: the pace that
+                // end would give bounds the search from above.
+                let early = last_refused.filter(|r| *r < end).and_then(|r| {
+                    self.log
+                        .best_rate(r, r.saturating_sub(since), cycle)
+                        .map(|(e, w)| (e * (1.0 - self.p.margin), w))
+                });
+                self.refine = early
+                    .map(|(hi, w)| Refine {
+                        lo: pace,
+                        hi: self.p.cap.map_or(hi, |c| hi.min(c)),
+                        period: w.max(Duration::from_secs(1)),
+                        next: now.saturating_add(w.max(Duration::from_secs(1))),
+                        step: None,
+                        failures: 0,
+                    })
+                    .filter(|r| !r.done());
                 // Paced close to the limit, every span reads about the same rate and the
                 // best one may be short: an estimate near the last one keeps its window
                 // (the provider's window did not shrink because we paced well).
@@ -542,14 +574,12 @@ impl RateState {
             }
             Stage::SlowStart | Stage::Paced => {
                 let was_slow_start = self.stage == Stage::SlowStart;
-                // Throttled within two windows of a refinement step: the step was too far.
-                let window = self
-                    .learned
-                    .map_or(self.p.window, |l| l.window.max(self.p.window));
-                self.refine_failed = self
-                    .refine_held
-                    .is_some_and(|(_, at)| now < at.saturating_add(window.saturating_mul(2)));
-                self.refine_to = None;
+                // Throttled while a refinement step is in force: the step was too far.
+                // Throttled at the pace that held: the search is over.
+                self.refine_failed = self.refine.is_some_and(|r| r.step.is_some());
+                if !self.refine_failed {
+                    self.refine = None;
+                }
                 // About a message's time at the pace the provider accepted in this
                 // cycle (a sliding or short window frees up that soon), at least the
                 // holdoff; later blocks, whose window is known, start at a 64th of it
@@ -610,6 +640,11 @@ impl RateState {
 
     /// Applies the ramp windows that passed up to `now`. Returns true if the pace changed.
     pub fn tick(&mut self, now: Duration) -> bool {
+        if self.stage == Stage::Paced {
+            if let Some(r) = self.refine {
+                return self.refine_tick(r, now);
+            }
+        }
         let window = self.p.window.max(Duration::from_millis(1));
         let window = match self.learned {
             // A window limiter answers a probe only when its window overflows: one step
@@ -636,19 +671,6 @@ impl RateState {
         let cap = self.p.cap.unwrap_or(RATE_MAX);
         let next = match (self.stage, self.learned) {
             (Stage::SlowStart, _) => rate * 2.0,
-            (Stage::Paced, Some(l)) if self.refine_to.is_some() => {
-                let target = self.refine_to.unwrap_or(rate);
-                // Half the way to the earliest-end estimate (at least a probe step):
-                // within a few windows of the limit, and a refused step costs one
-                // short block and goes back to the pace that held.
-                let mut next = (rate + (target - rate) / 2.0).max(rate + self.p.step * l.estimate);
-                if next >= target * 0.97 {
-                    next = target;
-                    self.refine_to = None;
-                }
-                self.refine_held = Some((rate, now));
-                next
-            }
             (Stage::Paced, Some(l)) => {
                 let due = l.at.saturating_add(self.p.probe_interval.max(l.window));
                 if now < due {
@@ -673,6 +695,35 @@ impl RateState {
         let next = next.min(cap).max(self.p.floor);
         self.rate = Some(next);
         next != rate
+    }
+}
+
+impl RateState {
+    /// One refinement window passed (see [`Refine`]): a step that held raises `lo`; the
+    /// next step goes two thirds of the way to `hi` while the limiter holds messages back.
+    fn refine_tick(&mut self, mut r: Refine, now: Duration) -> bool {
+        if now < r.next {
+            return false;
+        }
+        r.next = now.saturating_add(r.period);
+        if let Some(step) = r.step.take() {
+            r.lo = step;
+        }
+        let before = self.rate;
+        if r.done() {
+            self.refine = None;
+            self.rate = Some(r.lo);
+        } else if std::mem::take(&mut self.pressed) {
+            let step = r.lo + (r.hi - r.lo) * 2.0 / 3.0;
+            r.step = Some(step);
+            self.rate = Some(step);
+            self.refine = Some(r);
+        } else {
+            self.refine = Some(r);
+        }
+        // The ramp windows start afresh when refinement ends.
+        self.window_start = now;
+        self.rate != before
     }
 }
 

@@ -151,13 +151,15 @@ fn a_fixed_window_is_learned_from_what_it_accepted_not_halved() {
     // overran it); refinement stepped toward the earliest end, one step was refused
     // and went back to the pace that held: ≥ 90% of the limit.
     assert!(accepted as f64 >= 0.9 * 2.0 * 300.0, "{accepted}");
-    assert_eq!(refused, 0, "paced below the unit: no refusals");
+    // Paced below the unit; at most one refinement step throttled (and its probe).
+    assert!(refused <= 2, "{refused} refused");
     // The probes while blocked: at growing gaps. Starting unlimited is the worst case:
     // the first gap is 2 ms (1000/s accepted), the unit ends 60 s after the burst, ~26
     // probes between;
-    // a refused refinement step costs one short block; the last (after the upward probe
-    // at 10 min) starts at a sixty-fourth of the learned window and needs a few.
-    assert!(r.blocks() <= 3, "{}", r.blocks());
+    // a throttled refinement step costs one short block (at most two per search, one
+    // search after each block that read an estimate); the block after the upward probe
+    // at 10 min starts at a sixty-fourth of the learned window and needs a few.
+    assert!(r.blocks() <= 5, "{}", r.blocks());
     assert!(r.refused_probes() <= 32, "{}", r.refused_probes());
 }
 
