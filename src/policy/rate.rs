@@ -133,7 +133,7 @@ enum Stage {
 struct Refine {
     lo: f64,
     hi: f64,
-    /// One step per this (the window the earliest end gives, at least a second).
+    /// One step per this (the longest window the block allows, at least a second).
     period: Duration,
     next: Duration,
     /// The pace of the step in force, if one is.
@@ -490,12 +490,18 @@ impl RateState {
                         .best_rate(r, r.saturating_sub(since), cycle)
                         .map(|(e, w)| (e * (1.0 - self.p.margin), w))
                 });
+                // A step holds only if it holds for the longest window the block allows
+                // (from the estimate's span start to the accepted probe): over a shorter
+                // one a fixed window's count may not have run out yet.
+                let period = window
+                    .saturating_add(now.saturating_sub(end))
+                    .max(Duration::from_secs(1));
                 self.refine = early
-                    .map(|(hi, w)| Refine {
+                    .map(|(hi, _)| Refine {
                         lo: pace,
                         hi: self.p.cap.map_or(hi, |c| hi.min(c)),
-                        period: w.max(Duration::from_secs(1)),
-                        next: now.saturating_add(w.max(Duration::from_secs(1))),
+                        period,
+                        next: now.saturating_add(period),
                         step: None,
                         failures: 0,
                     })

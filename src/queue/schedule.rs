@@ -52,6 +52,12 @@ pub enum Decision {
     /// again at once, in the next transaction, uncounted — RFC 5321 §4.5.3.1.10 asks the
     /// client to send the rest in another transaction, not to back off.
     NextTransaction,
+    /// Throttled for our pace (rate, recipients, connections) and the provider named no
+    /// time: due again at once, uncounted. Admission holds it until the controller lets
+    /// it go (a block's single probes, the learned pace), so a retry counts against the
+    /// provider's window like any message and never waits a backoff on top — at the
+    /// end of a campaign that backoff would leave the provider idle.
+    Paced,
 }
 
 /// Whether `reply` in `phase` says "no more recipients in this transaction": a 4xx or 5xx
@@ -147,9 +153,12 @@ fn decide_reply(
         Verdict::Accept => Decision::Delivered,
         // Our pacing, not the message: uncounted, with the provider's own "try again
         // in ..." when it gives one.
-        Verdict::Throttle(_) => Decision::Retry {
-            counts: false,
-            hint: reply_hint(reply),
+        Verdict::Throttle(_) => match reply_hint(reply) {
+            None => Decision::Paced,
+            hint => Decision::Retry {
+                counts: false,
+                hint,
+            },
         },
         // Before any recipient was named (greeting, EHLO, AUTH, MAIL) a policy block is
         // about the sender's account or IP, not this message: uncounted, never bounced.
@@ -257,18 +266,25 @@ mod tests {
             decision(Phase::DataEnd, "552 5.3.4 Message too big", 0),
             Failed(FailKind::Message)
         );
+        // Our pace, no time named: due at once, admission holds it.
         assert_eq!(
             decision(Phase::Mail, "421 4.7.0 Too many connections", 0),
-            Retry {
-                counts: false,
-                hint: None
-            }
+            Paced
         );
         assert_eq!(
             decision(Phase::Rcpt, "450 4.7.1 Rate limit exceeded", 5),
+            Paced
+        );
+        // With a time named: not before it.
+        assert_eq!(
+            decision(
+                Phase::Mail,
+                "450 4.7.1 Rate limit exceeded, try again in 45 seconds",
+                0
+            ),
             Retry {
                 counts: false,
-                hint: None
+                hint: Some(Duration::from_secs(45))
             }
         );
         assert_eq!(

@@ -238,9 +238,10 @@ impl<T: Transport, P: Pacing> Delivery<T, P> {
                             },
                         ));
                     }
-                    Decision::NextTransaction => {
+                    Decision::NextTransaction | Decision::Paced => {
                         // Due now: the dispatcher takes the message again as soon as
-                        // this round ends, for a transaction of its own.
+                        // this round ends, for a transaction of its own (and, when
+                        // paced, as soon as admission lets it go).
                         self.count(super::Counted::Deferred);
                         self.log_outcome(
                             &msg,
