@@ -128,7 +128,7 @@ enum Stage {
 /// pace between the one that holds (`lo`) and the one the earliest end would give
 /// (`hi`): each window a step two thirds of the way up; a step that holds becomes `lo`,
 /// one that is throttled becomes `hi` (the pace goes back to `lo`). It ends within 3%,
-/// or after two throttled steps.
+/// or at the first throttled step (each costs a short block).
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Refine {
     lo: f64,
@@ -143,7 +143,7 @@ struct Refine {
 
 impl Refine {
     const DONE_WITHIN: f64 = 0.03;
-    const MAX_FAILURES: u32 = 2;
+    const MAX_FAILURES: u32 = 1;
 
     fn done(&self) -> bool {
         self.hi - self.lo < Self::DONE_WITHIN * self.hi || self.failures >= Self::MAX_FAILURES

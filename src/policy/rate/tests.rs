@@ -156,7 +156,7 @@ fn a_fixed_window_is_learned_from_what_it_accepted_not_halved() {
     // The probes while blocked: at growing gaps. Starting unlimited is the worst case:
     // the first gap is 2 ms (1000/s accepted), the unit ends 60 s after the burst, ~26
     // probes between;
-    // a throttled refinement step costs one short block (at most two per search, one
+    // a throttled refinement step costs one short block (at most one per search, one
     // search after each block that read an estimate); the block after the upward probe
     // at 10 min starts at a sixty-fourth of the learned window and needs a few.
     assert!(r.blocks() <= 5, "{}", r.blocks());
