@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use super::transport::{LocalKind, RcptOutcome};
 use crate::policy::classify::reply_hint;
-use crate::policy::verdict::{Phase, Verdict};
+use crate::policy::verdict::{Phase, ThrottleKind, Verdict};
 use crate::smtp::Reply;
 
 /// How a recipient failed for good (the bounce report and the webhook's "hard"/"soft").
@@ -52,7 +52,7 @@ pub enum Decision {
     /// again at once, in the next transaction, uncounted — RFC 5321 §4.5.3.1.10 asks the
     /// client to send the rest in another transaction, not to back off.
     NextTransaction,
-    /// Throttled for our pace (rate, recipients, connections) and the provider named no
+    /// Throttled for our pace (rate, recipients) and the provider named no
     /// time: due again at once, uncounted. Admission holds it until the controller lets
     /// it go (a block's single probes, the learned pace), so a retry counts against the
     /// provider's window like any message and never waits a backoff on top — at the
@@ -153,12 +153,22 @@ fn decide_reply(
         Verdict::Accept => Decision::Delivered,
         // Our pacing, not the message: uncounted, with the provider's own "try again
         // in ..." when it gives one.
-        Verdict::Throttle(_) => match reply_hint(reply) {
-            None => Decision::Paced,
-            hint => Decision::Retry {
-                counts: false,
-                hint,
-            },
+        // A rate or recipient-rate throttle blocks admission until the learner's probe
+        // is accepted, so the retry needs no backoff of its own. A connection throttle
+        // does not: a provider that answers every MAIL with 421 after a good greeting
+        // would be reconnected to in a tight loop.
+        Verdict::Throttle(ThrottleKind::Rate | ThrottleKind::Recipients) => {
+            match reply_hint(reply) {
+                None => Decision::Paced,
+                hint => Decision::Retry {
+                    counts: false,
+                    hint,
+                },
+            }
+        }
+        Verdict::Throttle(_) => Decision::Retry {
+            counts: false,
+            hint: reply_hint(reply),
         },
         // Before any recipient was named (greeting, EHLO, AUTH, MAIL) a policy block is
         // about the sender's account or IP, not this message: uncounted, never bounced.
@@ -269,7 +279,10 @@ mod tests {
         // Our pace, no time named: due at once, admission holds it.
         assert_eq!(
             decision(Phase::Mail, "421 4.7.0 Too many connections", 0),
-            Paced
+            Retry {
+                counts: false,
+                hint: None
+            }
         );
         assert_eq!(
             decision(Phase::Rcpt, "450 4.7.1 Rate limit exceeded", 5),
