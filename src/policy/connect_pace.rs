@@ -146,13 +146,12 @@ impl ConnectPacer {
     /// counts with the provider (and stretches the connect backoff), so several at once
     /// would only multiply the refusals.
     pub fn wait(&self, now: Duration) -> Option<Duration> {
-        if let (true, Some(at)) = (self.blocked, self.probe_out) {
-            let until = at.saturating_add(PROBE_HOLD);
-            if now < until {
-                return Some((until - now).min(PROBE_RECHECK));
-            }
-        }
         if self.blocked {
+            if let Some(until) = self.probe_out.map(|at| at.saturating_add(PROBE_HOLD)) {
+                if now < until {
+                    return Some((until - now).min(PROBE_RECHECK));
+                }
+            }
             if let Some(next) = self.next_probe() {
                 return (now < next).then(|| next - now);
             }
@@ -264,28 +263,28 @@ impl ConnectPacer {
         if now < self.last_step.saturating_add(self.window) {
             return;
         }
-        let step = 1.0 - self.params.step.clamp(0.0, 0.9);
-        if let Some(floor) = self.refine_floor {
+        let next = gap.mul_f64(1.0 - self.params.step.clamp(0.0, 0.9));
+        let next = if let Some(floor) = self.refine_floor {
             // Refining the last block's estimate: one step per window toward its floor.
-            let next = gap.mul_f64(step).max(floor);
-            self.held_gap = Some(gap);
-            self.gap = Some(next);
-            self.last_step = now;
+            let next = next.max(floor);
             if next <= floor {
                 self.refine_floor = None;
             }
+            Some(next)
+        } else if self
+            .learned_at
+            .is_some_and(|at| now >= at.saturating_add(self.params.probe_interval))
+        {
+            // Probing: a gap that held for probe_interval shrinks a step, at most one
+            // step per window; below MIN_GAP pacing ends.
+            (next >= MIN_GAP).then_some(next)
+        } else {
             return;
-        }
-        // Probing: a gap that held for probe_interval shrinks a step, at most one step
-        // per window.
-        if let Some(at) = self.learned_at {
-            if now >= at.saturating_add(self.params.probe_interval) {
-                self.last_step = now;
-                self.held_gap = Some(gap);
-                let next = gap.mul_f64(step);
-                self.gap = (next >= MIN_GAP).then_some(next);
-            }
-        }
+        };
+        // Either step goes back to the gap before it if it is refused.
+        self.held_gap = Some(gap);
+        self.gap = next;
+        self.last_step = now;
     }
 
     fn push_open(&mut self, now: Duration) {
